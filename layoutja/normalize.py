@@ -1,0 +1,111 @@
+"""NFKC normalization that remembers where every normalized character came from.
+
+MeCab sees NFKC-normalized text (as in `transformers`' MecabTokenizer), but layoutja needs token
+positions in the *original* text. NFKC is not character-for-character: `㈱` becomes `(株)`,
+`ﾊﾟ` becomes `パ`, `か` + U+3099 becomes `が`. We split the text into *groups* of original
+characters that normalize independently of their neighbours, so that
+
+    NFKC(text) == "".join(NFKC(group) for group in groups)
+
+and map a normalized position back to its group. A group of one character that normalizes to one
+character (full-width `Ａ` → `A`, the common case in Japanese text) keeps a 1:1 mapping; only the
+other, *irregular* groups are recorded, so ordinary text costs one C-level check.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from bisect import bisect_right
+from dataclasses import dataclass
+
+# Characters that are NFKC-stable starters and never the second half of a composition: a group
+# boundary may always be placed before them. (ASCII, CJK punctuation 、。「」『』, kana, kanji.)
+# tests/test_normalize.py checks each of these properties exhaustively.
+SAFE_CHARS = "\x20-\x7e\u3001\u3002\u300c-\u300f\u3041-\u3096\u30a1-\u30fa\u30fc\u4e00-\u9fff"
+_UNSAFE_RUN = re.compile(f"[^{SAFE_CHARS}]+")
+
+
+def _nfkc(s: str) -> str:
+    return unicodedata.normalize("NFKC", s)
+
+
+def _joins_group(group: str, c: str) -> bool:
+    """True when `c` cannot start a new group after the characters `group`."""
+    # A non-starter (combining mark, or something that decomposes to one, like half-width ﾟ)
+    # may be reordered or composed with what precedes it.
+    if unicodedata.combining(unicodedata.normalize("NFKD", c)[0]):
+        return True
+    # A starter composes only with the starter right before it, which may itself be a
+    # composition of the group (Hangul L+V, then LV+T), so test against the whole group.
+    return _nfkc(group + c) != _nfkc(group) + _nfkc(c)
+
+
+@dataclass(frozen=True)
+class OffsetMap:
+    """Maps spans of the normalized text back to spans of the original text.
+
+    Irregular groups `k` cover normalized `[nstart[k], nend[k])` and original
+    `[ostart[k], oend[k])`; between them the two texts advance together.
+    """
+
+    nstart: list[int]
+    nend: list[int]
+    ostart: list[int]
+    oend: list[int]
+
+    def _group(self, n: int) -> tuple[int, bool]:
+        """Index of the last irregular group starting at or before `n`, and whether `n` is in it."""
+        k = bisect_right(self.nstart, n) - 1
+        return k, k >= 0 and n < self.nend[k]
+
+    def start(self, n: int) -> int:
+        """Original position of the character that normalized position `n` came from."""
+        k, inside = self._group(n)
+        if inside:
+            return self.ostart[k]
+        return n + (self.oend[k] - self.nend[k] if k >= 0 else 0)
+
+    def end(self, n: int) -> int:
+        """Original end of a span whose normalized end (exclusive) is `n > 0`."""
+        k, inside = self._group(n - 1)
+        if inside:
+            return self.oend[k]
+        return n + (self.oend[k] - self.nend[k] if k >= 0 else 0)
+
+
+def nfkc_with_offsets(text: str) -> tuple[str, OffsetMap | None]:
+    """Return `(NFKC(text), offset map)`; the map is None when positions correspond 1:1."""
+    if unicodedata.is_normalized("NFKC", text):
+        return text, None
+    out: list[str] = []
+    nstart: list[int] = []
+    nend: list[int] = []
+    ostart: list[int] = []
+    oend: list[int] = []
+    done = 0  # original text before this position is already in `out`
+    npos = 0  # length of "".join(out)
+    for run in _UNSAFE_RUN.finditer(text):
+        # The safe character before the run may compose with it (か + U+3099): start there.
+        begin = max(run.start() - 1, done)
+        out.append(text[done:begin])
+        npos += begin - done
+        gstart = begin
+        for i in range(begin + 1, run.end() + 1):
+            if i < run.end() and _joins_group(text[gstart:i], text[i]):
+                continue
+            group = _nfkc(text[gstart:i])
+            out.append(group)
+            if len(group) != 1 or i - gstart != 1:
+                nstart.append(npos)
+                nend.append(npos + len(group))
+                ostart.append(gstart)
+                oend.append(i)
+            npos += len(group)
+            gstart = i
+        done = run.end()
+    out.append(text[done:])
+    norm = "".join(out)
+    if norm != _nfkc(text):  # cannot happen if SAFE_CHARS is right; never return wrong offsets
+        raise RuntimeError(f"NFKC offset mapping failed for {text!r}; please report this")
+    return norm, OffsetMap(nstart, nend, ostart, oend) if nstart else None
