@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 # Characters that are NFKC-stable starters and never the second half of a composition: a group
@@ -43,10 +43,12 @@ def _joins_group(group: str, c: str) -> bool:
 
 @dataclass(frozen=True)
 class OffsetMap:
-    """Maps spans of the normalized text back to spans of the original text.
+    """Maps sorted span boundaries of a derived text back to the text it was derived from.
 
-    Irregular groups `k` cover normalized `[nstart[k], nend[k])` and original
-    `[ostart[k], oend[k])`; between them the two texts advance together.
+    Group `k` covers derived `[nstart[k], nend[k])` and source `[ostart[k], oend[k])`; between
+    groups the two texts advance together. A group may be empty on the derived side (text that
+    was dropped, such as the whitespace MeCab skips) or longer than its source (`㈱` → `(株)`).
+    Spans that start or end inside a group widen to the whole group.
     """
 
     nstart: list[int]
@@ -54,24 +56,27 @@ class OffsetMap:
     ostart: list[int]
     oend: list[int]
 
-    def _group(self, n: int) -> tuple[int, bool]:
-        """Index of the last irregular group starting at or before `n`, and whether `n` is in it."""
-        k = bisect_right(self.nstart, n) - 1
-        return k, k >= 0 and n < self.nend[k]
+    def starts(self, xs: list[int]) -> list[int]:
+        """Source positions of the sorted span starts `xs`."""
+        return self._map(xs, bisect_left, self.ostart)
 
-    def start(self, n: int) -> int:
-        """Original position of the character that normalized position `n` came from."""
-        k, inside = self._group(n)
-        if inside:
-            return self.ostart[k]
-        return n + (self.oend[k] - self.nend[k] if k >= 0 else 0)
+    def ends(self, xs: list[int]) -> list[int]:
+        """Source positions of the sorted (exclusive) span ends `xs`."""
+        return self._map(xs, bisect_right, self.oend)
 
-    def end(self, n: int) -> int:
-        """Original end of a span whose normalized end (exclusive) is `n > 0`."""
-        k, inside = self._group(n - 1)
-        if inside:
-            return self.oend[k]
-        return n + (self.oend[k] - self.nend[k] if k >= 0 else 0)
+    def _map(self, xs: list[int], bisect, inside_to: list[int]) -> list[int]:
+        # One pass per group, not per position: slices of `xs` between groups are shifted,
+        # positions inside a group go to its start (for starts) or end (for ends).
+        out: list[int] = []
+        lo, shift = 0, 0
+        for ns, ne, target, oe in zip(self.nstart, self.nend, inside_to, self.oend):
+            before = bisect(xs, ns, lo)
+            inside = bisect(xs, ne, before)
+            out += map(shift.__add__, xs[lo:before])
+            out += [target] * (inside - before)
+            lo, shift = inside, oe - ne
+        out += map(shift.__add__, xs[lo:])
+        return out
 
 
 def nfkc_with_offsets(text: str) -> tuple[str, OffsetMap | None]:

@@ -18,6 +18,7 @@ HTML_SUFFIXES = (".html", ".htm", ".xhtml")
 TEXT_SUFFIXES = (".txt",)
 # Elements whose text a reader never sees. (<noscript> is kept: scripts are off when rendering.)
 INVISIBLE = ("script", "style", "template", "head")
+_PARSER = lxml.html.HTMLParser(encoding="utf-8")
 
 
 def read_text(path: Path) -> str:
@@ -39,7 +40,8 @@ def html_visible_text(html: str) -> list[str]:
     """The non-empty lines of text a reader of the page sees (scripts, styles dropped)."""
     if not html.strip():
         return []
-    root = lxml.html.document_fromstring(html)
+    # Bytes with an explicit encoding: lxml refuses str input that carries an XML declaration.
+    root = lxml.html.document_fromstring(html.encode("utf-8"), parser=_PARSER)
     for element in root.iter(*INVISIBLE):
         element.drop_tree()
     lines = (line.strip() for line in root.text_content().splitlines())
