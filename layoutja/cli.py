@@ -54,6 +54,12 @@ def cmd_vocab(args: argparse.Namespace) -> None:
     )
     summary = train_vocab(args.inputs, Path(args.out), config)
     skipped = len(summary["skipped"])
+    if summary["vocab_size"] < args.vocab_size:
+        print(
+            f"note: the input allowed only {summary['vocab_size']} entries "
+            f"(--vocab-size {args.vocab_size}); more text gives more merges",
+            file=sys.stderr,
+        )
     print(
         f"wrote {summary['out']}: {summary['vocab_size']} tokens from {summary['files']} file(s)"
         + (f", {skipped} skipped (see messages above)" if skipped else ""),
@@ -111,9 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--min-frequency", type=int, default=2, help="minimum pair count to merge (default: 2)"
     )
-    p.add_argument(
-        "--workers", type=int, default=cores, help=f"MeCab processes (default: {cores})"
-    )
+    p.add_argument("--workers", type=int, default=cores, help=f"MeCab processes (default: {cores})")
     p.set_defaults(func=cmd_vocab)
     return parser
 

@@ -42,7 +42,7 @@ def html_visible_text(html: str) -> list[str]:
         return []
     # Bytes with an explicit encoding: lxml refuses str input that carries an XML declaration.
     root = lxml.html.document_fromstring(html.encode("utf-8"), parser=_PARSER)
-    for element in root.iter(*INVISIBLE):
+    for element in list(root.iter(*INVISIBLE)):  # a list: dropping while iterating skips some
         element.drop_tree()
     lines = (line.strip() for line in root.text_content().splitlines())
     return [line for line in lines if line]

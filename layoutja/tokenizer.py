@@ -390,6 +390,8 @@ def _close_nodes(nodes: list[str]) -> list[str]:
     if carry:
         closed.append(carry)
     return closed
+
+
 _worker_tokenizer: JapaneseTokenizer | None = None
 
 

@@ -1,0 +1,104 @@
+"""The `layoutja` command: output formats, exit codes and error messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import BertJapaneseTokenizer
+
+from .conftest import DATA
+
+
+def layoutja(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "layoutja", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        timeout=300,
+    )
+
+
+def test_tokenize_prints_one_json_object_per_line(unidic_dir, tmp_path):
+    lines = ["東京国際空港は大田区にある。", "", "ＩＡＴＡコードは[MASK]です。\r"]
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = layoutja("tokenize", "--tokenizer", unidic_dir, src, "--workers", "1")
+    assert result.returncode == 0, result.stderr.decode()
+    records = [json.loads(x) for x in result.stdout.decode().splitlines()]
+    assert len(records) == len(lines)
+    reference = BertJapaneseTokenizer.from_pretrained(unidic_dir)
+    for line, record in zip(lines, records, strict=True):
+        assert set(record) == {"tokens", "ids", "offsets"}
+        assert record["tokens"] == reference.tokenize(line)
+        assert record["ids"] == reference.convert_tokens_to_ids(record["tokens"])
+        for token, (start, end) in zip(record["tokens"], record["offsets"], strict=True):
+            if token != "[UNK]":
+                assert line[start:end]  # points at real characters of the input line
+    assert records[1] == {"tokens": [], "ids": [], "offsets": []}
+
+
+def test_tokenize_reads_stdin_and_workers_do_not_change_output(unidic_dir):
+    text = (DATA / "sample_ja.txt").read_bytes()
+    one = layoutja("tokenize", "--tokenizer", unidic_dir, "--workers", "1", stdin=text)
+    two = layoutja("tokenize", "--tokenizer", unidic_dir, "--workers", "2", stdin=text)
+    assert one.returncode == two.returncode == 0
+    assert one.stdout == two.stdout
+    assert len(one.stdout.splitlines()) == len(text.splitlines())
+
+
+def test_vocab_command_writes_a_tokenizer(tmp_path):
+    out = tmp_path / "tok"
+    result = layoutja(
+        "vocab",
+        DATA / "sample_ja.txt",
+        "--out",
+        out,
+        "--vocab-size",
+        "300",
+        "--alphabet",
+        "corpus",
+        "--dic",
+        "ipadic",
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert "wrote" in result.stderr.decode()
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    assert config["mecab_kwargs"] == {"mecab_dic": "ipadic"}
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda tmp, tok: ["tokenize", "--tokenizer", tmp / "nope"], "no such tokenizer directory"),
+        (lambda tmp, tok: ["tokenize", "--tokenizer", tok, tmp / "missing.txt"], "cannot read"),
+        (
+            lambda tmp, tok: ["tokenize", "--tokenizer", tok, tmp / "latin1.txt"],
+            "latin1.txt: line 2: not UTF-8",
+        ),
+        (lambda tmp, tok: ["vocab", tmp / "absent", "--out", tmp / "o"], "absent: no such file"),
+        (lambda tmp, tok: ["vocab", tmp / "latin1.txt", "--out", tmp / "o"], "no readable input"),
+    ],
+    ids=["no-tokenizer", "no-input", "not-utf8", "no-vocab-input", "unreadable-vocab-input"],
+)
+def test_user_errors_are_one_line_without_traceback(unidic_dir, tmp_path, make_args, message):
+    (tmp_path / "latin1.txt").write_bytes("最初の行\n".encode() + "café".encode("latin-1"))
+    result = layoutja(*make_args(tmp_path, unidic_dir))
+    err = result.stderr.decode()
+    assert result.returncode == 1
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_unknown_dictionary_is_refused_by_the_parser(tmp_path):
+    result = layoutja("vocab", DATA / "sample_ja.txt", "--out", tmp_path, "--dic", "jumandic")
+    assert result.returncode == 2
+    assert "invalid choice: 'jumandic'" in result.stderr.decode()
+
+
+def test_help_lists_the_commands():
+    result = layoutja("--help")
+    assert result.returncode == 0
+    assert "tokenize" in result.stdout.decode() and "vocab" in result.stdout.decode()
