@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	@# Constrain torch to what is installed so no dependency can upgrade it.
-	$(PY) -m pip install -q -e ".[dev]" --constraint <($(PY) -c "import torch; print('torch==' + torch.__version__)")
+	$(PY) -m pip install -q -e ".[dev]" --constraint <($(PY) -c "from importlib.metadata import version; print('torch==' + version('torch'))")
 	@touch $@
 
 system-deps:
@@ -41,7 +41,8 @@ demo: setup
 
 # Tokenizer speed against transformers' BertJapaneseTokenizer on real Japanese text
 # (Debian's Japanese documentation; installed here if missing).
-BENCH_DOCS := debian-reference-ja developers-reference-ja debian-faq-ja maint-guide-ja debian-policy-ja
+BENCH_DOCS := debian-reference-ja developers-reference-ja debian-faq-ja maint-guide-ja \
+              debian-policy-ja gimp-help-ja
 bench: setup
 	@dpkg -s $(BENCH_DOCS) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(BENCH_DOCS) >/dev/null; }

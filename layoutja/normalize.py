@@ -20,10 +20,15 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 # Characters that are NFKC-stable starters and never the second half of a composition: a group
-# boundary may always be placed before them. (ASCII, CJK punctuation 、。「」『』, kana, kanji.)
+# boundary may always be placed before them. (ASCII; CJK punctuation and brackets 、。〃々〆〇〈〉
+# 「」【】〒〔〕〜; kana and ・ー; CJK ideographs with extension A.)
 # tests/test_normalize.py checks each of these properties exhaustively.
-SAFE_CHARS = "\x20-\x7e\u3001\u3002\u300c-\u300f\u3041-\u3096\u30a1-\u30fa\u30fc\u4e00-\u9fff"
+SAFE_CHARS = (
+    "\x20-\x7e\u3001-\u3003\u3005-\u301f\u3041-\u3096\u309d\u309e\u30a0-\u30fe"
+    "\u3400-\u4dbf\u4e00-\u9fff"
+)
 _UNSAFE_RUN = re.compile(f"[^{SAFE_CHARS}]+")
+_SAFE_CHAR = re.compile(f"[{SAFE_CHARS}]")
 
 
 def _nfkc(s: str) -> str:
@@ -79,10 +84,40 @@ class OffsetMap:
         return out
 
 
+class _SimpleChars(dict):
+    """char → True when it normalizes alone to one safe character (Ａ → A, ｶ → カ, （ → ().
+
+    Such characters never compose with a neighbour, so a run of them maps 1:1. Memoized: a
+    corpus uses a few thousand distinct characters.
+    """
+
+    def __missing__(self, c: str) -> bool:
+        self[c] = bool(_SAFE_CHAR.fullmatch(_nfkc(c)))
+        return self[c]
+
+
+_SIMPLE = _SimpleChars()
+
+
 def nfkc_with_offsets(text: str) -> tuple[str, OffsetMap | None]:
     """Return `(NFKC(text), offset map)`; the map is None when positions correspond 1:1."""
     if unicodedata.is_normalized("NFKC", text):
         return text, None
+    norm = _nfkc(text)
+    for quick in (True, False):
+        built, groups = _groups(text, quick)
+        if built == norm:
+            return norm, OffsetMap(*groups) if groups[0] else None
+    # Cannot happen if SAFE_CHARS is right (tests/test_normalize.py): never return wrong offsets.
+    raise RuntimeError(f"NFKC offset mapping failed for {text!r}; please report this")
+
+
+def _groups(text: str, quick: bool) -> tuple[str, tuple[list[int], ...]]:
+    """NFKC of `text` built group by group, and the irregular groups' spans.
+
+    With `quick`, runs of simple characters are normalized in one call (the result is checked
+    by the caller, which retries character by character if it ever differs).
+    """
     out: list[str] = []
     nstart: list[int] = []
     nend: list[int] = []
@@ -91,6 +126,11 @@ def nfkc_with_offsets(text: str) -> tuple[str, OffsetMap | None]:
     done = 0  # original text before this position is already in `out`
     npos = 0  # length of "".join(out)
     for run in _UNSAFE_RUN.finditer(text):
+        if quick and all(map(_SIMPLE.__getitem__, run.group())):
+            out.append(text[done : run.start()] + _nfkc(run.group()))
+            npos += run.end() - done
+            done = run.end()
+            continue
         # The safe character before the run may compose with it (か + U+3099): start there.
         begin = max(run.start() - 1, done)
         out.append(text[done:begin])
@@ -110,7 +150,4 @@ def nfkc_with_offsets(text: str) -> tuple[str, OffsetMap | None]:
             gstart = i
         done = run.end()
     out.append(text[done:])
-    norm = "".join(out)
-    if norm != _nfkc(text):  # cannot happen if SAFE_CHARS is right; never return wrong offsets
-        raise RuntimeError(f"NFKC offset mapping failed for {text!r}; please report this")
-    return norm, OffsetMap(nstart, nend, ostart, oend) if nstart else None
+    return "".join(out), (nstart, nend, ostart, oend)

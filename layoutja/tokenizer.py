@@ -27,8 +27,8 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import accumulate, chain, islice
-from operator import sub
+from itertools import accumulate, chain, compress, islice
+from operator import not_, sub
 from pathlib import Path
 
 import fugashi
@@ -340,8 +340,12 @@ class JapaneseTokenizer:
             norm, nfkc_map = segment, None
         nodes = self.words.nodes(norm)
         entries = list(map(self._cache.get, nodes))
-        if None in entries:  # new nodes, or nodes ending in whitespace
-            entries = list(map(self._node_entry, _close_nodes(nodes)))
+        if None in entries:  # cached entries are never empty, so `not_` finds the misses
+            for i in compress(range(len(nodes)), map(not_, entries)):
+                if nodes[i][-1].isspace():  # rare: rebuild the line with closed nodes
+                    entries = list(map(self._node_entry, _close_nodes(nodes)))
+                    break
+                entries[i] = self._node_entry(nodes[i])
         flat = list(chain.from_iterable(entries))
         enc.tokens += flat[0::4]
         enc.ids += flat[1::4]
@@ -359,7 +363,7 @@ class JapaneseTokenizer:
         return self.encode(text).tokens
 
     def encode_batch(
-        self, texts: Iterable[str], workers: int = 1, chunk_size: int = 256
+        self, texts: Iterable[str], workers: int = 1, chunk_size: int = 1024
     ) -> Iterator[Encoding]:
         """Encode many texts in order, on `workers` processes (1: in this process)."""
         if workers <= 1:
