@@ -77,7 +77,8 @@ def main() -> None:
 
     from transformers import BertJapaneseTokenizer
 
-    from layoutja.tokenizer import JapaneseTokenizer, MecabWords
+    from layoutja.mecab import MecabWords
+    from layoutja.tokenizer import JapaneseTokenizer
     from layoutja.vocab import VocabConfig, train_vocab
 
     lines = corpus_lines(args.mb)

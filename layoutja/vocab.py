@@ -24,8 +24,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
 from layoutja.errors import UserError
+from layoutja.mecab import DICTIONARIES, MecabWords
 from layoutja.textsource import expand_inputs, iter_texts
-from layoutja.tokenizer import DEFAULT_SPECIALS, DICTIONARIES, JapaneseTokenizer, MecabWords
+from layoutja.tokenizer import DEFAULT_SPECIALS, JapaneseTokenizer
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # cl-tohoku's order and ids
 

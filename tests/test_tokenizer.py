@@ -217,3 +217,9 @@ def test_bad_tokenizer_directory_is_a_clear_error(unidic_dir, tmp_path, setup, m
     with pytest.raises(UserError, match=message) as error:
         JapaneseTokenizer.from_pretrained(d)
     assert str(tmp_path / "tok") in str(error.value)
+
+
+def test_hub_name_without_a_hub_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="the hub could not provide it"):
+        JapaneseTokenizer.from_pretrained("cl-tohoku/bert-base-japanese-v2")
