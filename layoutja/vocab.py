@@ -119,7 +119,7 @@ def _final_vocab(learned: list[str], required: list[str], config: VocabConfig) -
     singles = [t for t in body if len(t.removeprefix("##")) == 1]
     merges = [t for t in body if len(t.removeprefix("##")) != 1]
     keep = room - len(singles)
-    return head + singles + missing + merges[: max(keep, 0)]
+    return (head + singles + missing + merges[: max(keep, 0)])[: config.vocab_size]
 
 
 def write_tokenizer_dir(out: Path, vocab: list[str], config: VocabConfig) -> None:
@@ -158,12 +158,18 @@ def train_vocab(inputs: list[str | Path], out: Path, config: VocabConfig) -> dic
     if config.do_lower_case:
         alphabet = list(dict.fromkeys(c.lower() for c in alphabet if len(c.lower()) == 1))
     unused = [f"[unused{i}]" for i in range(config.num_unused)]
+    # The jis alphabet is required whole (too small a size is refused below); a corpus alphabet
+    # is capped so that its characters and their ## forms fit in the vocabulary.
+    limit_alphabet = max(config.limit_alphabet, len(alphabet))
+    if not alphabet:
+        room = config.vocab_size - len(SPECIAL_TOKENS) - len(unused)
+        limit_alphabet = min(config.limit_alphabet, room // 2)
     trainer = trainers.WordPieceTrainer(
         vocab_size=config.vocab_size,
         min_frequency=config.min_frequency,
         special_tokens=SPECIAL_TOKENS + unused,
         initial_alphabet=alphabet,
-        limit_alphabet=max(config.limit_alphabet, len(alphabet)),
+        limit_alphabet=limit_alphabet,
         continuing_subword_prefix="##",
         show_progress=False,
     )

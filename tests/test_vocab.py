@@ -50,6 +50,16 @@ def test_jis_alphabet_keeps_common_kanji_and_kana_known(tmp_path):
         assert "[UNK]" not in tok.tokenize(text), text
 
 
+def test_small_vocabulary_never_exceeds_the_requested_size(tmp_path):
+    out = tmp_path / "tok"
+    summary = train_vocab(
+        [DATA / "sample_ja.txt"], out, VocabConfig(vocab_size=300, alphabet="corpus")
+    )
+    vocab = read_vocab(out)
+    assert len(vocab) == summary["vocab_size"] <= 300
+    assert vocab[: len(HEAD)] == HEAD
+
+
 def test_html_inputs_contribute_their_visible_text_only(tmp_path):
     page = tmp_path / "page.html"
     visible = "見える単語見える単語見える単語 " * 30
