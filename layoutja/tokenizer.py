@@ -3,12 +3,13 @@
 Produces exactly the tokens of `transformers.BertJapaneseTokenizer` (the tokenizer of
 cl-tohoku/bert-base-japanese-v2 and of the izumi-lab ELECTRA models) for a tokenizer directory in
 that format, plus each token's `(start, end)` character span in the original text. It is also
-several times faster, because:
+about twice as fast (docs/benchmarks.md), because:
 
-- MeCab runs in wakati mode (one C call returns the space-separated words) instead of building a
-  Python object per node; splitting that string on whitespace gives the same word list as
-  BertJapaneseTokenizer, which itself splits every MeCab surface on whitespace before WordPiece;
-- WordPiece results are cached per word (a corpus has far fewer distinct words than words).
+- MeCab returns a line's nodes in one C call (layoutja.mecab) instead of a Python object per
+  node; splitting them on whitespace gives BertJapaneseTokenizer's word list, which itself
+  splits every MeCab surface on whitespace before WordPiece;
+- WordPiece results are cached per MeCab node (a corpus has far fewer distinct nodes than
+  nodes), and offsets come from C-level passes over a line (see `_encode_segment`).
 
 The steps mirror `BertJapaneseTokenizer.tokenize`: split out special tokens (`[MASK]` in text
 stays one token), NFKC-normalize each remaining segment, MeCab, optional lower-casing,
@@ -35,7 +36,6 @@ from layoutja.mecab import DICTIONARIES, MecabWords
 from layoutja.normalize import nfkc_with_offsets
 
 MAX_WORD_CHARS = 100  # WordPiece's max_input_chars_per_word in transformers
-SPECIAL_KEYS = ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 DEFAULT_SPECIALS = {
     "unk_token": "[UNK]",
     "sep_token": "[SEP]",
