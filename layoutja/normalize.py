@@ -51,8 +51,8 @@ class OffsetMap:
     """Maps sorted span boundaries of a derived text back to the text it was derived from.
 
     Group `k` covers derived `[nstart[k], nend[k])` and source `[ostart[k], oend[k])`; between
-    groups the two texts advance together. A group may be empty on the derived side (text that
-    was dropped, such as the whitespace MeCab skips) or longer than its source (`㈱` → `(株)`).
+    groups the two texts advance together. A group may be shorter than its source (ﾊﾟ → パ) or
+    longer (`㈱` → `(株)`).
     Spans that start or end inside a group widen to the whole group.
     """
 

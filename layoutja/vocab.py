@@ -107,7 +107,8 @@ def _final_vocab(learned: list[str], required: list[str], config: VocabConfig) -
     vocabulary keeps exactly `vocab_size` entries when the corpus allows that many.
     """
     head = SPECIAL_TOKENS + [f"[unused{i}]" for i in range(config.num_unused)]
-    body = [t for t in learned if t not in set(head)]
+    reserved = set(head)
+    body = [t for t in learned if t not in reserved]
     have = set(body)
     missing = [t for t in required if t not in have]
     room = config.vocab_size - len(head) - len(missing)
