@@ -67,6 +67,69 @@ def cmd_vocab(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_localize(args: argparse.Namespace) -> None:
+    from layoutja.batch import HTML_SUFFIXES, localize_corpus, parse_shard
+
+    src = Path(args.src)
+    if src.is_file() and src.suffix.lower() in HTML_SUFFIXES:
+        _localize_one(src, args)
+        return
+    if not args.out:
+        raise UserError("--out is required when SRC is a directory or a glob")
+    summary = localize_corpus(
+        args.src,
+        args.tokenizer,
+        Path(args.out),
+        workers=args.workers,
+        shard=parse_shard(args.shard),
+        timeout_s=args.timeout,
+        pages_per_part=args.pages_per_part,
+        retry_failed=args.retry_failed,
+        progress=not args.quiet,
+    )
+    totals = summary["totals"]
+    print(
+        f"localized {summary['ok']} page(s), {summary['failed']} failed, "
+        f"{summary['skipped']} already done; {summary['tokens']} tokens "
+        f"({summary['dropped_tokens']} not rendered, dropped); {summary['pages_per_s']} pages/s\n"
+        f"{summary['out']} now holds {totals['pages']} pages, {totals['tokens']} tokens"
+        + (f"; failures: {summary['failures']}" if summary["failures"] else ""),
+        file=sys.stderr,
+    )
+
+
+def _localize_one(src: Path, args: argparse.Namespace) -> None:
+    from layoutja.browser import Browser
+    from layoutja.localize import localize_file
+    from layoutja.tokenizer import JapaneseTokenizer
+
+    tokenizer = JapaneseTokenizer.from_pretrained(args.tokenizer)
+    with Browser(args.timeout) as browser:
+        record = localize_file(src, tokenizer, browser)
+    text = json.dumps(record, ensure_ascii=False) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    print(
+        f"{src}: {len(record['tokens'])} tokens, {record['dropped']} not rendered (dropped)",
+        file=sys.stderr,
+    )
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from layoutja.localize import show_page
+    from layoutja.tokenizer import JapaneseTokenizer
+
+    tokenizer = JapaneseTokenizer.from_pretrained(args.tokenizer)
+    record, paths = show_page(Path(args.page), tokenizer, Path(args.out), tiles=args.tiles)
+    print(
+        f"{args.page}: {len(record['tokens'])} token boxes drawn; wrote "
+        + ", ".join(map(str, paths)),
+        file=sys.stderr,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layoutja",
@@ -119,6 +182,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=cores, help=f"MeCab processes (default: {cores})")
     p.set_defaults(func=cmd_vocab)
+
+    p = sub.add_parser(
+        "localize",
+        help="render HTML pages in Chromium and record the box of every subword",
+        description="Tokenize the visible text of HTML pages, wrap every subword in a nowrap "
+        "span, render at 1280x854 in headless Chromium (page scripts off, network blocked) and "
+        "record each token's box and raw-HTML position. SRC is one .html file (the record is "
+        "printed as JSON, or written to --out), or a directory (SHINRA layout html/<category>/"
+        "<page_id>.html, or any tree of .html files) or a quoted glob: Parquet parts, a "
+        "manifest and failures.jsonl go to --out. Re-running the same command resumes.",
+    )
+    p.add_argument("src", metavar="SRC", help="an .html file, a directory or a quoted glob")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory (or hub name)")
+    p.add_argument("--out", help="output directory (a .json file for a single page)")
+    p.add_argument(
+        "--workers", type=int, default=cores, help=f"browser processes (default: {cores})"
+    )
+    p.add_argument(
+        "--shard", default="0/1", help="I/N: do only shard I of N (default: 0/1, everything)"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds per page load (default: 60)"
+    )
+    p.add_argument(
+        "--pages-per-part", type=int, default=500, help="pages per Parquet part (default: 500)"
+    )
+    p.add_argument(
+        "--retry-failed", action="store_true", help="try pages listed in failures again"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_localize)
+
+    p = sub.add_parser(
+        "show",
+        help="save a screenshot of a page with every token box drawn on it",
+        description="Localize one page and save a PNG of it with every stored token box "
+        "outlined: one tall image, or viewport-high tiles with --tiles (OUT-000.png, ...).",
+    )
+    p.add_argument("page", metavar="PAGE", help="an .html file")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory (or hub name)")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--tiles", action="store_true", help="write 1280x854 tiles, not one image")
+    p.set_defaults(func=cmd_show)
     return parser
 
 

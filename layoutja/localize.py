@@ -19,8 +19,10 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
 
 from layoutja.browser import Browser, RenderResult
+from layoutja.errors import UserError
 from layoutja.htmlpage import HtmlPage, decode_html, parse_html
 from layoutja.tokenizer import JapaneseTokenizer
 
@@ -126,3 +128,24 @@ def localize_html(data: bytes, tokenizer: JapaneseTokenizer, browser: Browser) -
     page = parse_html(text, encoding)
     wrapped = wrap_tokens(page, tokenizer)
     return page_record(page, wrapped, browser.render(wrapped.html, len(wrapped.tokens)))
+
+
+def localize_file(path: Path, tokenizer: JapaneseTokenizer, browser: Browser) -> dict:
+    """Localize one HTML file; its record names it (page id = file name without suffix)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+    record = {"page_id": path.stem, "category": "", "source": path.name}
+    record.update(localize_html(data, tokenizer, browser))
+    return record
+
+
+def show_page(
+    path: Path, tokenizer: JapaneseTokenizer, out: Path, tiles: bool = False
+) -> tuple[dict, list[Path]]:
+    """Localize a page and save a screenshot with every stored token box drawn on it."""
+    with Browser() as browser:
+        record = localize_file(path, tokenizer, browser)  # leaves the page loaded
+        tile_height = browser.viewport[1] if tiles else None
+        return record, browser.screenshot(record["px"], out, tile_height)
