@@ -143,8 +143,8 @@ def parse_html(source: str, encoding: str = "utf-8") -> HtmlPage:
         if not hidden and name not in INLINE:
             end_block()
         if closing:
-            if name in hidden:  # an end tag closes everything opened inside it
-                del hidden[hidden.index(name) :]
+            if name in hidden:  # an end tag closes its innermost element and all inside it
+                del hidden[len(hidden) - 1 - hidden[::-1].index(name) :]
         elif name in RAW_TEXT and not foreign:
             # The browser reads raw text up to the matching end tag, whatever it holds.
             end = re.compile(rf"</{name}[\t\n\f\r />]", re.I).search(source, pos)

@@ -1,0 +1,116 @@
+"""The HTML scanner: which text is page text, how it flows, and where each character came from."""
+
+from __future__ import annotations
+
+import html
+
+import pytest
+
+from layoutja.htmlpage import decode_html, parse_html
+
+from .conftest import SHINRA
+
+
+def texts(source: str) -> list[str]:
+    return ["".join(b.text) for b in parse_html(source).blocks]
+
+
+def test_inline_markup_continues_a_word_and_blocks_break_it():
+    assert texts("<p>東<b>京</b>都<a href=x>庁</a></p><p>大阪</p>") == ["東京都庁", "大阪"]
+    assert texts("<div>a<br>b<img src=x>c</div>") == ["a", "b", "c"]
+    assert texts("a<!-- a comment -->b") == ["ab"]  # a comment does not break a word
+
+
+def test_text_that_is_not_page_text_is_skipped():
+    source = (
+        "<html><head><title>題名</title><style>p{color:red}</style></head><body>"
+        "<script>var s = '</p><p>偽';</script><noscript><p>無</p></noscript>"
+        "<template><p>型</p><template>入</template>後</template><textarea>入力<b>欄</b></textarea>"
+        "<svg><text>図</text></svg><select><option>選</option></select>本文</body></html>"
+    )
+    assert texts(source) == ["本文"]
+
+
+def test_ruby_annotation_is_its_own_segment():
+    assert texts("<p><ruby>漢字<rp>(</rp><rt>かんじ</rt><rp>)</rp></ruby>を読む</p>") == [
+        "漢字",
+        "(",
+        "かんじ",
+        ")",
+        "を読む",
+    ]
+
+
+def test_entities_map_to_their_whole_reference():
+    source = "<p>A&amp;B &#x6771;&#20140; &copy &nbsp;x</p>"
+    page = parse_html(source)
+    (block,) = page.blocks
+    assert "".join(block.text) == "A&B 東京 © \xa0x"
+    for char, start, end in zip(block.text, block.starts, block.ends, strict=True):
+        assert html.unescape(source[start:end]) == char
+
+
+def test_positions_are_lines_and_columns_with_any_newline():
+    source = "<p>\r\n東京</p>\r<p>大阪\n</p>\r\nX"
+    page = parse_html(source)
+    lines = source.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for block in page.blocks:
+        for char, start in zip(block.text, block.starts, strict=True):
+            line, col = page.line_col(start)
+            if not char.isspace():
+                assert lines[line][col] == char
+    assert page.span(source.index("東"), source.index("京") + 1) == (1, 0, 1, 2)
+
+
+def test_every_character_of_real_pages_points_at_its_source():
+    pages = sorted(SHINRA.glob("Airport_HTML/*.html"))
+    if not pages:
+        pytest.skip("no SHINRA sample")
+    for path in pages:
+        source = path.read_text(encoding="utf-8")
+        page = parse_html(source)
+        assert page.blocks, path
+        for block in page.blocks:
+            for char, start, end in zip(block.text, block.starts, block.ends, strict=True):
+                assert char in html.unescape(source[start:end]), (path, start)
+        visible = "".join("".join(b.text) for b in page.blocks)
+        assert "wgCanonicalNamespace" not in visible  # the page's scripts are not text
+
+
+def test_raw_text_elements_hide_markup_until_their_own_end_tag():
+    assert texts('<script>if (a<b) document.write("<p>x</p>")</script><p>y</p>') == ["y"]
+    assert texts("<title>a</b>c</title>本文") == ["本文"]
+    assert texts("<p>前<script>never closed <p>z") == ["前"]
+
+
+def test_meta_refresh_is_removed_everywhere_even_in_noscript():
+    source = (
+        '<meta http-equiv="refresh" content="0;url=http://example.com/">'
+        "<noscript><meta http-equiv=Refresh content=1></noscript><meta charset=utf-8>"
+    )
+    page = parse_html(source)
+    assert len(page.edits) == 2
+    assert all("refresh" in source[s:e].lower() for s, e, _ in page.edits)
+
+
+def test_nul_is_dropped_like_the_browser_does():
+    (block,) = parse_html("<p>東\0京</p>").blocks
+    assert "".join(block.text) == "東京"
+    assert block.starts == [3, 5]
+
+
+def test_decoding_bom_charset_and_invalid_bytes():
+    text, encoding = decode_html(b"\xef\xbb\xbf<p>x</p>")
+    assert (text, encoding) == ("\ufeff<p>x</p>", "utf-8")  # the BOM counts in offsets
+    sjis = '<meta charset="Shift_JIS"><p>日本語</p>'.encode("cp932")
+    assert decode_html(sjis) == ('<meta charset="Shift_JIS"><p>日本語</p>', "cp932")
+    euc = "<meta http-equiv=Content-Type content='text/html; charset=euc-jp'>東京".encode("euc_jp")
+    assert decode_html(euc)[0].endswith("東京")
+    assert decode_html(b"<p>\xff\xfe ok</p>")[0] == "<p>\ufffd\ufffd ok</p>"
+    assert decode_html(b"<meta charset=nonsense><p>x</p>")[1] == "utf-8"
+
+
+def test_malformed_markup_never_raises():
+    for source in ["", "<", "<p", "</", "<!--", "<a href='>", "</ p>", "<<>>", "&", "&#;", "&#x;"]:
+        parse_html(source)
+    assert texts("a < b and c > d") == ["a < b and c > d"]

@@ -1,0 +1,152 @@
+"""Localizing single pages in the real Chromium: boxes, raw positions, and hostile input."""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+import unicodedata
+
+import pytest
+
+from layoutja.browser import Browser
+from layoutja.localize import localize_html
+from layoutja.tokenizer import JapaneseTokenizer
+
+from .conftest import SHINRA
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with Browser(timeout_s=30) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def tok(unidic_dir) -> JapaneseTokenizer:
+    return JapaneseTokenizer.from_pretrained(unidic_dir)
+
+
+def localize(source: str | bytes, tok, browser) -> dict:
+    data = source.encode("utf-8") if isinstance(source, str) else source
+    return localize_html(data, tok, browser)
+
+
+def assert_valid_boxes(record: dict) -> None:
+    for x0, y0, x1, y1 in record["bbox"]:
+        assert 0 <= x0 <= x1 <= 1000 and 0 <= y0 <= y1 <= 1000
+    for x0, y0, x1, y1 in record["px"]:
+        assert x0 <= x1 and y0 <= y1 and (x0, y0, x1, y1) != (0, 0, 0, 0)
+
+
+def raw_slices(source: str, record: dict) -> list[str]:
+    lines = source.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    out = []
+    for l0, c0, l1, c1 in record["html_span"]:
+        text = lines[l0][c0:c1] if l0 == l1 else lines[l0][c0:] + "\n" + lines[l1][:c1]
+        out.append(text)
+    return out
+
+
+def test_real_pages_positions_boxes_and_geometry(tok, browser):
+    pages = sorted(SHINRA.glob("Airport_HTML/*.html"))
+    if not pages:
+        pytest.skip("no SHINRA sample")
+    for path in pages:
+        source = path.read_text(encoding="utf-8")
+        record = localize(source, tok, browser)
+        crossing = 0
+        assert len(record["tokens"]) > 500 and record["viewport_width"] == 1280
+        assert_valid_boxes(record)
+        for token, raw in zip(record["tokens"], raw_slices(source, record), strict=True):
+            text = html.unescape(re.sub(r"<[^>]*>", "", raw))  # a token may cross tags
+            if token != "[UNK]":  # the raw slice is the token, once decoded and normalized
+                assert unicodedata.normalize("NFKC", text) == token.removeprefix("##"), raw
+            crossing += "<" in raw
+        assert crossing < len(record["tokens"]) / 10
+        # Reading order: the first tokens are the title at the top of the page.
+        assert record["bbox"][0][1] < 50
+
+
+def test_token_split_by_inline_markup_is_one_token_with_the_union_box(tok, browser):
+    plain = localize("<p style='font:20px monospace'>東京大学</p>", tok, browser)
+    split = localize("<p style='font:20px monospace'>東<b>京</b>大<i>学</i></p>", tok, browser)
+    assert split["tokens"] == plain["tokens"]
+    first = plain["tokens"][0]
+    assert len(first) >= 2, "the tiny vocabulary should hold 東京 as one token"
+    x0, y0, x1, y1 = split["px"][0]
+    assert x1 - x0 == pytest.approx(20 * len(first), abs=1)  # one box over both pieces
+    assert split["html_span"][0][3] - split["html_span"][0][1] > len(first)  # spans the <b>
+
+
+def test_hidden_text_is_dropped_and_counted(tok, browser):
+    source = (
+        "<p>東京</p><p style='display:none'>大阪</p><div hidden>京都</div>"
+        "<script>document.write('奈良')</script><noscript>神戸</noscript><template>横浜</template>"
+    )
+    record = localize(source, tok, browser)
+    assert "".join(record["tokens"]).replace("##", "") == "東京"
+    assert record["dropped"] >= 2  # 大阪 and 京都 were tokenized but not rendered
+    assert_valid_boxes(record)
+
+
+def test_ligatures_do_not_swallow_pieces(tok, browser):
+    record = localize("<p style='font:40px DejaVu Sans'>official office affix</p>", tok, browser)
+    assert any(t.startswith("##") for t in record["tokens"])
+    for token, (x0, _, x1, _) in zip(record["tokens"], record["px"], strict=True):
+        assert x1 - x0 > 5, token
+
+
+def test_vertical_writing_ruby_pre_and_fixed_elements(tok, browser):
+    vertical = localize("<p style='writing-mode:vertical-rl'>東京都の空港</p>", tok, browser)
+    x0, y0, x1, y1 = vertical["px"][0]
+    assert y1 - y0 > x1 - x0  # a run of vertical text is tall, not wide
+    ruby = localize("<p style='font-size:30px'><ruby>漢字<rt>かんじ</rt></ruby></p>", tok, browser)
+    base, reading = ruby["px"][0], ruby["px"][-1]  # 漢… first, the reading かんじ last
+    assert reading[1] < base[1] and reading[0] < base[2]  # the reading sits above its base
+    pre = localize("<pre>東京\n    空港   です</pre>", tok, browser)
+    assert len({round(b[1]) for b in pre["px"]}) == 2  # two lines
+    fixed = localize("<div style='position:fixed;bottom:0'>空港</div><p>東京</p>", tok, browser)
+    assert_valid_boxes(fixed)
+
+
+def test_hostile_page_loads_nothing_and_does_not_navigate(tok, browser):
+    source = """<!DOCTYPE html><html><head><base href="http://example.com/">
+    <meta http-equiv="refresh" content="0;url=http://example.com/away">
+    <link rel=stylesheet href="http://example.com/x.css"><link rel=stylesheet href="file:///etc/x">
+    </head><body><img src="file:///etc/passwd"><img src="/big.png" width=100 height=50>
+    <iframe src="http://example.com/frame"></iframe><iframe srcdoc="<p>中</p>"></iframe>
+    <script src="http://example.com/a.js"></script><p>東京</p>
+    <video src="http://example.com/v.mp4" autoplay></video></body></html>"""
+    start = time.monotonic()
+    record = localize(source, tok, browser)
+    assert time.monotonic() - start < 10
+    assert "".join(record["tokens"]).replace("##", "") == "東京"
+    time.sleep(0.5)  # a refresh would have fired by now
+    assert browser._page.url == "about:blank"
+
+
+def test_empty_and_textless_pages(tok, browser):
+    for source in ["", "<html><body></body></html>", "<p>   </p><img src=x>", "<head></head>"]:
+        record = localize(source, tok, browser)
+        assert record["tokens"] == [] and record["bbox"] == []
+
+
+def test_crlf_bom_charset_nul_and_invalid_bytes(tok, browser):
+    crlf = "<html>\r\n<body>\r\n<p>東京</p>\r\n<p>大阪</p>\r\n</body></html>"
+    record = localize(crlf, tok, browser)
+    assert record["html_span"][0][:2] == [2, 3]
+    assert raw_slices(crlf, record) == [t.removeprefix("##") for t in record["tokens"]]
+    bom = localize(b"\xef\xbb\xbf<p>\x00\xe6\x9d\xb1\xe4\xba\xac \xff</p>", tok, browser)
+    assert bom["tokens"][0] == "東京" and bom["html_span"][0][1] == 4  # after BOM and <p>
+    sjis = localize('<meta charset="shift_jis"><p>東京</p>'.encode("cp932"), tok, browser)
+    assert sjis["encoding"] == "cp932" and sjis["tokens"] == ["東京"]
+
+
+def test_a_very_long_page(tok, browser):
+    paragraph = "<p>東京国際空港は大田区にある空港である。" * 20 + "</p>\n"
+    source = "<html><body>" + paragraph * 700 + "</body></html>"
+    record = localize(source, tok, browser)
+    assert len(record["tokens"]) > 100_000
+    assert_valid_boxes(record)
+    assert record["bbox"][-1][3] == 1000  # the last line is at the bottom of the body
