@@ -117,7 +117,7 @@ def parse_html(source: str, encoding: str = "utf-8") -> HtmlPage:
     edits: list[tuple[int, int, str]] = []
     block = Block()
     hidden: list[str] = []  # open elements whose content is skipped
-    pos = 0
+    pos = 1 if source.startswith("\ufeff") else 0  # a BOM is not text (but counts in offsets)
 
     def end_block() -> None:
         nonlocal block
