@@ -138,7 +138,7 @@ def test_crlf_bom_charset_nul_and_invalid_bytes(tok, browser):
     assert record["html_span"][0][:2] == [2, 3]
     assert raw_slices(crlf, record) == [t.removeprefix("##") for t in record["tokens"]]
     bom = localize(b"\xef\xbb\xbf<p>\x00\xe6\x9d\xb1\xe4\xba\xac \xff</p>", tok, browser)
-    assert bom["tokens"][0] == "東京" and bom["html_span"][0][1] == 4  # after BOM and <p>
+    assert bom["tokens"][0] == "東京" and bom["html_span"][0][1] == 5  # after BOM, <p>, NUL
     sjis = localize('<meta charset="shift_jis"><p>東京</p>'.encode("cp932"), tok, browser)
     assert sjis["encoding"] == "cp932" and sjis["tokens"] == ["東京"]
 
