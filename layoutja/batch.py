@@ -132,10 +132,13 @@ class _Slot:
 class WorkerPool:
     """N localizing worker processes; `run` yields (task, record or None, failure reason)."""
 
-    def __init__(self, tokenizer_dir: str, workers: int, timeout_s: float):
+    def __init__(
+        self, tokenizer_dir: str, workers: int, timeout_s: float, hard_limit_s: float = 0.0
+    ):
         self.tokenizer_dir = tokenizer_dir
         self.timeout_s = timeout_s
-        self.hard_limit_s = 2 * timeout_s + 30  # a soft timeout, a browser restart and a retry
+        # Enough for a soft timeout, a browser restart and a retry, unless given.
+        self.hard_limit_s = hard_limit_s or 2 * timeout_s + 30
         self._context = multiprocessing.get_context("spawn")  # no Playwright state is forked
         self.slots = [self._spawn() for _ in range(workers)]
         self.chromium_version = self._wait_ready()

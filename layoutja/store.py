@@ -86,8 +86,9 @@ class Store:
         self.failed = self._read_failures(retry_failed)
         self.done: set[str] = set()
         self._batches: list[pa.RecordBatch] = []
-        self._recover_journal()
         self._journal = None
+        self._recover_journal()
+        self.write_manifest()
 
     # --- start-up -------------------------------------------------------------------------
     def _check_settings(self) -> None:

@@ -1,0 +1,161 @@
+"""Localizing a corpus: Parquet output, resume, shards, failures, kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from layoutja.batch import PageTask, WorkerPool, find_pages, in_shard, localize_corpus
+from layoutja.errors import UserError
+from layoutja.store import SCHEMA, Store
+
+from .conftest import SHINRA
+
+TOWNS = ["東京", "大阪", "京都", "札幌", "福岡", "那覇", "仙台", "神戸", "横浜", "名古屋"]
+
+
+def make_corpus(root: Path, pages: int = 12) -> Path:
+    """A SHINRA-layout corpus: html/<category>/<page_id>.html, two categories."""
+    for i in range(pages):
+        category = "Airport" if i % 2 else "City"
+        town = TOWNS[i % len(TOWNS)]
+        path = root / "html" / category / f"{1000 + i}.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = f"<h1>{town}空港</h1>" + f"<p>{town}空港は{town}にある空港である。</p>" * (i + 1)
+        path.write_text(f"<html><body>{body}</body></html>", encoding="utf-8")
+    return root
+
+
+def read_parts(out: Path) -> pa.Table:
+    return pa.concat_tables(pq.read_table(p) for p in sorted(out.glob("part-*.parquet")))
+
+
+def test_find_pages_layouts_and_shards(tmp_path):
+    corpus = make_corpus(tmp_path / "shinra")
+    tasks = find_pages(str(corpus))
+    assert len(tasks) == 12 and tasks[0].source == "Airport/1001.html"
+    assert (tasks[0].page_id, tasks[0].category) == ("1001", "Airport")
+    flat = find_pages(str(corpus / "html" / "City"))
+    assert flat[0].category == "" and flat[0].source == "1000.html"
+    assert len(find_pages(str(corpus / "html" / "*" / "100[0-3].html"))) == 4
+    shards = [[t for t in tasks if in_shard(t, (i, 3))] for i in range(3)]
+    assert sorted(t.source for s in shards for t in s) == sorted(t.source for t in tasks)
+    with pytest.raises(UserError, match="no .html files"):
+        find_pages(str(tmp_path / "shinra" / "html" / "missing*"))
+
+
+def test_corpus_to_parquet_then_resume(unidic_dir, tmp_path):
+    corpus = make_corpus(tmp_path / "shinra")
+    for page in sorted(SHINRA.glob("Airport_HTML/*.html"))[:2]:  # real pages when available
+        shutil.copy(page, corpus / "html" / "Airport" / page.name)
+    out = tmp_path / "out"
+    summary = localize_corpus(
+        str(corpus), str(unidic_dir), out, workers=2, pages_per_part=5, progress=False
+    )
+    pages = len(find_pages(str(corpus)))
+    assert summary["ok"] == pages and summary["failed"] == 0
+    table = read_parts(out)
+    assert table.schema == SCHEMA
+    assert sorted(table.column("source").to_pylist()) == sorted(
+        t.source for t in find_pages(str(corpus))
+    )
+    assert len(list(out.glob("part-*.parquet"))) == -(-pages // 5)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["pages"] == pages
+    assert manifest["counts"]["tokens"] == sum(len(t) for t in table.column("tokens").to_pylist())
+    assert manifest["viewport"] == [1280, 854] and manifest["chromium"]
+    for row in table.to_pylist():
+        assert len(row["tokens"]) == len(row["bbox"]) == len(row["px"]) == len(row["html_span"])
+        assert all(0 <= v <= 1000 for box in row["bbox"] for v in box)
+    again = localize_corpus(str(corpus), str(unidic_dir), out, workers=2, progress=False)
+    assert (again["ok"], again["skipped"]) == (0, pages)
+    assert read_parts(out).num_rows == pages
+
+
+def test_shards_share_an_output_directory(unidic_dir, tmp_path):
+    corpus = make_corpus(tmp_path / "shinra", pages=8)
+    out = tmp_path / "out"
+    for index in range(2):
+        localize_corpus(str(corpus), str(unidic_dir), out, shard=(index, 2), progress=False)
+    assert {p.name for p in out.glob("manifest*.json")} == {
+        "manifest-00000-of-00002.json",
+        "manifest-00001-of-00002.json",
+    }
+    sources = read_parts(out).column("source").to_pylist()
+    assert sorted(sources) == sorted(t.source for t in find_pages(str(corpus)))
+
+
+def fake_record(source: str, tokens: int = 3) -> dict:
+    return {
+        "page_id": source, "category": "", "source": source, "encoding": "utf-8",
+        "tokens": ["東京"] * tokens, "input_ids": [5] * tokens, "bbox": [[0, 0, 1, 1]] * tokens,
+        "px": [[0.0, 0.0, 1.0, 1.0]] * tokens, "html_span": [[0, 0, 0, 2]] * tokens,
+        "dropped": 1, "viewport_width": 1280, "page_width": 1280.0, "page_height": 900.0,
+        "body": [8.0, 8.0, 1272.0, 892.0],
+    }  # fmt: skip
+
+
+def test_store_recovers_a_torn_journal_and_keeps_failures(tmp_path):
+    settings = {"tokenizer_vocab_sha256": "abc", "viewport": [1280, 854], "normalization": "body"}
+    store = Store(tmp_path, (0, 1), settings, pages_per_part=100)
+    for name in "abc":
+        store.add(fake_record(name))
+    store.fail("bad.html", "reason")
+    with open(store.journal_path, "ab") as f:  # the run is killed while writing a record
+        f.write(b"\xff\xff\xff\xff\x10\x00\x00")
+    del store
+    store = Store(tmp_path, (0, 1), settings)
+    assert store.done == {"a", "b", "c"} and set(store.failed) == {"bad.html"}
+    assert not store.journal_path.exists() and read_parts(tmp_path).num_rows == 3
+    assert store.counts() == {"pages": 3, "tokens": 9, "dropped_tokens": 3, "failed": 1}
+    assert Store(tmp_path, (0, 1), settings, retry_failed=True).failed == {}
+    with pytest.raises(UserError, match="tokenizer_vocab_sha256"):
+        Store(tmp_path, (0, 1), {**settings, "tokenizer_vocab_sha256": "other"})
+
+
+def test_pool_contains_failures_and_replaces_stuck_workers(unidic_dir, tmp_path):
+    good = tmp_path / "good.html"
+    good.write_text("<p>東京</p>", encoding="utf-8")
+    fifo = tmp_path / "stuck.html"
+    os.mkfifo(fifo)  # reading it blocks forever: a worker that stops answering
+    tasks = [
+        PageTask(tmp_path / "missing.html", "missing.html", "missing", ""),
+        PageTask(fifo, "stuck.html", "stuck", ""),
+        PageTask(good, "good.html", "good", ""),
+    ]
+    with WorkerPool(str(unidic_dir), 1, timeout_s=5, hard_limit_s=4) as pool:
+        results = {task.source: (record, reason) for task, record, reason in pool.run(tasks)}
+    assert "cannot read" in results["missing.html"][1]
+    assert "no answer in 4 s" in results["stuck.html"][1]
+    assert results["good.html"][0]["tokens"] == ["東京"]
+
+
+def test_kill_9_loses_only_pages_in_flight(unidic_dir, tmp_path):
+    corpus = make_corpus(tmp_path / "shinra", pages=40)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "layoutja", "localize", str(corpus), "--tokenizer",
+           str(unidic_dir), "--out", str(out), "--workers", "1", "--quiet"]  # fmt: skip
+    run = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE)
+    journal = out / "journal-00000-of-00001.arrows"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not journal.exists() or journal.stat().st_size < 6000):
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert journal.exists() and not list(out.glob("part-*"))
+    finished = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert "already done" in finished.stderr
+    sources = read_parts(out).column("source").to_pylist()
+    assert sorted(sources) == sorted(t.source for t in find_pages(str(corpus)))  # each once
+    assert not list(out.glob(".tmp-*")) and not journal.exists()
