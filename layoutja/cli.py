@@ -208,9 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pages-per-part", type=int, default=500, help="pages per Parquet part (default: 500)"
     )
-    p.add_argument(
-        "--retry-failed", action="store_true", help="try pages listed in failures again"
-    )
+    p.add_argument("--retry-failed", action="store_true", help="try pages listed in failures again")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_localize)
 

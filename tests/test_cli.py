@@ -102,3 +102,32 @@ def test_help_lists_the_commands():
     result = layoutja("--help")
     assert result.returncode == 0
     assert "tokenize" in result.stdout.decode() and "vocab" in result.stdout.decode()
+
+
+def test_localize_one_page_prints_a_record_and_show_draws_it(unidic_dir, tmp_path):
+    page = tmp_path / "page.html"
+    page.write_text("<html><body><h1>東京</h1><p>大阪の空港</p></body></html>", encoding="utf-8")
+    result = layoutja("localize", page, "--tokenizer", unidic_dir)
+    assert result.returncode == 0, result.stderr.decode()
+    record = json.loads(result.stdout)
+    assert record["page_id"] == "page" and record["tokens"][0] == "東京"
+    assert len(record["bbox"]) == len(record["tokens"])
+    png = tmp_path / "page.png"
+    result = layoutja("show", page, "--tokenizer", unidic_dir, "--out", png)
+    assert result.returncode == 0, result.stderr.decode()
+    header = png.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    assert int.from_bytes(header[16:20], "big") == 1280  # the full layout width
+
+
+def test_localize_errors_are_clear(unidic_dir, tmp_path):
+    result = layoutja("localize", tmp_path / "nothing", "--tokenizer", unidic_dir, "--out", "o")
+    assert result.returncode == 1
+    assert "nothing: no such file or directory" in result.stderr.decode()
+    (tmp_path / "a.html").write_text("<p>x</p>")
+    result = layoutja("localize", tmp_path, "--tokenizer", unidic_dir)
+    assert "--out is required" in result.stderr.decode()
+    result = layoutja(
+        "localize", tmp_path, "--tokenizer", unidic_dir, "--out", "o", "--shard", "3/2"
+    )
+    assert "--shard '3/2'" in result.stderr.decode()
