@@ -99,9 +99,7 @@ def main() -> None:
             bare = bare_loop(sorted(wrapped_dir.glob("*.html")), workers)
             out = work / f"out-{workers}"
             start = time.perf_counter()
-            summary = localize_corpus(
-                str(src), tokenizer_dir, out, workers=workers, progress=False
-            )
+            summary = localize_corpus(str(src), tokenizer_dir, out, workers=workers, progress=False)
             full = time.perf_counter() - start
             assert summary["ok"] == len(pages), summary
             n = len(pages)
