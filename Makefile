@@ -39,14 +39,15 @@ lint: setup
 demo: setup
 	@echo "make demo: the end-to-end demo lands with issue 7; the setup above is done."
 
-# Tokenizer speed against transformers' BertJapaneseTokenizer on real Japanese text
-# (Debian's Japanese documentation; installed here if missing).
+# Tokenizer speed against transformers' BertJapaneseTokenizer, and localization speed against a
+# bare Chromium loop, on real Japanese text (Debian's Japanese documentation; installed if missing).
 BENCH_DOCS := debian-reference-ja developers-reference-ja debian-faq-ja maint-guide-ja \
               debian-policy-ja gimp-help-ja
 bench: setup
 	@dpkg -s $(BENCH_DOCS) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(BENCH_DOCS) >/dev/null; }
 	$(PY) bench/bench_tokenizer.py
+	$(PY) bench/bench_localize.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
