@@ -30,6 +30,10 @@ from layoutja.tokenizer import JapaneseTokenizer
 # the second span zero width, so ligatures are turned off on token spans.
 SPAN_OPEN = '<span data-lj="{}" style="white-space:nowrap;font-variant-ligatures:none">'
 SPAN_CLOSE = "</span>"
+# Scripts are off, so Chromium would lay out <noscript> content, which a reader (scripts on) never
+# sees and which is not page text; hide it. Appended at the end: before the doctype it would
+# switch the page to quirks mode.
+HIDE_NOSCRIPT = "<style>noscript{display:none!important}</style>"
 NORMALIZATION = "body"
 
 
@@ -75,6 +79,7 @@ def wrap_tokens(page: HtmlPage, tokenizer: JapaneseTokenizer) -> WrappedPage:
         out.append(text)
         done = max(done, end)
     out.append(page.source[done:])
+    out.append(HIDE_NOSCRIPT)
     html = "".join(out)
     if html.startswith("\ufeff"):  # a BOM counts in raw offsets, but is not document text
         html = html[1:]

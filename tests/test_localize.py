@@ -87,6 +87,10 @@ def test_hidden_text_is_dropped_and_counted(tok, browser):
     record = localize(source, tok, browser)
     assert "".join(record["tokens"]).replace("##", "") == "東京"
     assert record["dropped"] >= 2  # 大阪 and 京都 were tokenized but not rendered
+    # <noscript> takes no room (a reader with scripts on never sees it), and quirks mode is off.
+    tall = "<!DOCTYPE html><body><noscript><div style='height:500px'>x</div></noscript><p>東京</p>"
+    assert localize(tall, tok, browser)["px"][0][1] < 100
+    assert browser._page.evaluate("document.compatMode") == "CSS1Compat"
     assert_valid_boxes(record)
 
 
