@@ -131,6 +131,9 @@ def test_hostile_page_loads_nothing_and_does_not_navigate(tok, browser):
 
 
 def test_empty_and_textless_pages(tok, browser):
+    malformed = localize("<p>東京<div><b>大阪</p></i><td>空港<tr></table>", tok, browser)
+    assert "".join(malformed["tokens"]).replace("##", "") == "東京大阪空港"
+    assert_valid_boxes(malformed)
     for source in ["", "<html><body></body></html>", "<p>   </p><img src=x>", "<head></head>"]:
         record = localize(source, tok, browser)
         assert record["tokens"] == [] and record["bbox"] == []
@@ -149,8 +152,8 @@ def test_crlf_bom_charset_nul_and_invalid_bytes(tok, browser):
 
 def test_a_very_long_page(tok, browser):
     paragraph = "<p>東京国際空港は大田区にある空港である。" * 20 + "</p>\n"
-    source = "<html><body>" + paragraph * 700 + "</body></html>"
+    source = "<html><body>" + paragraph * 1100 + "</body></html>"
     record = localize(source, tok, browser)
-    assert len(record["tokens"]) > 100_000
+    assert len(record["tokens"]) > 200_000
     assert_valid_boxes(record)
     assert record["bbox"][-1][3] == 1000  # the last line is at the bottom of the body
