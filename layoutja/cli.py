@@ -130,6 +130,17 @@ def cmd_show(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_init_model(args: argparse.Namespace) -> None:
+    from layoutja.init_model import init_model
+
+    report = init_model(args.bert, Path(args.out), args.tokenizer, args.max_2d_positions)
+    print(f"copied from {args.bert}: {len(report.copied)} tensors", file=sys.stderr)
+    for title, names in (("new (random init)", report.new), ("not used", report.unused)):
+        if names:
+            print(f"{title}: " + ", ".join(names), file=sys.stderr)
+    print(f"wrote LayoutLMForMaskedLM and its tokenizer to {args.out}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layoutja",
@@ -223,6 +234,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--tiles", action="store_true", help="write 1280x854 tiles, not one image")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser(
+        "init-model",
+        help="make a LayoutLM (MVLM) from a BERT checkpoint, with fresh 2-D embeddings",
+        description="Copy every weight of a BERT checkpoint (BertForPreTraining, "
+        "BertForMaskedLM or BertModel; a directory or a hub name) into a LayoutLMForMaskedLM "
+        "whose x, y, h and w position embeddings are new, and write it with its tokenizer.",
+    )
+    p.add_argument("--from", dest="bert", required=True, metavar="BERT", help="BERT dir or name")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--tokenizer", help="tokenizer to ship with it (default: the BERT's own)")
+    p.add_argument(
+        "--max-2d-positions", type=int, default=1024, help="2-D embedding rows (default: 1024)"
+    )
+    p.set_defaults(func=cmd_init_model)
     return parser
 
 
