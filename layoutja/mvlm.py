@@ -1,0 +1,64 @@
+"""The MVLM objective around a standard `LayoutLMForMaskedLM`.
+
+`MVLMModel.forward` returns the loss of a masked batch. The vocabulary projection (hidden →
+32,768 logits) is computed only for the selected tokens, ~15% of them: computed for every token
+it is a large share of a step's FLOPs and memory. The weights stay in `LayoutLMForMaskedLM`'s
+layout (`layoutlm.*`, `cls.predictions.*`), so the trained model is saved with `save_pretrained`
+and loads with `AutoModelForMaskedLM`. Wrapping it in one module keeps the whole step inside its
+`forward`, which DDP needs to synchronize gradients.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, LayoutLMConfig, LayoutLMForMaskedLM
+
+from layoutja.errors import UserError
+
+
+class MVLMModel(nn.Module):
+    def __init__(self, mlm: LayoutLMForMaskedLM):
+        super().__init__()
+        self.mlm = mlm
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        bbox: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> torch.Tensor:
+        hidden = self.mlm.layoutlm(
+            input_ids=input_ids, bbox=bbox, attention_mask=attention_mask
+        ).last_hidden_state
+        selected = labels != -100
+        logits = self.mlm.cls(hidden[selected])  # (selected tokens, vocabulary)
+        return F.cross_entropy(logits.float(), labels[selected])
+
+
+def load_layoutlm(init: str | Path) -> LayoutLMForMaskedLM:
+    """A LayoutLMForMaskedLM from a LayoutLM directory, or converted from a BERT on the fly."""
+    try:
+        model_type = AutoConfig.from_pretrained(str(init)).model_type
+    except (OSError, ValueError) as e:
+        raise UserError(f"{init}: cannot read a model config: {e}") from None
+    if model_type == "layoutlm":
+        return LayoutLMForMaskedLM.from_pretrained(str(init))
+    if model_type == "bert":
+        from layoutja.init_model import layoutlm_from_bert
+
+        return layoutlm_from_bert(init)[0]
+    raise UserError(f"{init}: a {model_type} model; MVLM starts from a BERT or a LayoutLM")
+
+
+def new_layoutlm(vocab_size: int, architecture: dict) -> LayoutLMForMaskedLM:
+    """A randomly initialized LayoutLMForMaskedLM (training from scratch, tests, the demo)."""
+    try:
+        config = LayoutLMConfig(vocab_size=vocab_size, **architecture)
+    except TypeError as e:
+        raise UserError(f"model settings: {e}") from None
+    return LayoutLMForMaskedLM(config)
