@@ -141,6 +141,46 @@ def cmd_init_model(args: argparse.Namespace) -> None:
     print(f"wrote LayoutLMForMaskedLM and its tokenizer to {args.out}", file=sys.stderr)
 
 
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from layoutja.config import load_config
+    from layoutja.trainer import pretrain
+
+    overrides = dict(args.overrides)
+    if args.max_steps is not None:
+        overrides["max_steps"] = str(args.max_steps)
+    config = load_config(args.config, overrides)
+    last = pretrain(
+        config,
+        args.data,
+        args.out,
+        init=args.init,
+        tokenizer=args.tokenizer,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    if last:
+        print(f"step {last['step']}: loss {last['loss']}; model in {args.out}", file=sys.stderr)
+
+
+def _overrides(extra: list[str]) -> list[tuple[str, str]]:
+    """`--key value` / `--key=value` pairs left over by argparse (recipe overrides)."""
+    pairs, i = [], 0
+    while i < len(extra):
+        item = extra[i]
+        if not item.startswith("--") or item == "--":
+            raise UserError(f"unexpected argument {item!r} (overrides are --key value)")
+        if "=" in item:
+            key, value = item[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(extra):
+            key, value = item[2:], extra[i + 1]
+            i += 2
+        else:
+            raise UserError(f"{item}: needs a value")
+        pairs.append((key, value))
+    return pairs
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layoutja",
@@ -249,12 +289,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-2d-positions", type=int, default=1024, help="2-D embedding rows (default: 1024)"
     )
     p.set_defaults(func=cmd_init_model)
+
+    p = sub.add_parser(
+        "pretrain",
+        allow_abbrev=False,  # unknown --key value pairs are recipe overrides, never abbreviations
+        help="pretrain LayoutLM with MVLM on localized pages (1 CPU to many GPUs)",
+        description="Train with a recipe from train/ on the Parquet output of `layoutja "
+        "localize`. Runs directly or under `accelerate launch`. Any recipe setting can be "
+        "overridden with --key value (e.g. --learning_rate 1e-4 --mixed_precision bf16). The "
+        "output directory gets checkpoints/, metrics.jsonl, tensorboard/ and, at the end, a "
+        "Hugging Face model with its tokenizer.",
+    )
+    p.add_argument("--config", help="YAML recipe (e.g. train/mvlm-base.yaml)")
+    p.add_argument("--data", required=True, help="localized Parquet directory")
+    p.add_argument("--init", help="BERT (converted on the fly) or LayoutLM directory / hub name")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: the model's or the data's)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--max-steps", type=int, help="override max_steps")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pretrain, overrides=[])
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
     try:
+        if extra and args.command != "pretrain":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if extra:
+            args.overrides = _overrides(extra)
         args.func(args)
     except UserError as e:
         print(f"layoutja {args.command}: error: {e}", file=sys.stderr)

@@ -94,13 +94,25 @@ def _is_tied(model: LayoutLMForMaskedLM, name: str) -> bool:
 
 
 def check_vocabulary(model: LayoutLMForMaskedLM, tokenizer_dir: Path, bert: str) -> None:
-    """Refuse a tokenizer whose vocabulary does not fit the model's embeddings."""
-    size = len(load_vocab(tokenizer_dir / "vocab.txt"))
-    if size != model.config.vocab_size:
+    """Refuse a tokenizer that does not fit the model: another size, or not BERT's own tokens."""
+    vocab = load_vocab(tokenizer_dir / "vocab.txt")
+    if len(vocab) != model.config.vocab_size:
         raise UserError(
-            f"{tokenizer_dir}: vocabulary of {size} tokens, but {bert} has "
+            f"{tokenizer_dir}: vocabulary of {len(vocab)} tokens, but {bert} has "
             f"{model.config.vocab_size} word embeddings"
         )
+    try:
+        own_dir = resolve_tokenizer_dir(bert)
+    except UserError:
+        return  # BERT ships no tokenizer: the size check is all there is
+    if own_dir != tokenizer_dir and (own_dir / "vocab.txt").exists():
+        own = load_vocab(own_dir / "vocab.txt")
+        differ = sum(own.get(token) != i for token, i in vocab.items())
+        if differ:
+            raise UserError(
+                f"{tokenizer_dir}: {differ} of {len(vocab)} tokens differ from {bert}'s own "
+                "vocabulary; its embeddings would mean other tokens"
+            )
 
 
 def init_model(

@@ -57,3 +57,31 @@ def lower_dir(tmp_path_factory) -> Path:
 def tokenizer_dir(request) -> Path:
     """Each tokenizer flavour in turn: unidic-lite, ipadic, unidic-lite lower-cased."""
     return request.getfixturevalue(f"{request.param}_dir")
+
+
+TOWNS = ["東京", "大阪", "京都", "札幌", "福岡", "那覇", "仙台", "神戸", "横浜", "名古屋"]
+
+
+def make_corpus(root: Path, pages: int = 12) -> Path:
+    """A SHINRA-layout corpus: html/<category>/<page_id>.html, two categories."""
+    for i in range(pages):
+        category = "Airport" if i % 2 else "City"
+        town = TOWNS[i % len(TOWNS)]
+        path = root / "html" / category / f"{1000 + i}.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = f"<h1>{town}空港</h1>" + f"<p>{town}空港は{town}にある空港である。</p>" * (i + 1)
+        path.write_text(f"<html><body>{body}</body></html>", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def localized_dir(tmp_path_factory, unidic_dir) -> Path:
+    """A small corpus localized in Chromium: Parquet parts for the training tests."""
+    from layoutja.batch import localize_corpus
+
+    root = tmp_path_factory.mktemp("localized")
+    corpus = make_corpus(root / "corpus", pages=16)
+    for page in sorted(SHINRA.glob("Airport_HTML/*.html"))[:3]:
+        (corpus / "html" / "Airport" / page.name).write_bytes(page.read_bytes())
+    localize_corpus(str(corpus), str(unidic_dir), root / "out", pages_per_part=6, progress=False)
+    return root / "out"

@@ -19,21 +19,7 @@ from layoutja.batch import PageTask, WorkerPool, find_pages, in_shard, localize_
 from layoutja.errors import UserError
 from layoutja.store import SCHEMA, Store
 
-from .conftest import SHINRA
-
-TOWNS = ["東京", "大阪", "京都", "札幌", "福岡", "那覇", "仙台", "神戸", "横浜", "名古屋"]
-
-
-def make_corpus(root: Path, pages: int = 12) -> Path:
-    """A SHINRA-layout corpus: html/<category>/<page_id>.html, two categories."""
-    for i in range(pages):
-        category = "Airport" if i % 2 else "City"
-        town = TOWNS[i % len(TOWNS)]
-        path = root / "html" / category / f"{1000 + i}.html"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        body = f"<h1>{town}空港</h1>" + f"<p>{town}空港は{town}にある空港である。</p>" * (i + 1)
-        path.write_text(f"<html><body>{body}</body></html>", encoding="utf-8")
-    return root
+from .conftest import SHINRA, make_corpus
 
 
 def read_parts(out: Path) -> pa.Table:

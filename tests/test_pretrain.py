@@ -1,0 +1,213 @@
+"""MVLM pretraining: model initialization, windows, masking, the loss, training, resume, export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from itertools import islice
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import (
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    BertForPreTraining,
+    BertModel,
+    LayoutLMForMaskedLM,
+)
+
+from layoutja.config import load_config
+from layoutja.data import SpecialIds, WindowStream, localized_files, mvlm_mask, window_spans
+from layoutja.errors import UserError
+from layoutja.init_model import TOKENIZER_FILES, init_model, layoutlm_from_bert
+from layoutja.mvlm import MVLMModel
+from layoutja.tokenizer import load_vocab
+from layoutja.trainer import TrainingStopped, pretrain
+
+TRAIN = Path(__file__).resolve().parents[1] / "train"
+SPECIALS = SpecialIds(pad=0, cls=2, sep=3, mask=4)
+
+
+def tiny_bert(cls, tokenizer_dir: Path, out: Path) -> Path:
+    """A tiny BERT checkpoint of class `cls` with the test tokenizer, as a BERT on the hub is."""
+    torch.manual_seed(1)
+    vocab_size = len(load_vocab(tokenizer_dir / "vocab.txt"))
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    cls(config).save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_dir / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bert_dir(unidic_dir, tmp_path_factory) -> Path:
+    return tiny_bert(BertForPreTraining, unidic_dir, tmp_path_factory.mktemp("bert"))
+
+
+@pytest.mark.parametrize("cls", [BertForPreTraining, BertForMaskedLM, BertModel])
+def test_init_copies_every_bert_weight_and_only_2d_embeddings_are_new(cls, unidic_dir, tmp_path):
+    bert = tiny_bert(cls, unidic_dir, tmp_path / "bert")
+    original = load_file(bert / "model.safetensors")
+    report = init_model(bert, tmp_path / "lm")
+    model = LayoutLMForMaskedLM.from_pretrained(tmp_path / "lm")
+    weights = model.state_dict()
+    for name, tensor in original.items():
+        if name.startswith("cls.seq_relationship"):
+            continue  # next-sentence prediction has no place in LayoutLM
+        mapped = name.replace("bert.", "layoutlm.", 1) if name.startswith("bert.") else name
+        mapped = mapped if mapped.startswith(("layoutlm.", "cls.")) else f"layoutlm.{mapped}"
+        assert torch.equal(weights[mapped], tensor), name
+    new_2d = {f"layoutlm.embeddings.{a}_position_embeddings.weight" for a in "xyhw"}
+    assert new_2d <= set(report.new)
+    for name in new_2d:
+        assert weights[name].shape == (1024, 32)
+        assert weights[name].std().item() == pytest.approx(0.02, rel=0.1)  # initializer_range
+    if cls is BertForPreTraining:  # everything else came from the checkpoint
+        assert set(report.new) == new_2d
+    assert all((tmp_path / "lm" / n).exists() for n in TOKENIZER_FILES)
+
+
+def test_init_refuses_a_vocabulary_that_does_not_fit(bert_dir, ipadic_dir, tmp_path):
+    with pytest.raises(UserError, match="tokens differ from"):  # same size, other tokens
+        init_model(bert_dir, tmp_path / "lm", tokenizer=ipadic_dir)
+    short = tmp_path / "short"
+    shutil.copytree(bert_dir, short)
+    lines = (short / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    (short / "vocab.txt").write_text("\n".join(lines[:-10]) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match="vocabulary of 2990 tokens"):
+        init_model(bert_dir, tmp_path / "lm", tokenizer=short)
+    with pytest.raises(UserError, match="cannot load a BERT"):
+        layoutlm_from_bert(tmp_path / "nothing")
+
+
+def test_windows_overlap_by_the_margin_and_cover_every_token():
+    for length in [1, 509, 510, 511, 892, 893, 2000]:
+        spans = window_spans(length)
+        assert spans[0][0] == 0 and spans[-1][1] == length
+        assert all(end - start <= 510 for start, end in spans)
+        for (s0, e0), (s1, _) in zip(spans, spans[1:], strict=False):
+            assert s1 == s0 + 382 and e0 - s1 == 128  # the published stride and margin
+
+
+def test_stream_windows_specials_ranks_and_positions(localized_dir, unidic_dir):
+    files = localized_files(localized_dir)
+    vocab = load_vocab(unidic_dir / "vocab.txt")
+    specials = SpecialIds(*(vocab[t] for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")))
+
+    def take(n, **kw):
+        stream = WindowStream(files, specials, max_length=64, margin=16, **kw)
+        return [w for w, _, _ in islice(stream.windows(), n)]
+
+    windows = take(40, seed=3)
+    for ids, boxes in windows:
+        assert ids[0] == specials.cls and ids[-1] == specials.sep and len(ids) <= 64
+        assert boxes[0] == [0, 0, 0, 0] and boxes[-1] == [1000, 1000, 1000, 1000]
+        assert len(boxes) == len(ids)
+    assert take(40, seed=3) == windows  # same seed, same order
+    assert take(40, seed=4) != windows
+    rank0, rank1 = take(20, seed=3, world=2, rank=0), take(20, seed=3, world=2, rank=1)
+    assert rank0 == windows[0:40:2] and rank1 == windows[1:40:2]  # disjoint halves
+    stream = WindowStream(files, specials, seed=3, max_length=64, margin=16)
+    _, epoch, taken = list(islice(stream.windows(), 25))[-1]
+    resumed = [w for w, _, _ in islice(stream.windows(epoch, taken), 15)]
+    assert resumed == windows[25:40]
+
+
+def test_masking_statistics():
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 3000, (64, 512))
+    ids[:, 0], ids[:, 300], ids[:, 400:] = SPECIALS.cls, SPECIALS.sep, SPECIALS.pad
+    masked, labels = mvlm_mask(ids, SPECIALS, 3000, generator)
+    special = (ids == SPECIALS.cls) | (ids == SPECIALS.sep) | (ids == SPECIALS.pad)
+    selected = labels != -100
+    assert not (selected & special).any() and torch.equal(masked[special], ids[special])
+    assert selected.sum() / (~special).sum() == pytest.approx(0.15, abs=0.005)
+    assert torch.equal(labels[selected], ids[selected])
+    as_mask = (masked[selected] == SPECIALS.mask).float().mean()
+    kept = (masked[selected] == ids[selected]).float().mean()
+    assert as_mask == pytest.approx(0.8, abs=0.01)
+    assert kept == pytest.approx(0.1 + 0.1 / 3000, abs=0.01)  # kept, or randomly drawn itself
+    assert torch.equal(masked[~selected], ids[~selected])
+
+
+def test_sparse_projection_gives_the_standard_loss(bert_dir):
+    mlm = layoutlm_from_bert(bert_dir)[0].eval()
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, mlm.config.vocab_size, (3, 40), generator=generator)
+    bbox = torch.randint(0, 500, (3, 40, 4), generator=generator)
+    bbox[..., 2:] += bbox[..., :2]
+    attention = torch.ones_like(ids)
+    masked, labels = mvlm_mask(ids, SPECIALS, mlm.config.vocab_size, generator, 0.3)
+    ours = MVLMModel(mlm)(masked, bbox, attention, labels)
+    standard = mlm(input_ids=masked, bbox=bbox, attention_mask=attention, labels=labels).loss
+    assert ours.item() == pytest.approx(standard.item(), rel=1e-5)
+
+
+def tiny(**overrides) -> object:
+    return load_config(TRAIN / "mvlm-tiny.yaml", {k: str(v) for k, v in overrides.items()})
+
+
+def test_tiny_recipe_lowers_the_loss_and_exports_an_auto_model(localized_dir, bert_dir, tmp_path):
+    out = tmp_path / "run"
+    pretrain(
+        tiny(max_steps=40, log_every=5), localized_dir, out, init=str(bert_dir), progress=False
+    )
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 40
+    assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.5
+    assert all(m["tokens_per_s"] > 0 for m in metrics)
+    assert (out / "tensorboard").is_dir() and len(list((out / "checkpoints").iterdir())) == 2
+    model = AutoModelForMaskedLM.from_pretrained(out)
+    assert type(model).__name__ == "LayoutLMForMaskedLM"
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert type(tokenizer).__name__ == "BertJapaneseTokenizer"
+    encoded = tokenizer("東京の[MASK]港", return_tensors="pt")
+    bbox = torch.zeros((*encoded["input_ids"].shape, 4), dtype=torch.long)
+    logits = model(**encoded, bbox=bbox).logits
+    assert logits.shape[-1] == len(load_vocab(out / "vocab.txt"))
+
+
+def test_resume_matches_an_uninterrupted_run(localized_dir, unidic_dir, tmp_path):
+    config = tiny(max_steps=12, save_every=4, keep_checkpoints=5, log_every=2)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    pretrain(config, localized_dir, whole, tokenizer=str(unidic_dir), progress=False)
+    # The interrupted run: as if killed after the step-4 checkpoint.
+    shutil.copytree(whole / "checkpoints" / "step-0000004", cut / "checkpoints" / "step-0000004")
+    pretrain(config, localized_dir, cut, tokenizer=str(unidic_dir), resume=True, progress=False)
+    a, b = load_file(whole / "model.safetensors"), load_file(cut / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+    losses = [json.loads(x)["loss"] for x in (whole / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(x)["loss"] for x in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert resumed == pytest.approx(losses[2:], rel=1e-5)  # steps 6..12
+    with pytest.raises(UserError, match="--resume"):
+        pretrain(config, localized_dir, cut, tokenizer=str(unidic_dir), progress=False)
+
+
+def test_a_nan_loss_stops_with_the_last_checkpoint_intact(localized_dir, unidic_dir, tmp_path):
+    config = tiny(max_steps=20, save_every=1, warmup_steps=1, learning_rate=1e30)
+    with pytest.raises(TrainingStopped, match="Last good checkpoint"):
+        pretrain(config, localized_dir, tmp_path, tokenizer=str(unidic_dir), progress=False)
+    last = sorted((tmp_path / "checkpoints").glob("step-*"))[-1]
+    weights = load_file(last / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_config_errors_are_clear(tmp_path):
+    with pytest.raises(UserError, match="unknown setting"):
+        load_config(TRAIN / "mvlm-tiny.yaml", {"lr": "1"})
+    with pytest.raises(UserError, match="must be a number"):
+        load_config(None, {"max_steps": "many"})
+    assert load_config(TRAIN / "mvlm-base.yaml").learning_rate == 5e-5
+    assert load_config(None, {"model.hidden_size": "48"}).model == {"hidden_size": 48}
