@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from transformers import BertJapaneseTokenizer
@@ -12,7 +13,7 @@ from transformers import BertJapaneseTokenizer
 from .conftest import DATA
 
 
-def layoutja(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+def layoutja(*args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "layoutja", *map(str, args)],
         input=stdin,
@@ -131,3 +132,33 @@ def test_localize_errors_are_clear(unidic_dir, tmp_path):
         "localize", tmp_path, "--tokenizer", unidic_dir, "--out", "o", "--shard", "3/2"
     )
     assert "--shard '3/2'" in result.stderr.decode()
+
+
+def test_init_model_and_pretrain_commands(unidic_dir, localized_dir, tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    from layoutja.init_model import TOKENIZER_FILES
+    from layoutja.tokenizer import load_vocab
+
+    bert = tmp_path / "bert"
+    size = len(load_vocab(unidic_dir / "vocab.txt"))
+    config = BertConfig(vocab_size=size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)  # fmt: skip
+    BertForMaskedLM(config).save_pretrained(bert)
+    for name in TOKENIZER_FILES:
+        (bert / name).write_bytes((unidic_dir / name).read_bytes())
+    result = layoutja("init-model", "--from", bert, "--out", tmp_path / "lm")
+    assert result.returncode == 0, result.stderr.decode()
+    assert "x_position_embeddings" in result.stderr.decode()  # reported as new
+    out = tmp_path / "run"
+    recipe = Path(__file__).resolve().parents[1] / "train" / "mvlm-tiny.yaml"
+    args = ["pretrain", "--config", recipe, "--data", localized_dir,
+            "--init", tmp_path / "lm", "--out", out, "--max-steps", "6", "--log_every=3",
+            "--learning_rate", "2e-3", "--quiet"]  # fmt: skip
+    result = layoutja(*args)
+    assert result.returncode == 0, result.stderr.decode()
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [3, 6]
+    assert metrics[0]["learning_rate"] == pytest.approx(2e-3 * 4 / 10)  # warmup 10 from the recipe
+    result = layoutja(*args[:-1], "--bogus", "1")
+    assert result.returncode == 1 and "unknown setting(s) ['bogus']" in result.stderr.decode()
