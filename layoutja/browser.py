@@ -130,7 +130,7 @@ class Browser:
         self._page.set_content(html, wait_until="load")
 
     def render(self, html: str, count: int) -> RenderResult:
-        """Load `html` whose token spans carry `data-lj` = 0..count-1; read all boxes at once."""
+        """Load `html` (token spans carry `data-layoutja` = 0..count-1); read all boxes at once."""
         self.load(html)
         got = self._page.evaluate(script("boxes"), count)
         flat = [float(v) for v in got["boxes"].split()] if count else []

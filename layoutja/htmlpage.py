@@ -8,8 +8,9 @@ elements whose content is not page text, and it must agree with Chromium on thos
 
 - raw-text elements (`<script>`, `<style>`, `<textarea>`, `<title>`, ...) end only at their own
   end tag, whatever they contain; their text is not page text;
-- `<template>`, `<noscript>`, `<svg>`, `<math>` and `<select>` content is skipped too (the
-  browser renders `<noscript>` with scripts off, but it is not the page's text);
+- `<template>`, `<noscript>`, `<svg>`, `<math>` and `<select>` content is skipped too;
+  `<noscript>` is also cut from the rendered page: with scripts off Chromium would lay it out,
+  shifting what follows, though a reader with scripts on never sees it;
 - inline elements (`<a>`, `<b>`, `<span>`, ruby bases, ...) continue the text flow, so a word
   split by markup is one word; every other tag, `<br>` and ruby annotations (`<rt>`, `<rp>`)
   end a block. Comments do not break words (`a<!---->b` renders as `ab`).
@@ -35,22 +36,29 @@ HIDDEN = RAW_TEXT | {"template", "noscript", "svg", "math", "select", "plaintext
 _MARKUP = re.compile(
     r"""<!--(?:-?>|.*?(?:--!?>|\Z))           # comment (also the empty <!--> and <!--->)
       | <[!?][^>]*>?                          # doctype, CDATA, processing instruction
-      | </?([A-Za-z][^\t\n\f\r />]*)          # a start or end tag: its name ...
-        (?:=\s*(?:"[^"]*"|'[^']*')|[^>])*>?   # ... and attributes (quoted values may hold >)
+      | </?([A-Za-z][^\t\n\f\r />]*)          # a start or end tag: its name, then attributes:
+        (?:[\t\n\f\r /]+                      #   separators
+          | [^\t\n\f\r />][^\t\n\f\r />=]*     #   a name (it may start with =) and a value,
+            (?:[\t\n\f\r ]*=[\t\n\f\r ]*          #   quoted (may hold >; open to the end of
+               (?:"[^"]*(?:"|\Z)|'[^']*(?:'|\Z)|[^\t\n\f\r >]*))?  # file if unclosed) or bare
+        )*>?
       | </[^A-Za-z>][^>]*>? | </>             # bogus end tags, ignored
     """,
     re.S | re.X,
 )
 _ENTITY = re.compile(r"&(?:#[0-9]+;?|#[xX][0-9A-Fa-f]+;?|[A-Za-z][A-Za-z0-9]*;?)")
 _NEWLINE = re.compile(r"\r\n|\r|\n")
-_REFRESH = re.compile(r"""http-equiv\s*=\s*["']?\s*refresh""", re.I)
+_REFRESH = re.compile(r"""http-equiv[\t\n\f\r ]*=[\t\n\f\r ]*["']?[\t\n\f\r ]*refresh""", re.I)
 _CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([-\w.:]+)""", re.I)
-# WHATWG encoding labels that Python names differently (or that browsers override).
+# WHATWG encoding labels that Python names differently, or whose Python codec lacks characters
+# browsers decode (NEC's ① in Shift_JIS and EUC-JP).
 _ENCODING_ALIASES = {
-    "shift_jis": "cp932", "sjis": "cp932", "x-sjis": "cp932", "windows-31j": "cp932",
-    "ms_kanji": "cp932", "csshiftjis": "cp932", "iso-8859-1": "cp1252", "latin1": "cp1252",
-    "us-ascii": "cp1252", "ascii": "cp1252", "utf-16": "utf-8", "utf-16le": "utf-8",
-    "utf-16be": "utf-8",
+    "shift_jis": "cp932", "shift-jis": "cp932", "sjis": "cp932", "x-sjis": "cp932",
+    "windows-31j": "cp932", "ms_kanji": "cp932", "ms932": "cp932", "csshiftjis": "cp932",
+    "euc-jp": "euc_jis_2004", "x-euc-jp": "euc_jis_2004", "cseucpkdfmtjapanese": "euc_jis_2004",
+    "csiso2022jp": "iso2022_jp",
+    "iso-8859-1": "cp1252", "latin1": "cp1252", "us-ascii": "cp1252", "ascii": "cp1252",
+    "utf-16": "utf-8", "utf-16le": "utf-8", "utf-16be": "utf-8",
 }  # fmt: skip
 
 
@@ -94,7 +102,7 @@ class HtmlPage:
     source: str
     encoding: str
     blocks: list[Block]
-    # (start, end, replacement) edits of the raw HTML the renderer needs (meta refresh removed).
+    # (start, end, replacement) edits of the raw HTML for rendering (meta refresh, <noscript>).
     edits: list[tuple[int, int, str]]
     line_starts: list[int]
 
@@ -125,9 +133,10 @@ def parse_html(source: str, encoding: str = "utf-8") -> HtmlPage:
             blocks.append(block)
         block = Block()
 
-    for match in _MARKUP.finditer(source):
-        if match.start() < pos:  # inside raw text we already skipped
-            continue
+    noscript_start = -1  # where the outermost open <noscript> began
+    # Search from `pos` each time: after raw text (a <script> holding `i<n`) scanning resumes at
+    # its end tag, never at a match that began inside the raw text and swallowed the end tag.
+    while (match := _MARKUP.search(source, pos)) is not None:
         if not hidden and match.start() > pos:
             _add_text(block, source, pos, match.start())
         pos = match.end()
@@ -145,6 +154,8 @@ def parse_html(source: str, encoding: str = "utf-8") -> HtmlPage:
         if closing:
             if name in hidden:  # an end tag closes its innermost element and all inside it
                 del hidden[len(hidden) - 1 - hidden[::-1].index(name) :]
+                if name == "noscript" and "noscript" not in hidden:
+                    _remove(edits, noscript_start, match.end())
         elif name in RAW_TEXT and not foreign:
             # The browser reads raw text up to the matching end tag, whatever it holds.
             end = re.compile(rf"</{name}[\t\n\f\r />]", re.I).search(source, pos)
@@ -152,12 +163,22 @@ def parse_html(source: str, encoding: str = "utf-8") -> HtmlPage:
         elif name == "plaintext" and not foreign:
             pos = len(source)  # everything after <plaintext> is raw text
         elif name in HIDDEN and opens:
+            if name == "noscript" and "noscript" not in hidden:
+                noscript_start = match.start()
             hidden.append(name)
     if not hidden and pos < len(source):
         _add_text(block, source, pos, len(source))
+    if "noscript" in hidden:  # never closed: with scripts on, it runs to the end
+        _remove(edits, noscript_start, len(source))
     end_block()
     line_starts = [0] + [m.end() for m in _NEWLINE.finditer(source)]
     return HtmlPage(source, encoding, blocks, edits, line_starts)
+
+
+def _remove(edits: list[tuple[int, int, str]], start: int, end: int) -> None:
+    """Cut source[start:end] from the rendered page (edits inside it are dropped with it)."""
+    edits[:] = [e for e in edits if e[0] < start]
+    edits.append((start, end, ""))
 
 
 def _add_text(block: Block, source: str, start: int, end: int) -> None:

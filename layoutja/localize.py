@@ -5,8 +5,8 @@
 
 Each block's text is tokenized as one string, so a word split by inline markup is one word. A
 token is wrapped by editing the raw HTML around its characters; a token whose characters lie in
-several text runs (`<b>東</b>京`) gets one span per run, all with the same `data-lj` index, and
-the browser script unions their boxes.
+several text runs (`<b>東</b>京`) gets one span per run, all with the same `data-layoutja`
+index, and the browser script unions their boxes.
 
 Normalized boxes follow the published pipeline: relative to `document.body`'s rect,
 `int(1000 * (x - body.x0) / body.width)` (same for y with the height), clamped to 0–1000. The
@@ -28,12 +28,8 @@ from layoutja.tokenizer import JapaneseTokenizer
 
 # nowrap keeps a subword on one line; with ligatures on, a glyph spanning two spans (f|i) gives
 # the second span zero width, so ligatures are turned off on token spans.
-SPAN_OPEN = '<span data-lj="{}" style="white-space:nowrap;font-variant-ligatures:none">'
+SPAN_OPEN = '<span data-layoutja="{}" style="white-space:nowrap;font-variant-ligatures:none">'
 SPAN_CLOSE = "</span>"
-# Scripts are off, so Chromium would lay out <noscript> content, which a reader (scripts on) never
-# sees and which is not page text; hide it. Appended at the end: before the doctype it would
-# switch the page to quirks mode.
-HIDE_NOSCRIPT = "<style>noscript{display:none!important}</style>"
 NORMALIZATION = "body"
 
 
@@ -52,9 +48,11 @@ def wrap_tokens(page: HtmlPage, tokenizer: JapaneseTokenizer) -> WrappedPage:
     tokens: list[str] = []
     ids: list[int] = []
     raw: list[tuple[int, int]] = []
-    # (start, end, order, index, text): a replacement of source[start:end]; at one position a
-    # span is closed (order 0) before the next opens (order 1).
-    edits = [(s, e, 0, -1, text) for s, e, text in page.edits]
+    # (start, end, order, key, text): a replacement of source[start:end]. At one position spans
+    # close (order 0) before others open (order 1); of spans opening together (tokens made from
+    # one source character, like ﬁ → f ##i…), the one reaching further opens first, so the
+    # spans nest and each `</span>` closes the right one.
+    edits = [(s, e, 0, (0, -1), text) for s, e, text in page.edits]
     for block in page.blocks:
         enc = tokenizer.encode("".join(block.text))
         for token, token_id, s, e in zip(enc.tokens, enc.ids, enc.starts, enc.ends):
@@ -64,14 +62,15 @@ def wrap_tokens(page: HtmlPage, tokenizer: JapaneseTokenizer) -> WrappedPage:
             if e <= s:  # a zero-width token (e.g. the second piece of a lower-cased İ)
                 at = block.starts[s] if s < len(block.starts) else block.ends[-1]
                 raw.append((at, at))
-                edits.append((at, at, 1, index, SPAN_OPEN.format(index) + SPAN_CLOSE))
+                edits.append((at, at, 1, (-at, index), SPAN_OPEN.format(index) + SPAN_CLOSE))
                 continue
             raw.append((block.starts[s], block.ends[e - 1]))
             # One piece per text run the token touches.
             cuts = block.runs[bisect_right(block.runs, s) : bisect_left(block.runs, e)]
             for a, b in pairwise([s, *cuts, e]):
-                edits.append((block.starts[a], block.starts[a], 1, index, SPAN_OPEN.format(index)))
-                edits.append((block.ends[b - 1], block.ends[b - 1], 0, index, SPAN_CLOSE))
+                start, end = block.starts[a], block.ends[b - 1]
+                edits.append((start, start, 1, (-end, index), SPAN_OPEN.format(index)))
+                edits.append((end, end, 0, (0, index), SPAN_CLOSE))
     edits.sort(key=lambda edit: edit[:4])
     out, done = [], 0
     for start, end, _, _, text in edits:
@@ -79,7 +78,6 @@ def wrap_tokens(page: HtmlPage, tokenizer: JapaneseTokenizer) -> WrappedPage:
         out.append(text)
         done = max(done, end)
     out.append(page.source[done:])
-    out.append(HIDE_NOSCRIPT)
     html = "".join(out)
     if html.startswith("\ufeff"):  # a BOM counts in raw offsets, but is not document text
         html = html[1:]

@@ -105,6 +105,7 @@ def test_decoding_bom_charset_and_invalid_bytes():
     sjis = '<meta charset="Shift_JIS"><p>日本語</p>'.encode("cp932")
     assert decode_html(sjis) == ('<meta charset="Shift_JIS"><p>日本語</p>', "cp932")
     euc = "<meta http-equiv=Content-Type content='text/html; charset=euc-jp'>東京".encode("euc_jp")
+    assert decode_html(euc)[1] == "euc_jis_2004"
     assert decode_html(euc)[0].endswith("東京")
     assert decode_html(b"<p>\xff\xfe ok</p>")[0] == "<p>\ufffd\ufffd ok</p>"
     assert decode_html(b"<meta charset=nonsense><p>x</p>")[1] == "utf-8"
@@ -114,3 +115,38 @@ def test_malformed_markup_never_raises():
     for source in ["", "<", "<p", "</", "<!--", "<a href='>", "</ p>", "<<>>", "&", "&#;", "&#x;"]:
         parse_html(source)
     assert texts("a < b and c > d") == ["a < b and c > d"]
+
+
+def test_raw_text_holding_a_less_than_sign_ends_at_its_own_end_tag():
+    for raw in [
+        "<script>for(i=0;i<n;i++){}</script>",
+        "<title>A<B</title>",
+        '<script>var s="<!--";</script>',
+        "<style>a<b{}</style>",
+        "<textarea>x<y</textarea>",
+    ]:
+        assert texts(raw + "<p>東京の空港</p>") == ["東京の空港"], raw
+
+
+def test_attributes_are_read_as_chromium_reads_them():
+    assert texts('<a b = "x>y">東京</a>') == ["東京"]  # spaces around = are allowed
+    assert texts('<img alt=="x>東京">') == ['東京">']  # a value may not start with a second =
+    assert texts('<a ="x>東京">') == ['東京">']  # an attribute *name* may start with =
+    assert texts('<a title="never closed>東京') == []  # the value runs to the end of the file
+    tricky = "<img alt==\"x><meta http-equiv=refresh content='1;url=about:blank'>\">"
+    assert len(parse_html(tricky).edits) == 1
+
+
+def test_noscript_is_cut_from_the_rendered_page():
+    source = "<p>前</p><noscript><p>無</p><meta http-equiv=refresh content=0></noscript><p>後"
+    page = parse_html(source)
+    assert page.edits == [(source.index("<noscript>"), source.index("<p>後"), "")]
+    unclosed = "<p>前</p><noscript><p>無"
+    assert parse_html(unclosed).edits == [(unclosed.index("<noscript>"), len(unclosed), "")]
+
+
+def test_japanese_encoding_labels_browsers_accept():
+    labels = [("x-euc-jp", "euc_jis_2004"), ("EUC-JP", "euc_jis_2004"), ("shift-jis", "cp932")]
+    for label, codec in labels:
+        data = f'<meta charset="{label}"><p>東京①</p>'.encode(codec)
+        assert decode_html(data) == (f'<meta charset="{label}"><p>東京①</p>', codec), label

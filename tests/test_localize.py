@@ -133,6 +133,27 @@ def test_hostile_page_loads_nothing_and_does_not_navigate(tok, browser):
     assert browser._page.url == "about:blank"
 
 
+def test_scripts_with_less_than_and_truncated_pages(tok, browser):
+    script = localize("<script>for(i=0;i<n;i++){}</script><p>東京</p>", tok, browser)
+    assert script["tokens"] == ["東京"] and script["dropped"] == 0
+    truncated = localize("<p>東京</p><noscript>無</noscript><p", tok, browser)
+    assert truncated["tokens"] == ["東京"] and truncated["dropped"] == 0
+
+
+def test_tokens_from_one_character_get_their_own_boxes(unidic_dir, browser, tmp_path):
+    # ﬁ (one source character) becomes "fi": with this vocabulary "ﬁx" is f + ##ix, two tokens
+    # that start at the same raw character; their spans must nest the right way round.
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        (tmp_path / name).write_bytes((unidic_dir / name).read_bytes())
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    (tmp_path / "vocab.txt").write_text("\n".join([*specials, "f", "##ix", "##i", "##x"]) + "\n")
+    small = JapaneseTokenizer.from_pretrained(tmp_path)
+    record = localize("<p style='font:40px monospace'>&#xFB01;x</p>", small, browser)
+    assert record["tokens"] == ["f", "##ix"]
+    (f0, _, f1, _), (ix0, _, ix1, _) = record["px"]
+    assert f0 == ix0 and ix1 - ix0 > f1 - f0 > 0  # ##ix covers ﬁ and x, f only ﬁ
+
+
 def test_empty_and_textless_pages(tok, browser):
     malformed = localize("<p>東京<div><b>大阪</p></i><td>空港<tr></table>", tok, browser)
     assert "".join(malformed["tokens"]).replace("##", "") == "東京大阪空港"

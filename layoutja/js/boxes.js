@@ -9,10 +9,10 @@
   const sx = window.scrollX, sy = window.scrollY;
   const box = new Float64Array(4 * count);
   const seen = new Uint8Array(count);
-  for (const span of document.querySelectorAll("span[data-lj]")) {
+  for (const span of document.querySelectorAll("span[data-layoutja]")) {
     const r = span.getBoundingClientRect();
     if (r.x === 0 && r.y === 0 && r.width === 0 && r.height === 0) continue;
-    const i = +span.dataset.lj, k = 4 * i;
+    const i = +span.dataset.layoutja, k = 4 * i;
     const x0 = r.left + sx, y0 = r.top + sy, x1 = r.right + sx, y1 = r.bottom + sy;
     if (!seen[i]) {
       seen[i] = 1;

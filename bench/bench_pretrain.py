@@ -1,0 +1,150 @@
+"""Pretraining speed: layoutja's MVLM trainer against a plain Hugging Face Trainer, in one run.
+
+Both train the same LayoutLM configuration (random init, a 32,768-token vocabulary) on the same
+windows of real localized pages (Debian's Japanese documentation, localized first; `make bench`
+installs it) with the same batch size and masking. The baseline is `transformers.Trainer` with
+`LayoutLMForMaskedLM` computing logits for every token; layoutja computes them only for the
+masked ones. Tokens/s counts non-padding tokens, measured after `--warmup` steps.
+
+    python bench/bench_pretrain.py [--steps 30] [--hidden 256 --layers 4] [--precision bf16]
+    python bench/bench_pretrain.py --hidden 768 --layers 12 --batch 32 --precision bf16  # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_localize import real_pages  # noqa: E402
+
+
+def prepare(work: Path, pages: int) -> tuple[Path, Path]:
+    """A 32,768 vocabulary and localized Parquet parts for `pages` real pages."""
+    from layoutja.batch import localize_corpus
+    from layoutja.vocab import VocabConfig, train_vocab
+
+    src = work / "html"
+    src.mkdir()
+    for i, page in enumerate(real_pages(pages)):
+        shutil.copy(page, src / f"{i:05d}.html")
+    tokenizer = work / "tokenizer"
+    train_vocab([src], tokenizer, VocabConfig(vocab_size=32768, workers=2))
+    localize_corpus(str(src), str(tokenizer), work / "localized", workers=2, progress=False)
+    return tokenizer, work / "localized"
+
+
+def run_layoutja(args, tokenizer: Path, data: Path, out: Path) -> float:
+    from layoutja.config import load_config
+    from layoutja.trainer import pretrain
+
+    settings = {
+        "max_steps": args.steps, "global_batch_size": args.batch,
+        "per_device_batch_size": args.batch, "max_length": 512, "warmup_steps": 10,
+        "mixed_precision": args.precision, "log_every": 1, "save_every": 10**9,
+        "model": {"hidden_size": args.hidden, "num_hidden_layers": args.layers,
+                  "num_attention_heads": args.hidden // 64,
+                  "intermediate_size": 4 * args.hidden, "max_position_embeddings": 512},
+    }  # fmt: skip
+    config = load_config(None, {k: json.dumps(v) for k, v in settings.items()})
+    pretrain(config, data, out, tokenizer=str(tokenizer), progress=False)
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    timed = [m["tokens_per_s"] for m in metrics if m["step"] > args.warmup]
+    return len(timed) / sum(1 / r for r in timed)  # harmonic mean = total tokens / total time
+
+
+def run_hf_trainer(args, tokenizer: Path, data: Path, out: Path) -> float:
+    import torch
+    from transformers import (
+        LayoutLMConfig,
+        LayoutLMForMaskedLM,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from layoutja.data import SpecialIds, WindowStream, collate, localized_files, mvlm_mask
+    from layoutja.tokenizer import load_vocab
+
+    vocab = load_vocab(tokenizer / "vocab.txt")
+    specials = SpecialIds(*(vocab[t] for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")))
+    stream = WindowStream(localized_files(data), specials, seed=42).windows()
+    windows = [next(stream)[0] for _ in range(args.steps * args.batch)]
+    generator = torch.Generator().manual_seed(0)
+    counted = {"tokens": 0}
+
+    def collator(batch):
+        tensors = collate(batch, specials.pad)
+        counted["tokens"] += int(tensors["attention_mask"].sum())
+        ids, labels = mvlm_mask(tensors["input_ids"], specials, len(vocab), generator)
+        return {**tensors, "input_ids": ids, "labels": labels}
+
+    marks = {}
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, _args, state, control, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            marks[state.global_step] = (time.perf_counter(), counted["tokens"])
+
+    torch.manual_seed(0)
+    model = LayoutLMForMaskedLM(
+        LayoutLMConfig(
+            vocab_size=len(vocab), hidden_size=args.hidden, num_hidden_layers=args.layers,
+            num_attention_heads=args.hidden // 64, intermediate_size=4 * args.hidden,
+        )
+    )  # fmt: skip
+    training = TrainingArguments(
+        output_dir=str(out), max_steps=args.steps, per_device_train_batch_size=args.batch,
+        learning_rate=5e-5, warmup_steps=10, save_strategy="no", report_to=[],
+        logging_steps=10**9, dataloader_num_workers=0, remove_unused_columns=False,
+        bf16=args.precision == "bf16", fp16=args.precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+    )  # fmt: skip
+    trainer = Trainer(
+        model=model, args=training, train_dataset=windows, data_collator=collator,
+        callbacks=[Clock()],
+    )  # fmt: skip
+    trainer.train()
+    (t0, n0), (t1, n1) = marks[args.warmup], marks[args.steps]
+    # The collator runs one batch ahead of the step that uses it: count the batches stepped.
+    return (n1 - n0) / (t1 - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--precision", default="no", choices=["no", "fp16", "bf16"])
+    args = parser.parse_args()
+
+    import torch
+
+    work = Path(tempfile.mkdtemp(prefix="bench-pretrain-"))
+    try:
+        tokenizer, data = prepare(work, args.pages)
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+        print(
+            f"LayoutLM hidden {args.hidden}, {args.layers} layers, vocab 32768, batch "
+            f"{args.batch} × ≤512 tokens, {args.steps} steps ({args.warmup} untimed), "
+            f"{args.precision}, {device}, {torch.get_num_threads()} threads"
+        )
+        baseline = run_hf_trainer(args, tokenizer, data, work / "hf")
+        ours = run_layoutja(args, tokenizer, data, work / "layoutja")
+        print(f"HF Trainer + LayoutLMForMaskedLM: {baseline:10.0f} tokens/s")
+        print(f"layoutja pretrain:                {ours:10.0f} tokens/s  ({ours / baseline:.2f}×)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
