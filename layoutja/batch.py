@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import math
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -57,9 +59,14 @@ def find_pages(src: str) -> list[PageTask]:
     tasks = []
     for p in files:
         rel = p.relative_to(root)
-        category = rel.parent.as_posix() if rel.parent != Path(".") else ""
-        tasks.append(PageTask(p, rel.as_posix(), p.stem, category))
+        category = _printable(rel.parent.as_posix()) if rel.parent != Path(".") else ""
+        tasks.append(PageTask(p, _printable(rel.as_posix()), _printable(p.stem), category))
     return tasks
+
+
+def _printable(name: str) -> str:
+    """A file name as valid Unicode: undecodable bytes (surrogates from the OS) as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -187,7 +194,10 @@ class WorkerPool:
                     slot.task, attempt = queue.popleft()
                     attempts[slot.task.source] = attempt
                     slot.since = time.monotonic()
-                    slot.conn.send(slot.task)
+                    try:
+                        slot.conn.send(slot.task)
+                    except OSError:  # it died while idle (e.g. the OOM killer): the next
+                        slot.since = -math.inf  # check below replaces it; the page goes again
             busy = [s for s in self.slots if s.task]
             ready = wait([s.conn for s in busy] + [s.process.sentinel for s in busy], timeout=1.0)
             now = time.monotonic()
@@ -202,7 +212,11 @@ class WorkerPool:
                         yield (task, value, "") if kind == "ok" else (task, None, value)
                         continue
                     reason = str(value)
-                elif slot.process.sentinel in ready or now - slot.since > self.hard_limit_s:
+                elif (
+                    slot.process.sentinel in ready
+                    or not slot.process.is_alive()
+                    or now - slot.since > self.hard_limit_s
+                ):
                     reason = (
                         "the worker process died"
                         if not slot.process.is_alive()
@@ -214,7 +228,9 @@ class WorkerPool:
                 self._kill(slot)
                 self.slots[i] = self._spawn()
                 self._wait_one(self.slots[i])
-                if attempts[task.source] == 1:
+                if slot.since == -math.inf:  # never reached the dead worker: not an attempt
+                    queue.appendleft((task, attempts[task.source]))
+                elif attempts[task.source] == 1:
                     queue.appendleft((task, 2))
                 else:
                     yield task, None, reason
@@ -282,6 +298,14 @@ def localize_corpus(
     start = time.monotonic()
     if pending:
         with WorkerPool(str(tokenizer_path), max(1, min(workers, len(pending))), timeout_s) as pool:
+            earlier = store.settings.get("chromium")
+            if earlier and earlier != pool.chromium_version:
+                print(
+                    f"note: {out} was begun with Chromium {earlier}; this run uses "
+                    f"{pool.chromium_version} (both are in the manifest)",
+                    file=sys.stderr,
+                )
+                store.settings.setdefault("chromium_earlier", []).append(earlier)
             store.settings["chromium"] = pool.chromium_version
             bar = tqdm(total=len(pending), unit="page", disable=not progress, dynamic_ncols=True)
             for task, record, reason in pool.run(pending):
@@ -289,7 +313,13 @@ def localize_corpus(
                     store.fail(task.source, reason)
                     summary["failed"] += 1
                 else:
-                    store.add(record)
+                    try:
+                        store.add(record)
+                    except Exception as e:  # e.g. a value the schema cannot hold
+                        store.fail(task.source, f"cannot store: {type(e).__name__}: {e}")
+                        summary["failed"] += 1
+                        bar.update()
+                        continue
                     summary["ok"] += 1
                     summary["tokens"] += len(record["tokens"])
                     summary["dropped_tokens"] += record["dropped"]

@@ -18,6 +18,7 @@ found in the parts (and, unless asked to retry them, in failures). Shards of one
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -53,9 +54,26 @@ MUST_MATCH = ("format", "tokenizer_vocab_sha256", "viewport", "normalization")
 
 
 def _atomic_write(path: Path, write) -> None:
+    """Write to a temporary name, flush it to disk, rename: readers see all of it or nothing."""
     tmp = path.with_name(f".tmp-{path.name}")
     write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _lock(path: Path, shard: tuple[int, int], out: Path):
+    """Hold an exclusive lock on this shard of `out` for the life of the process."""
+    handle = open(path, "w")  # noqa: SIM115 - held open on purpose, released when it closes
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UserError(
+            f"{out}: another run is writing shard {shard[0]}/{shard[1]} here; wait for it or "
+            "use another --out"
+        ) from None
+    return handle
 
 
 class Store:
@@ -80,9 +98,10 @@ class Store:
         self.pages_per_part = pages_per_part
         self.settings = {"format": FORMAT, **settings, "shard": [index, count]}
         self.parts: dict[str, dict] = {}
+        self._lock = _lock(out / f".lock-{self.tag}", shard, out)
         self._check_settings()
-        for stale in out.glob(f".tmp-*{self.tag}*"):
-            stale.unlink()  # a write that was killed before its rename
+        for stale in [*out.glob(f".tmp-*{self.tag}*"), out / f".tmp-{self.manifest_path.name}"]:
+            stale.unlink(missing_ok=True)  # a write that was killed before its rename
         self.failed = self._read_failures(retry_failed)
         self.done: set[str] = set()
         self._batches: list[pa.RecordBatch] = []
@@ -102,11 +121,17 @@ class Store:
                     f"not {self.settings.get(key)!r}; use another --out"
                 )
         self.parts = old.get("parts", {})
+        if old.get("chromium"):
+            self.settings.setdefault("chromium", old["chromium"])
 
     def _read_failures(self, retry: bool) -> dict[str, dict]:
         failed = {}
         if self.failures_path.exists():
-            for line in self.failures_path.read_text(encoding="utf-8").splitlines():
+            text = self.failures_path.read_text(encoding="utf-8")
+            if text and not text.endswith("\n"):  # a line torn by a kill: end it
+                with open(self.failures_path, "a", encoding="utf-8") as f:
+                    f.write("\n")
+            for line in text.splitlines():
                 try:
                     entry = json.loads(line)
                     failed[entry["source"]] = entry
@@ -118,11 +143,17 @@ class Store:
         return failed
 
     def _recover_journal(self) -> None:
-        for part in sorted(self.out.glob(f"part-{self.tag}-*.parquet")):
+        # Done: every page in any part here (also other shards' and another shard count's).
+        for part in sorted(self.out.glob("part-*.parquet")):
             sources = pq.read_table(part, columns=["source"]).column("source").to_pylist()
             self.done.update(sources)
-            if part.name not in self.parts:  # written, but killed before the manifest was
-                self.parts[part.name] = _part_stats(pq.read_table(part))
+        # This shard's parts as they are on disk (one may have been written after the last
+        # manifest, or deleted by hand since).
+        known = self.parts
+        self.parts = {
+            part.name: known.get(part.name) or _part_stats(pq.read_table(part))
+            for part in self._part_files()
+        }
         if not self.journal_path.exists():
             return
         batches = []
@@ -158,8 +189,9 @@ class Store:
         self.failed[source] = entry
 
     def close(self) -> None:
-        """Write what is left as a part and the final manifest."""
+        """Write what is left as a part and the final manifest; release the shard."""
         self._roll()
+        self._lock.close()
 
     def _roll(self) -> None:
         if self._journal is not None:

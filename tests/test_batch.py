@@ -99,12 +99,15 @@ def test_store_recovers_a_torn_journal_and_keeps_failures(tmp_path):
     store.fail("bad.html", "reason")
     with open(store.journal_path, "ab") as f:  # the run is killed while writing a record
         f.write(b"\xff\xff\xff\xff\x10\x00\x00")
-    del store
+    store._lock.close()  # the killed process's lock goes with it
     store = Store(tmp_path, (0, 1), settings)
     assert store.done == {"a", "b", "c"} and set(store.failed) == {"bad.html"}
     assert not store.journal_path.exists() and read_parts(tmp_path).num_rows == 3
     assert store.counts() == {"pages": 3, "tokens": 9, "dropped_tokens": 3, "failed": 1}
-    assert Store(tmp_path, (0, 1), settings, retry_failed=True).failed == {}
+    store.close()
+    retry = Store(tmp_path, (0, 1), settings, retry_failed=True)
+    assert retry.failed == {}
+    retry.close()
     with pytest.raises(UserError, match="tokenizer_vocab_sha256"):
         Store(tmp_path, (0, 1), {**settings, "tokenizer_vocab_sha256": "other"})
 
@@ -145,3 +148,48 @@ def test_kill_9_loses_only_pages_in_flight(unidic_dir, tmp_path):
     sources = read_parts(out).column("source").to_pylist()
     assert sorted(sources) == sorted(t.source for t in find_pages(str(corpus)))  # each once
     assert not list(out.glob(".tmp-*")) and not journal.exists()
+
+
+def test_store_lock_parts_on_disk_and_torn_failure_lines(tmp_path):
+    settings = {"tokenizer_vocab_sha256": "abc", "viewport": [1280, 854], "normalization": "body"}
+    store = Store(tmp_path, (0, 1), settings, pages_per_part=2)
+    with pytest.raises(UserError, match="another run is writing shard 0/1"):
+        Store(tmp_path, (0, 1), settings)
+    Store(tmp_path, (1, 2), settings).close()  # another shard may share the directory
+    for name in "abcd":
+        store.add(fake_record(name))
+    store.fail("x.html", "reason")
+    with open(store.failures_path, "a", encoding="utf-8") as f:
+        f.write('{"source": "torn')  # killed in the middle of a line
+    store.close()
+    next(tmp_path.glob("part-*-00000.parquet")).unlink()  # a part deleted by hand
+    again = Store(tmp_path, (0, 1), settings)
+    assert again.done == {"c", "d"} and again.counts()["pages"] == 2
+    again.fail("y.html", "reason")
+    again.close()
+    assert set(Store(tmp_path, (0, 1), settings).failed) == {"x.html", "y.html"}
+
+
+def test_a_worker_that_died_while_idle_is_replaced(unidic_dir, tmp_path):
+    page = tmp_path / "p.html"
+    page.write_text("<p>東京</p>", encoding="utf-8")
+    tasks = [PageTask(page, f"p{i}.html", f"p{i}", "") for i in range(3)]
+    with WorkerPool(str(unidic_dir), 1, timeout_s=10) as pool:
+        os.killpg(pool.slots[0].process.pid, signal.SIGKILL)  # e.g. the OOM killer
+        time.sleep(0.5)
+        results = list(pool.run(tasks))
+    assert [reason for _, _, reason in results] == ["", "", ""]
+
+
+def test_odd_file_names_and_chromium_version_in_the_manifest(unidic_dir, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "東京.html").write_text("<p>東京</p>", encoding="utf-8")
+    (corpus / os.fsdecode(b"caf\xe9.html")).write_text("<p>大阪</p>", encoding="utf-8")
+    out = tmp_path / "out"
+    summary = localize_corpus(str(corpus), str(unidic_dir), out, progress=False)
+    assert summary["ok"] == 2
+    assert sorted(read_parts(out).column("source").to_pylist()) == ["caf\\xe9.html", "東京.html"]
+    chromium = json.loads((out / "manifest.json").read_text())["chromium"]
+    localize_corpus(str(corpus), str(unidic_dir), out, progress=False)  # nothing left to do
+    assert json.loads((out / "manifest.json").read_text())["chromium"] == chromium
