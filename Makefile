@@ -48,6 +48,7 @@ bench: setup
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(BENCH_DOCS) >/dev/null; }
 	$(PY) bench/bench_tokenizer.py
 	$(PY) bench/bench_localize.py
+	$(PY) bench/bench_pretrain.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
