@@ -24,6 +24,9 @@ class MVLMModel(nn.Module):
     def __init__(self, mlm: LayoutLMForMaskedLM):
         super().__init__()
         self.mlm = mlm
+        # The pooler takes no part in MVLM: frozen, so DDP does not wait for its gradients.
+        if mlm.layoutlm.pooler is not None:
+            mlm.layoutlm.pooler.requires_grad_(False)
 
     def forward(
         self,

@@ -81,14 +81,16 @@ def pretrain(
     resume: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Train MVLM on localized pages; returns the last logged metrics."""
+    """Train MVLM on localized pages; returns the last logged metrics (main process)."""
     from tqdm import tqdm
 
     data, out = Path(data), Path(out)
     precision = config.mixed_precision
     if precision == "fp16" and not torch.cuda.is_available():
         precision = "no"  # fp16 autocast needs a GPU; CPU runs train in fp32
-    accelerator = Accelerator(mixed_precision=precision)
+    # cpu=True without a GPU: otherwise ranks launched by torchrun/accelerate on CPUs would each
+    # train alone instead of as one data-parallel job.
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
     per_step = config.per_device_batch_size * world
     if config.global_batch_size % per_step:
@@ -118,7 +120,7 @@ def pretrain(
         )
     model = MVLMModel(mlm)
     optimizer = torch.optim.AdamW(
-        model.parameters(),
+        [p for p in model.parameters() if p.requires_grad],
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
         eps=config.adam_epsilon,
@@ -131,7 +133,10 @@ def pretrain(
         return max(0.0, (config.max_steps - step) / max(1, config.max_steps - config.warmup_steps))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The scheduler is stepped here once per optimizer step (accelerate's wrapper would step it
+    # once per process) and saved with the checkpoints.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
 
     step, epoch, taken, skipped = 0, 0, 0, 0
     checkpoints = _checkpoints(out)
@@ -207,9 +212,11 @@ def pretrain(
             )
         accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
-        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        skipped += int(accelerator.optimizer_step_was_skipped)  # fp16 overflow: normal
+        if accelerator.optimizer_step_was_skipped:
+            skipped += 1  # an fp16 overflow: the scaler lowers its scale; normal, only counted
+        else:
+            scheduler.step()
         step += 1
         bar.update()
 
@@ -245,7 +252,7 @@ def pretrain(
             if (tokenizer_dir / name).exists():
                 shutil.copy(tokenizer_dir / name, out / name)
     accelerator.end_training()
-    return last
+    return last if accelerator.is_main_process else {}
 
 
 def _save_checkpoint(
@@ -260,8 +267,10 @@ def _save_checkpoint(
     """Save under a temporary name and rename, so a kill mid-save leaves the last one intact."""
     final = out / "checkpoints" / f"step-{step:07d}"
     tmp = final.with_name(f".tmp-{final.name}")
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
+    if accelerator.is_main_process:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)  # before any rank writes its RNG state into it
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from itertools import islice
 from pathlib import Path
 
@@ -211,3 +213,22 @@ def test_config_errors_are_clear(tmp_path):
         load_config(None, {"max_steps": "many"})
     assert load_config(TRAIN / "mvlm-base.yaml").learning_rate == 5e-5
     assert load_config(None, {"model.hidden_size": "48"}).model == {"hidden_size": 48}
+
+
+def test_two_processes_train_as_one_data_parallel_job(localized_dir, bert_dir, tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node", "2", "-m", "layoutja", "pretrain",
+               "--config", str(TRAIN / "mvlm-tiny.yaml"), "--data", str(localized_dir),
+               "--init", str(bert_dir), "--out", str(out), "--max-steps", "4",
+               "--per_device_batch_size", "2", "--log_every", "2", "--save_every", "2",
+               "--quiet"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [2, 4]  # one log, from the main process
+    # The schedule advances once per optimizer step, not once per process: warmup 10 steps.
+    assert metrics[0]["learning_rate"] == pytest.approx(1e-3 * 3 / 10)
+    last = out / "checkpoints" / "step-0000004"
+    assert (last / "random_states_0.pkl").exists() and (last / "random_states_1.pkl").exists()
+    assert AutoModelForMaskedLM.from_pretrained(out).config.model_type == "layoutlm"
