@@ -181,6 +181,25 @@ def _overrides(extra: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def cmd_score(args: argparse.Namespace) -> None:
+    from layoutja.score import format_table, html_mismatches, read_jsonl, read_targets, score
+
+    gold, pred = read_jsonl(args.gold), read_jsonl(args.pred)
+    targets = read_targets(args.target) if args.target else None
+    result = score(gold, pred, targets)
+    print(format_table(result))
+    if args.html:
+        bad = html_mismatches(pred, args.html)
+        print(f"\npredictions whose html_offset does not cut out their text: {len(bad)}")
+        for record in bad:
+            print(f"  {record['page_id']} {record['attribute']}: {record['problem']}")
+    if args.out:  # html_offset scores at the top (the leaderboard's), the others beside them
+        report = {**result.get("html_offset", {}), **{k: v for k, v in result.items()}}
+        if args.html:
+            report["html_mismatches"] = bad
+        Path(args.out).write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layoutja",
@@ -309,6 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_pretrain, overrides=[])
+
+    p = sub.add_parser(
+        "score",
+        help="score SHINRA attribute-extraction output as the official scorer does",
+        description="Per ENE and attribute precision, recall and F1 on exact offset matches "
+        "(html_offset and text_offset separately), macro and micro averages, and the mean over "
+        "ENEs; the official SHINRA scorer's conventions (see layoutja/score.py).",
+    )
+    p.add_argument("--gold", required=True, help="gold annotations (JSONL)")
+    p.add_argument("--pred", required=True, help="system output (JSONL)")
+    p.add_argument("--target", help="page ids to score (CSV/lines; default: the gold pages)")
+    p.add_argument("--out", help="write the scores as JSON here")
+    p.add_argument("--html", help="HTML directory: check that offsets cut out each text")
+    p.set_defaults(func=cmd_score)
     return parser
 
 

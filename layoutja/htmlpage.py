@@ -15,7 +15,8 @@ elements whose content is not page text, and it must agree with Chromium on thos
   split by markup is one word; every other tag, `<br>` and ruby annotations (`<rt>`, `<rp>`)
   end a block. Comments do not break words (`a<!---->b` renders as `ab`).
 
-Lines count as Python's universal newlines do (`\\n`, `\\r\\n`, `\\r`), columns in characters.
+Lines are counted as the official SHINRA checker counts them, with Python's `str.splitlines`
+(`\\n`, `\\r\\n`, `\\r`, and also U+2028, U+0085, ...), 0-based; columns in characters.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ _MARKUP = re.compile(
     re.S | re.X,
 )
 _ENTITY = re.compile(r"&(?:#[0-9]+;?|#[xX][0-9A-Fa-f]+;?|[A-Za-z][A-Za-z0-9]*;?)")
-_NEWLINE = re.compile(r"\r\n|\r|\n")
+_NEWLINE = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")  # str.splitlines
 _REFRESH = re.compile(r"""http-equiv[\t\n\f\r ]*=[\t\n\f\r ]*["']?[\t\n\f\r ]*refresh""", re.I)
 _CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([-\w.:]+)""", re.I)
 # WHATWG encoding labels that Python names differently, or whose Python codec lacks characters

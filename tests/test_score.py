@@ -1,0 +1,118 @@
+"""The SHINRA scorer: the official figures on the real sample, and hand-computed cases."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from layoutja.score import html_mismatches, offset_text, read_jsonl, read_targets, score
+
+from .conftest import SHINRA
+
+
+def record(page, attribute, start, end, ene="1.6.5.3", text="x") -> dict:
+    offset = {"start": {"line_id": start[0], "offset": start[1]},
+              "end": {"line_id": end[0], "offset": end[1]}, "text": text}  # fmt: skip
+    return {"page_id": page, "title": "t", "ENE": ene, "attribute": attribute,
+            "html_offset": offset}  # fmt: skip
+
+
+def rounded(scores: dict) -> tuple:
+    return tuple(round(scores[k], 3) for k in ("precision", "recall", "f1"))
+
+
+@pytest.fixture
+def sample():
+    if not (SHINRA / "Airport_Mini_Answer.json").exists():
+        pytest.skip("no SHINRA sample")
+    gold = read_jsonl(SHINRA / "Airport_Mini_Answer.json")
+    pred = read_jsonl(SHINRA / "Airport_Dummy_Result.json")
+    return gold, pred
+
+
+def test_the_official_figures_on_the_sample(sample):
+    gold, pred = sample
+    result = score(gold, pred, read_targets(SHINRA / "target.csv"))
+    html, text = result["html_offset"], result["text_offset"]
+    assert rounded(html["macro"]) == (0.941, 0.629, 0.734)
+    assert rounded(html["micro"]) == (0.974, 0.624, 0.760)
+    assert rounded(text["macro"]) == (0.938, 0.626, 0.731)
+    assert rounded(text["micro"]) == (0.965, 0.618, 0.753)
+    # The official scorer's README table is page 678416 alone (its CSV reading keeps spaces).
+    only = score(gold, pred, {"678416"})["html_offset"]
+    assert rounded(only["macro"]) == (0.476, 0.421, 0.441)
+    assert rounded(only["micro"]) == (1.0, 0.789, 0.882)
+    assert "ＩＡＴＡ（空港コード）" in html["per_ene"]["1.6.5.3"]["attributes"]
+
+
+def test_offsets_that_do_not_cut_out_their_text(sample):
+    gold, pred = sample
+    assert html_mismatches(gold, SHINRA / "Airport_HTML") == []
+    bad = html_mismatches(pred, SHINRA / "Airport_HTML")
+    assert len(bad) == 3  # the official checker prints 4: its count includes a header row
+    assert {b["page_id"] for b in bad} == {"858418", "2416040"}
+
+
+def test_hand_computed_cases():
+    gold = [record("1", "名前", (0, 0), (0, 2)), record("1", "名前", (1, 0), (1, 3)),
+            record("1", "IATA", (2, 0), (2, 3)), record("2", "名前", (0, 0), (0, 1))]  # fmt: skip
+    # Nothing predicted: every score is 0.
+    empty = score(gold, [])["html_offset"]
+    assert rounded(empty["macro"]) == rounded(empty["micro"]) == (0, 0, 0)
+    pred = [
+        record("1", "名前", (0, 0), (0, 2)),  # TP
+        record("1", "名前", (0, 0), (0, 2)),  # its duplicate: counted once
+        record("2", "名前", (0, 0), (0, 2)),  # FP (wrong end)
+        record("1", "ＩＡＴＡ", (2, 0), (2, 3)),  # TP: full-width name matches IATA
+        record("9", "名前", (0, 0), (0, 1)),  # a page not in the gold: not scored
+        record("1", "未知の属性", (0, 0), (0, 1)),  # an attribute not in the gold: not scored
+    ]
+    result = score(gold, pred)["html_offset"]
+    names = result["per_ene"]["1.6.5.3"]["attributes"]
+    assert (names["名前"]["tp"], names["名前"]["fp"], names["名前"]["fn"]) == (1, 1, 2)
+    assert rounded(names["名前"]) == (0.5, 0.333, 0.4)
+    assert rounded(names["ＩＡＴＡ"]) == (1.0, 1.0, 1.0)
+    assert rounded(result["macro"]) == (0.75, 0.667, 0.7)  # mean of the two attributes
+    assert rounded(result["micro"]) == (0.667, 0.5, 0.571)  # TP 2, FP 1, FN 2
+    # Only page 1 targeted: page 2's gold and prediction drop out.
+    assert rounded(score(gold, pred, {"1"})["html_offset"]["micro"]) == (1.0, 0.667, 0.8)
+
+
+def test_several_enes_macro_is_the_mean_of_enes_micro_pools_counts():
+    gold = [
+        record("1", "a", (0, 0), (0, 1), ene="A"),
+        record("2", "b", (0, 0), (0, 1), ene="B"),
+        record("2", "b", (1, 0), (1, 1), ene="B"),
+        record("2", "c", (2, 0), (2, 1), ene="B"),
+    ]
+    pred = [record("1", "a", (0, 0), (0, 1), ene="A"), record("2", "b", (0, 0), (0, 1), ene="B")]
+    result = score(gold, pred)["html_offset"]
+    assert rounded(result["per_ene"]["A"]["macro"]) == (1.0, 1.0, 1.0)
+    assert rounded(result["per_ene"]["B"]["macro"]) == (0.5, 0.25, 0.333)  # b: 1/0.5/0.667, c: 0
+    assert rounded(result["macro"]) == (0.75, 0.625, 0.667)
+    assert rounded(result["micro"]) == (1.0, 0.5, 0.667)
+
+
+def test_offset_text_across_lines():
+    lines = ["abc", "def", "ghi"]
+    assert offset_text(lines, (0, 1), (2, 2)) == "bc\ndef\ngh"
+    assert offset_text(lines, (1, 1), (1, 3)) == "ef"
+    assert offset_text(lines, (5, 0), (5, 1)) is None
+
+
+def test_score_command_writes_the_leaderboard_json(sample, tmp_path):
+    out = tmp_path / "score.json"
+    command = [sys.executable, "-m", "layoutja", "score",
+               "--gold", str(SHINRA / "Airport_Mini_Answer.json"),
+               "--pred", str(SHINRA / "Airport_Dummy_Result.json"),
+               "--target", str(SHINRA / "target.csv"), "--html", str(SHINRA / "Airport_HTML"),
+               "--out", str(out)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "overall macro" in result.stdout and "does not cut out their text: 3" in result.stdout
+    report = json.loads(out.read_text())
+    assert {"macro", "micro", "per_ene", "text_offset"} <= set(report)
+    assert round(report["macro"]["f1"], 3) == 0.734 and round(report["micro"]["f1"], 3) == 0.760
