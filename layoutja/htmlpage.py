@@ -48,7 +48,7 @@ _MARKUP = re.compile(
     re.S | re.X,
 )
 _ENTITY = re.compile(r"&(?:#[0-9]+;?|#[xX][0-9A-Fa-f]+;?|[A-Za-z][A-Za-z0-9]*;?)")
-_NEWLINE = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")  # str.splitlines
+NEWLINE = re.compile("\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")  # str.splitlines
 _REFRESH = re.compile(r"""http-equiv[\t\n\f\r ]*=[\t\n\f\r ]*["']?[\t\n\f\r ]*refresh""", re.I)
 _CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([-\w.:]+)""", re.I)
 # WHATWG encoding labels that Python names differently, or whose Python codec lacks characters
@@ -172,7 +172,7 @@ def parse_html(source: str, encoding: str = "utf-8") -> HtmlPage:
     if "noscript" in hidden:  # never closed: with scripts on, it runs to the end
         _remove(edits, noscript_start, len(source))
     end_block()
-    line_starts = [0] + [m.end() for m in _NEWLINE.finditer(source)]
+    line_starts = [0] + [m.end() for m in NEWLINE.finditer(source)]
     return HtmlPage(source, encoding, blocks, edits, line_starts)
 
 
