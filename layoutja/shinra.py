@@ -1,0 +1,152 @@
+"""SHINRA attribute-extraction annotations as B-/I-/O token labels of localized pages.
+
+An annotation points into the raw HTML file by (line, offset) positions, counted as the official
+checker counts them (`str.splitlines`, 0-based lines, character columns, end exclusive); every
+localized token carries its raw range the same way (`html_span`). A token is labeled with an
+annotation when their raw ranges overlap: `B-<attribute>` for the first such token, `I-` for
+the rest. One label set covers every ENE (attributes are named, not numbered per ENE).
+
+Nothing is mislabeled silently. An annotation is skipped, and counted by reason, when:
+- its offsets fall outside the page, or the raw text between them is not its `text`;
+- its page is not among the localized pages, or no rendered token covers it;
+- it overlaps an annotation already placed (annotations are placed longest first, then by
+  position and attribute name, so the choice is deterministic);
+- its attribute has `extraction_task: false` in the ENE definitions (when given).
+"""
+
+from __future__ import annotations
+
+import json
+from bisect import bisect_right
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from layoutja.errors import UserError
+from layoutja.htmlpage import NEWLINE
+
+OUTSIDE = "O"
+
+
+@dataclass(frozen=True)
+class Annotation:
+    page_id: str
+    ene: str
+    attribute: str
+    start: tuple[int, int]  # (line, offset)
+    end: tuple[int, int]
+    text: str
+
+
+def read_annotations(paths: list[Path]) -> list[Annotation]:
+    """Annotations from SHINRA JSONL files (`annotation/<ENE>_dist.jsonl`)."""
+    out = []
+    for path in paths:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                offset = r["html_offset"]
+                out.append(
+                    Annotation(
+                        str(r["page_id"]),
+                        str(r["ENE"]),
+                        r["attribute"],
+                        (offset["start"]["line_id"], offset["start"]["offset"]),
+                        (offset["end"]["line_id"], offset["end"]["offset"]),
+                        offset["text"],
+                    )
+                )
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise UserError(f"{path}: line {number}: not a SHINRA annotation ({e})") from None
+    return out
+
+
+def read_extraction_attributes(path: Path) -> dict[str, set[str]]:
+    """ENE → names of its attributes with `extraction_task` true (the ENE definition JSONL)."""
+    out: dict[str, set[str]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            out[str(r["ENE_id"] if "ENE_id" in r else r["ENE"])] = {
+                a["name"] for a in r["attributes"] if a.get("extraction_task", True)
+            }
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{path}: line {number}: not an ENE definition ({e})") from None
+    return out
+
+
+def label_names(attributes: set[str]) -> list[str]:
+    """["O", "B-a", "I-a", "B-b", ...] in a fixed order."""
+    names = [OUTSIDE]
+    for attribute in sorted(attributes):
+        names += [f"B-{attribute}", f"I-{attribute}"]
+    return names
+
+
+class RawLines:
+    """A raw HTML file's (line, offset) positions as absolute character offsets."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.starts = [0] + [m.end() for m in NEWLINE.finditer(source)]
+
+    def offset(self, line: int, column: int) -> int | None:
+        if not 0 <= line < len(self.starts):
+            return None
+        end = self.starts[line + 1] if line + 1 < len(self.starts) else len(self.source)
+        return self.starts[line] + column if 0 <= column <= end - self.starts[line] else None
+
+    def text(self, start: tuple[int, int], end: tuple[int, int]) -> str | None:
+        """The raw characters from start to end (each line's break kept as `\\n`)."""
+        a, b = self.offset(*start), self.offset(*end)
+        if a is None or b is None or b < a:
+            return None
+        return "\n".join(self.source[a:b].splitlines()) if b > a else ""
+
+
+def page_labels(
+    spans: list[list[int]],
+    raw: RawLines,
+    annotations: list[Annotation],
+    names: list[str],
+    skipped: Counter,
+) -> list[int]:
+    """Label ids for the tokens of one page (their `html_span`s), given its annotations."""
+    index = {name: i for i, name in enumerate(names)}
+    starts = [raw.offset(l0, c0) for l0, c0, _, _ in spans]
+    ends = [raw.offset(l1, c1) for _, _, l1, c1 in spans]
+    labels = [0] * len(spans)
+    placed = []
+    for a in dict.fromkeys(annotations):  # an annotation given twice is placed once
+        start, end = raw.offset(*a.start), raw.offset(*a.end)
+        if start is None or end is None or end <= start:
+            skipped["offsets outside the page"] += 1
+        elif raw.text(a.start, a.end) != a.text:
+            skipped["text does not match the offsets"] += 1
+        elif f"B-{a.attribute}" not in index:
+            skipped["attribute not extracted"] += 1
+        else:
+            placed.append((start, end, a))
+    placed.sort(key=lambda p: (-(p[1] - p[0]), p[0], p[2].attribute))
+    order = sorted(range(len(spans)), key=lambda i: starts[i])
+    sorted_starts = [starts[i] for i in order]
+    for start, end, a in placed:
+        # Tokens whose raw range overlaps [start, end), in reading order of the raw file.
+        hits = [
+            i
+            for i in order[: bisect_right(sorted_starts, end - 1)]
+            if ends[i] > start and (ends[i] > starts[i] or start <= starts[i] < end)
+        ]
+        if not hits:
+            skipped["no rendered token"] += 1
+        elif any(labels[i] for i in hits):
+            skipped["overlaps another annotation"] += 1
+        else:
+            labels[hits[0]] = index[f"B-{a.attribute}"]
+            for i in hits[1:]:
+                labels[i] = index[f"I-{a.attribute}"]
+    return labels
