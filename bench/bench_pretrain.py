@@ -41,7 +41,7 @@ def prepare(work: Path, pages: int) -> tuple[Path, Path]:
 
 def run_layoutja(args, tokenizer: Path, data: Path, out: Path) -> float:
     from layoutja.config import load_config
-    from layoutja.trainer import pretrain
+    from layoutja.pretrain import pretrain
 
     settings = {
         "max_steps": args.steps, "global_batch_size": args.batch,

@@ -143,7 +143,7 @@ def cmd_init_model(args: argparse.Namespace) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from layoutja.config import load_config
-    from layoutja.trainer import pretrain
+    from layoutja.pretrain import pretrain
 
     overrides = dict(args.overrides)
     if args.max_steps is not None:

@@ -27,8 +27,9 @@ from layoutja.data import SpecialIds, WindowStream, localized_files, mvlm_mask, 
 from layoutja.errors import UserError
 from layoutja.init_model import TOKENIZER_FILES, init_model, layoutlm_from_bert
 from layoutja.mvlm import MVLMModel
+from layoutja.pretrain import pretrain
 from layoutja.tokenizer import load_vocab
-from layoutja.trainer import TrainingStopped, pretrain
+from layoutja.trainer import TrainingStopped
 
 TRAIN = Path(__file__).resolve().parents[1] / "train"
 SPECIALS = SpecialIds(pad=0, cls=2, sep=3, mask=4)

@@ -1,0 +1,175 @@
+"""MVLM pretraining: build → batches → step → log → checkpoint → export.
+
+Runs as it is on one CPU or GPU, or under `accelerate launch`/`torchrun` on many GPUs and nodes
+(shared machinery in layoutja.trainer). A step is exactly reproducible: masking and dropout are
+seeded from (seed, step, rank) and the data position is (epoch, windows taken), so a run that is
+stopped and resumed takes the same steps as one that was not.
+
+Output directory:
+    config.json, model.safetensors, vocab.txt, ...  the exported Hugging Face model (at the end)
+    checkpoints/step-0000100/   model, optimizer, scheduler, scaler, RNG (accelerate) + position
+    metrics.jsonl, tensorboard/, recipe.yaml
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from layoutja import trainer
+from layoutja.config import TrainConfig
+from layoutja.data import SpecialIds, WindowStream, collate, localized_files, mvlm_mask
+from layoutja.errors import UserError
+from layoutja.mvlm import MVLMModel, load_layoutlm, new_layoutlm
+from layoutja.tokenizer import load_vocab, resolve_tokenizer_dir
+from layoutja.trainlog import MetricsLog, model_flops_per_token, peak_flops
+
+
+def data_tokenizer(data: Path, init: str | None, tokenizer: str | None) -> Path:
+    """The tokenizer the data was made with; the model's vocabulary must be the same."""
+    manifests = sorted(data.glob("manifest*.json")) if data.is_dir() else []
+    manifest = json.loads(manifests[0].read_text(encoding="utf-8")) if manifests else {}
+    candidates = [c for c in (tokenizer, init, manifest.get("tokenizer")) if c]
+    path = next((Path(c) for c in candidates if (Path(c) / "vocab.txt").exists()), None)
+    if path is None:
+        if not candidates:
+            raise UserError(f"{data}: no manifest names its tokenizer; give --tokenizer")
+        path = resolve_tokenizer_dir(candidates[0])
+    expected = manifest.get("tokenizer_vocab_sha256")
+    if expected and hashlib.sha256((path / "vocab.txt").read_bytes()).hexdigest() != expected:
+        raise UserError(
+            f"{path}: not the vocabulary {data} was localized with (vocab.txt hashes differ)"
+        )
+    return path
+
+
+def pretrain(
+    config: TrainConfig,
+    data: str | Path,
+    out: str | Path,
+    *,
+    init: str | None = None,
+    tokenizer: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train MVLM on localized pages; returns the last logged metrics (main process)."""
+    from tqdm import tqdm
+
+    data, out = Path(data), Path(out)
+    accelerator = trainer.make_accelerator(config)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    accumulation = trainer.accumulation_steps(config, world)
+
+    # --- build ---------------------------------------------------------------------------
+    tokenizer_dir = data_tokenizer(data, init, tokenizer)
+    vocab = load_vocab(tokenizer_dir / "vocab.txt")
+    specials = SpecialIds(*(vocab[t] for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")))
+    if init:
+        mlm = load_layoutlm(init)
+    elif config.model:
+        mlm = new_layoutlm(len(vocab), config.model)
+    else:
+        raise UserError("give --init MODEL (a BERT or LayoutLM), or a recipe with a model section")
+    if mlm.config.vocab_size != len(vocab):
+        raise UserError(
+            f"{tokenizer_dir}: {len(vocab)} tokens, the model has {mlm.config.vocab_size}"
+        )
+    if config.max_length > mlm.config.max_position_embeddings:
+        raise UserError(
+            f"max_length {config.max_length} > the model's {mlm.config.max_position_embeddings}"
+        )
+    model = MVLMModel(mlm)
+    optimizer, scheduler = trainer.build_optimizer(model, config, config.max_steps)
+    model, optimizer = trainer.prepare(accelerator, model, optimizer, scheduler)
+    state = {"step": 0, "epoch": 0, "taken": 0, "skipped": 0}
+    state.update(trainer.resume(accelerator, out, resume))
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        recipe = yaml.safe_dump(dataclasses.asdict(config), allow_unicode=True)
+        (out / "recipe.yaml").write_text(recipe, encoding="utf-8")
+
+    # --- batches -------------------------------------------------------------------------
+    stream = WindowStream(
+        localized_files(data),
+        specials,
+        seed=config.seed,
+        rank=rank,
+        world=world,
+        max_length=config.max_length,
+        margin=config.margin,
+    ).windows(state["epoch"], state["taken"])
+
+    def micro_batches(step: int) -> tuple[list[dict], int]:
+        """This step's masked micro-batches and their real (non-padding) token count."""
+        generator = torch.Generator().manual_seed(trainer.step_seed(config.seed, step, rank))
+        batches, tokens = [], 0
+        for _ in range(accumulation):
+            windows = []
+            for _ in range(config.per_device_batch_size):
+                window, state["epoch"], state["taken"] = next(stream)
+                windows.append(window)
+            batch = collate(windows, specials.pad)
+            batch["input_ids"], batch["labels"] = mvlm_mask(
+                batch["input_ids"], specials, len(vocab), generator, config.mask_probability
+            )
+            batches.append(batch)
+            tokens += int(batch["attention_mask"].sum())
+        return batches, tokens
+
+    # --- steps, logs, checkpoints ----------------------------------------------------------
+    log = MetricsLog(out, enabled=accelerator.is_main_process, resume_step=state["step"])
+    flops_per_token = model_flops_per_token(mlm.config, config.max_length)
+    peak = peak_flops(accelerator.device) * world
+    bar = tqdm(
+        total=config.max_steps,
+        initial=state["step"],
+        unit="step",
+        disable=not (progress and accelerator.is_main_process),
+        dynamic_ncols=True,
+    )
+    model.train()
+    tokens, clock, last = 0, time.perf_counter(), {}
+    while state["step"] < config.max_steps:
+        step = state["step"]
+        torch.manual_seed(trainer.step_seed(config.seed, step, rank))  # dropout: same on resume
+        batches, step_tokens = micro_batches(step)
+        tokens += step_tokens * world
+        loss, skipped = trainer.optimizer_step(
+            accelerator, model, optimizer, scheduler, batches, config.max_grad_norm, out, step + 1
+        )
+        state["step"], state["skipped"] = step + 1, state["skipped"] + skipped
+        bar.update()
+        if state["step"] % config.log_every == 0 or state["step"] == config.max_steps:
+            tokens_per_s = tokens / (time.perf_counter() - clock)
+            last = {
+                "step": state["step"],
+                "loss": round(loss, 5),
+                "learning_rate": scheduler.get_last_lr()[0],
+                "tokens_per_s": round(tokens_per_s, 1),
+                "skipped_steps": state["skipped"],
+                "epoch": state["epoch"],
+            }
+            if peak:
+                last["mfu"] = round(tokens_per_s * flops_per_token / peak, 4)
+            log.write(last)
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            tokens, clock = 0, time.perf_counter()
+        if state["step"] % config.save_every == 0 or state["step"] == config.max_steps:
+            trainer.save_checkpoint(accelerator, out, dict(state), config.keep_checkpoints)
+    bar.close()
+    log.close()
+
+    # --- export ----------------------------------------------------------------------------
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).mlm.save_pretrained(out)
+        trainer.copy_tokenizer(tokenizer_dir, out)
+    accelerator.end_training()
+    return last if accelerator.is_main_process else {}
