@@ -15,10 +15,12 @@ import yaml
 
 from layoutja.errors import UserError
 
+OBJECTIVES = ("mvlm", "token-classification")
+
 
 @dataclass
 class TrainConfig:
-    objective: str = "mvlm"  # mvlm | electra
+    objective: str = "mvlm"  # mvlm (layoutja pretrain) | token-classification (finetune)
     # Optimization (the published recipe: Adam, lr 5e-5, 1,000 warmup steps, linear decay).
     max_steps: int = 100_000
     global_batch_size: int = 256  # = per-device batch × devices × accumulation, on any setup
@@ -36,6 +38,10 @@ class TrainConfig:
     margin: int = 128
     mask_probability: float = 0.15
     seed: int = 42
+    # Fine-tuning: whole passes over the training pages (max_steps follows from them when > 0),
+    # and the share of pages held out for the dev F1 (split by page id, deterministically).
+    epochs: int = 0
+    dev_fraction: float = 0.1
     # Bookkeeping
     log_every: int = 10
     save_every: int = 1000
@@ -82,6 +88,12 @@ def load_config(path: str | Path | None, overrides: dict[str, str] | None = None
                 setattr(config, name, (float if f.type == "float" else int)(getattr(config, name)))
             except (TypeError, ValueError):
                 raise UserError(f"{path or 'settings'}: {name} must be a number") from None
+    if config.mixed_precision is False:  # YAML reads a bare `no` as false
+        config.mixed_precision = "no"
     if config.mixed_precision not in ("fp16", "bf16", "no"):
         raise UserError(f"mixed_precision must be fp16, bf16 or no, not {config.mixed_precision!r}")
+    if config.objective not in OBJECTIVES:
+        raise UserError(f"objective must be one of {OBJECTIVES}, not {config.objective!r}")
+    if config.keep_checkpoints < 1 or config.log_every < 1 or config.save_every < 1:
+        raise UserError("keep_checkpoints, log_every and save_every must be at least 1")
     return config

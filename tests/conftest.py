@@ -85,3 +85,63 @@ def localized_dir(tmp_path_factory, unidic_dir) -> Path:
         (corpus / "html" / "Airport" / page.name).write_bytes(page.read_bytes())
     localize_corpus(str(corpus), str(unidic_dir), root / "out", pages_per_part=6, progress=False)
     return root / "out"
+
+
+AIRPORTS = [
+    ("東京国際空港", "東京都大田区", "1931年", "HND"),
+    ("成田国際空港", "千葉県成田市", "1978年", "NRT"),
+    ("関西国際空港", "大阪府泉佐野市", "1994年", "KIX"),
+    ("中部国際空港", "愛知県常滑市", "2005年", "NGO"),
+    ("新千歳空港", "北海道千歳市", "1988年", "CTS"),
+    ("福岡空港", "福岡県福岡市", "1945年", "FUK"),
+    ("那覇空港", "沖縄県那覇市", "1933年", "OKA"),
+    ("仙台空港", "宮城県名取市", "1957年", "SDJ"),
+    ("広島空港", "広島県三原市", "1993年", "HIJ"),
+    ("鹿児島空港", "鹿児島県霧島市", "1972年", "KOJ"),
+    ("松山空港", "愛媛県松山市", "1960年", "MYJ"),
+    ("熊本空港", "熊本県益城町", "1971年", "KMJ"),
+]
+
+
+def make_shinra(root: Path, pages: int = 12) -> Path:
+    """A SHINRA-format data set: html/<ENE>/<id>.html in Wikipedia's shape (title, lead,
+    infobox table, heading, list, prose) and annotation/<ENE>_dist.jsonl with exact offsets."""
+    import json
+
+    ene = "1.6.5.3"
+    (root / "html" / ene).mkdir(parents=True, exist_ok=True)
+    (root / "annotation").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(pages):
+        name, place, year, iata = AIRPORTS[i % len(AIRPORTS)]
+        page_id = str(2000 + i)
+        lines = [
+            "<!DOCTYPE html>",
+            f'<html lang="ja"><head><meta charset="UTF-8"><title>{name} - Wikipedia</title>',
+            '</head><body><div id="content">',
+            f'<h1 class="firstHeading">{name}</h1>',
+            '<table class="infobox">',
+            f'<tr><th>所在地</th><td><a href="/wiki/x">{place}</a></td></tr>',
+            f"<tr><th>開港</th><td>{year}</td></tr>",
+            f"<tr><th>IATA</th><td>{iata}</td></tr>",
+            "</table>",
+            f"<p><b>{name}</b>は、{place}にある空港である。{year}に開港した。</p>",
+            "<h2>概要</h2><ul><li>旅客ターミナル</li><li>貨物ターミナル</li></ul>",
+            f"<p>空港コードは{iata}である。<sup>[1]</sup></p>",
+            "</div></body></html>",
+        ]
+        (root / "html" / ene / f"{page_id}.html").write_text("\n".join(lines), encoding="utf-8")
+        for attribute, value, line in [
+            ("所在地", place, 5),
+            ("開港年", year, 6),
+            ("IATA", iata, 7),
+        ]:
+            col = lines[line].index(f">{value}<") + 1
+            offset = {"start": {"line_id": line, "offset": col},
+                      "end": {"line_id": line, "offset": col + len(value)}, "text": value}  # fmt: skip
+            records.append({"page_id": page_id, "title": name, "ENE": ene,
+                            "attribute": attribute, "html_offset": offset})  # fmt: skip
+    with open(root / "annotation" / f"{ene}_dist.jsonl", "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return root
