@@ -181,6 +181,47 @@ def _overrides(extra: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from layoutja.config import load_config
+    from layoutja.finetune import finetune
+
+    overrides = {"objective": "token-classification", **dict(args.overrides)}
+    config = load_config(args.config, overrides)
+    last = finetune(
+        config,
+        args.data,
+        args.model,
+        args.out,
+        text_only=args.text_only,
+        localized=args.localized,
+        resume=args.resume,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    if last:
+        print(
+            f"epoch {last['epoch']}: dev macro F1 {last['dev_macro_f1']}, "
+            f"micro F1 {last['dev_micro_f1']}; model in {args.out}",
+            file=sys.stderr,
+        )
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from layoutja.finetune import predict
+
+    count = predict(
+        args.model,
+        args.data,
+        args.out,
+        localized=args.localized,
+        max_length=args.max_length,
+        margin=args.margin,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(f"wrote {count} records to {args.out}", file=sys.stderr)
+
+
 def cmd_score(args: argparse.Namespace) -> None:
     from layoutja.score import format_table, html_mismatches, read_jsonl, read_targets, score
 
@@ -330,6 +371,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain, overrides=[])
 
     p = sub.add_parser(
+        "finetune",
+        allow_abbrev=False,
+        help="fine-tune for SHINRA attribute extraction (token classification)",
+        description="Localize the pages of a SHINRA directory (annotation/<ENE>_dist.jsonl, "
+        "html/<ENE>/<page_id>.html, optionally an ENE definition JSONL), label their tokens "
+        "from the annotations, and train LayoutLMForTokenClassification (or, with --text-only, "
+        "BertForTokenClassification: the text-only baseline). The dev F1 (held-out pages, the "
+        "SHINRA scorer) is logged after every epoch. Recipe settings can be overridden with "
+        "--key value.",
+    )
+    p.add_argument("--data", required=True, help="SHINRA directory")
+    p.add_argument("--model", required=True, help="LayoutLM (pretrained) or BERT directory")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--config", help="YAML recipe (e.g. train/finetune-shinra.yaml)")
+    p.add_argument("--text-only", action="store_true", help="BERT without boxes (baseline)")
+    p.add_argument("--localized", help="localized pages to reuse (default: OUT/localized)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--workers", type=int, default=cores, help="browser processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_finetune, overrides=[])
+
+    p = sub.add_parser(
+        "predict",
+        help="predict SHINRA attribute values with a fine-tuned model",
+        description="Localize the pages of a SHINRA directory, label their tokens with a "
+        "fine-tuned model (windows merged, margin/2 tokens dropped at inner edges) and write "
+        "SHINRA records (page_id, title, ENE, attribute, html_offset with the exact raw text).",
+    )
+    p.add_argument("--model", required=True, help="fine-tuned model directory")
+    p.add_argument("--data", required=True, help="SHINRA directory (html/<ENE>/<id>.html)")
+    p.add_argument("--out", required=True, help="predictions JSONL")
+    p.add_argument("--localized", help="localized pages to reuse (default: OUT.localized)")
+    p.add_argument("--max-length", type=int, default=512, help="window length (default: 512)")
+    p.add_argument("--margin", type=int, default=128, help="window overlap (default: 128)")
+    p.add_argument("--workers", type=int, default=cores, help="browser processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
         "score",
         help="score SHINRA attribute-extraction output as the official scorer does",
         description="Per ENE and attribute precision, recall and F1 on exact offset matches "
@@ -349,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:
-        if extra and args.command != "pretrain":
+        if extra and args.command not in ("pretrain", "finetune"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if extra:
             args.overrides = _overrides(extra)

@@ -168,7 +168,7 @@ def finetune(
     shinra_dir, model_dir, out = Path(shinra_dir), Path(model_dir), Path(out)
     accelerator = trainer.make_accelerator(config)
     rank, world = accelerator.process_index, accelerator.num_processes
-    accumulation = trainer.accumulation_steps(config, world)
+    trainer.accumulation_steps(config, world)  # the global batch must split evenly
 
     # --- build ---------------------------------------------------------------------------
     if not (model_dir / "vocab.txt").exists():
