@@ -137,11 +137,37 @@ def make_shinra(root: Path, pages: int = 12) -> Path:
             ("IATA", iata, 7),
         ]:
             col = lines[line].index(f">{value}<") + 1
-            offset = {"start": {"line_id": line, "offset": col},
-                      "end": {"line_id": line, "offset": col + len(value)}, "text": value}  # fmt: skip
+            end = {"line_id": line, "offset": col + len(value)}
+            offset = {"start": {"line_id": line, "offset": col}, "end": end, "text": value}
             records.append({"page_id": page_id, "title": name, "ENE": ene,
                             "attribute": attribute, "html_offset": offset})  # fmt: skip
     with open(root / "annotation" / f"{ene}_dist.jsonl", "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return root
+
+
+def tiny_bert(cls, tokenizer_dir: Path, out: Path, hidden: int = 32) -> Path:
+    """A tiny BERT checkpoint of class `cls` with the test tokenizer, as a BERT on the hub is."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig
+
+    from layoutja.init_model import TOKENIZER_FILES
+    from layoutja.tokenizer import load_vocab
+
+    torch.manual_seed(1)
+    vocab_size = len(load_vocab(tokenizer_dir / "vocab.txt"))
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+    )
+    cls(config).save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_dir / name, out / name)
+    return out

@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 from transformers import (
     AutoModelForMaskedLM,
     AutoTokenizer,
-    BertConfig,
     BertForMaskedLM,
     BertForPreTraining,
     BertModel,
@@ -31,26 +30,10 @@ from layoutja.pretrain import pretrain
 from layoutja.tokenizer import load_vocab
 from layoutja.trainer import TrainingStopped
 
+from .conftest import tiny_bert
+
 TRAIN = Path(__file__).resolve().parents[1] / "train"
 SPECIALS = SpecialIds(pad=0, cls=2, sep=3, mask=4)
-
-
-def tiny_bert(cls, tokenizer_dir: Path, out: Path) -> Path:
-    """A tiny BERT checkpoint of class `cls` with the test tokenizer, as a BERT on the hub is."""
-    torch.manual_seed(1)
-    vocab_size = len(load_vocab(tokenizer_dir / "vocab.txt"))
-    config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    cls(config).save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        shutil.copy(tokenizer_dir / name, out / name)
-    return out
 
 
 @pytest.fixture(scope="module")

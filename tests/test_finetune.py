@@ -1,0 +1,81 @@
+"""Fine-tuning and prediction on a SHINRA-format data set built here (and window merging)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForTokenClassification, BertForMaskedLM
+
+from layoutja.config import load_config
+from layoutja.finetune import finetune
+from layoutja.score import html_mismatches, read_jsonl, score
+from layoutja.shinra import RawLines
+from layoutja.shinra_data import Page, decode, merge_windows
+
+from .conftest import make_shinra, tiny_bert
+
+TRAIN = Path(__file__).resolve().parents[1] / "train"
+
+
+@pytest.fixture(scope="module")
+def shinra(tmp_path_factory) -> Path:
+    return make_shinra(tmp_path_factory.mktemp("shinra"), pages=24)
+
+
+@pytest.fixture(scope="module")
+def bert(unidic_dir, tmp_path_factory) -> Path:
+    return tiny_bert(BertForMaskedLM, unidic_dir, tmp_path_factory.mktemp("bert"), hidden=64)
+
+
+def test_merge_windows_keeps_each_token_once_away_from_inner_edges():
+    spans = [(0, 510), (382, 892), (764, 1000)]
+    keep = merge_windows(1000, spans, 128)
+    assert keep == [(0, 446), (446, 828), (828, 1000)]
+    assert merge_windows(10, [(0, 10)], 128) == [(0, 10)]
+
+
+def test_decode_b_i_runs_to_exact_records():
+    raw = RawLines("<td>東京都大田区</td>\n<td>HND</td>")
+    page = Page("1", "1.6.5.3", "t", Path("x"), [0] * 4, [[0] * 4] * 4,
+                [[0, 4, 0, 7], [0, 7, 0, 10], [1, 4, 1, 7], [1, 4, 1, 7]])  # fmt: skip
+    names = ["O", "B-所在地", "I-所在地", "B-IATA", "I-IATA"]
+    records = decode(page, [1, 2, 4, 0], names, raw, "1.6.5.3", None)
+    assert [(r["attribute"], r["html_offset"]["text"]) for r in records] == [
+        ("所在地", "東京都大田区"),
+        ("IATA", "HND"),  # an I- without its B- still starts a value
+    ]
+    assert decode(page, [1, 2, 4, 0], names, raw, "1.6.5.3", {"IATA"})[0]["attribute"] == "IATA"
+
+
+def test_finetune_learns_the_attributes_and_predicts_exact_offsets(shinra, bert, tmp_path):
+    out = tmp_path / "ft"
+    config = load_config(TRAIN / "finetune-tiny.yaml")
+    last = finetune(config, shinra, bert, out, progress=False)
+    assert last["dev_macro_f1"] >= 0.9, last
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics if "dev_macro_f1" in m] == list(range(1, 31))
+    assert json.loads((out / "data.json").read_text())["annotations_skipped"] == {}
+    model = AutoModelForTokenClassification.from_pretrained(out)
+    assert model.config.model_type == "layoutlm" and "B-所在地" in model.config.label2id
+    predictions = tmp_path / "pred.jsonl"
+    command = [sys.executable, "-m", "layoutja", "predict", "--model", str(out), "--data",
+               str(shinra), "--out", str(predictions), "--localized", str(out / "localized"),
+               "--max-length", "128", "--margin", "32", "--quiet"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    pred = read_jsonl(predictions)
+    assert html_mismatches(pred, shinra / "html") == []  # text is exactly the raw HTML
+    gold = read_jsonl(shinra / "annotation" / "1.6.5.3_dist.jsonl")
+    assert score(gold, pred)["html_offset"]["micro"]["f1"] >= 0.9
+
+
+def test_text_only_baseline_runs_the_same_pipeline(shinra, bert, tmp_path):
+    config = load_config(TRAIN / "finetune-tiny.yaml", {"epochs": "2"})
+    last = finetune(config, shinra, bert, tmp_path / "bl", text_only=True, progress=False)
+    assert set(last) == {"epoch", "dev_macro_f1", "dev_micro_f1"} and last["epoch"] == 2
+    model = AutoModelForTokenClassification.from_pretrained(tmp_path / "bl")
+    assert type(model).__name__ == "BertForTokenClassification"
