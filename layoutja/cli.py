@@ -131,13 +131,10 @@ def cmd_show(args: argparse.Namespace) -> None:
 
 
 def cmd_init_model(args: argparse.Namespace) -> None:
-    from layoutja.init_model import init_model
+    from layoutja.init_model import init_model, print_report
 
     report = init_model(args.bert, Path(args.out), args.tokenizer, args.max_2d_positions)
-    print(f"copied from {args.bert}: {len(report.copied)} tensors", file=sys.stderr)
-    for title, names in (("new (random init)", report.new), ("not used", report.unused)):
-        if names:
-            print(f"{title}: " + ", ".join(names), file=sys.stderr)
+    print_report(report, args.bert)
     print(f"wrote LayoutLMForMaskedLM and its tokenizer to {args.out}", file=sys.stderr)
 
 

@@ -26,9 +26,8 @@ import torch
 
 from layoutja.errors import UserError
 
-CLS_BOX = [0, 0, 0, 0]
+CLS_BOX = [0, 0, 0, 0]  # padding has this box too
 SEP_BOX = [1000, 1000, 1000, 1000]
-PAD_BOX = [0, 0, 0, 0]
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ def window_spans(length: int, max_tokens: int = 510, margin: int = 128) -> list[
 def localized_files(path: str | Path) -> list[Path]:
     """The Parquet parts of a localization output directory (or one file), sorted."""
     path = Path(path)
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    files = sorted(path.glob("part-*.parquet")) if path.is_dir() else [path]
     if not files or not files[0].exists():
         raise UserError(f"{path}: no localized Parquet parts (run `layoutja localize` first)")
     return files
@@ -139,10 +138,13 @@ class WindowStream:
             epoch, skip = epoch + 1, 0
 
 
-def collate(windows: list[tuple[list[int], list]], pad_id: int, multiple: int = 8) -> dict:
-    """Pad a batch to its longest window (rounded up to `multiple`, for tensor cores)."""
+def collate(
+    windows: list[tuple[list[int], list]], pad_id: int, multiple: int = 8, limit: int = 512
+) -> dict:
+    """Pad a batch to its longest window (rounded up to `multiple`, for tensor cores, but never
+    beyond `limit`, the model's positions)."""
     length = max(len(ids) for ids, _ in windows)
-    length = -(-length // multiple) * multiple
+    length = min(-(-length // multiple) * multiple, max(limit, length))
     input_ids = torch.full((len(windows), length), pad_id, dtype=torch.long)
     bbox = torch.zeros((len(windows), length, 4), dtype=torch.long)
     attention = torch.zeros((len(windows), length), dtype=torch.long)

@@ -15,11 +15,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertForPreTraining, LayoutLMConfig, LayoutLMForMaskedLM
+from transformers import (
+    AutoConfig,
+    BertConfig,
+    BertForPreTraining,
+    LayoutLMConfig,
+    LayoutLMForMaskedLM,
+)
 from transformers.utils import logging as transformers_logging
 
 from layoutja.errors import UserError
@@ -41,10 +48,23 @@ def layoutlm_from_bert(
     bert: str | os.PathLike, max_2d_position_embeddings: int = 1024
 ) -> tuple[LayoutLMForMaskedLM, InitReport]:
     """A LayoutLMForMaskedLM holding every weight of the BERT checkpoint `bert`."""
+    if max_2d_position_embeddings <= 1000:
+        raise UserError(
+            f"max_2d_position_embeddings {max_2d_position_embeddings}: boxes go up to 1000 "
+            "([SEP] is 1000,1000,1000,1000), so at least 1001 rows are needed"
+        )
+    try:
+        model_type = AutoConfig.from_pretrained(str(bert)).model_type
+    except (OSError, ValueError) as e:
+        raise UserError(f"{bert}: cannot load a BERT checkpoint: {e}") from None
+    if model_type != "bert":
+        raise UserError(f"{bert}: a {model_type} model, not a BERT checkpoint")
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # our report says what was copied and what is new
     try:
-        source, info = BertForPreTraining.from_pretrained(str(bert), output_loading_info=True)
+        source, info = BertForPreTraining.from_pretrained(
+            str(bert), output_loading_info=True, dtype=torch.float32
+        )
     except (OSError, ValueError) as e:
         raise UserError(f"{bert}: cannot load a BERT checkpoint: {e}") from None
     finally:
@@ -57,8 +77,9 @@ def layoutlm_from_bert(
         max_2d_position_embeddings=max_2d_position_embeddings,
     )
     config.architectures = ["LayoutLMForMaskedLM"]
-    torch.manual_seed(0)  # the new 2-D embeddings are reproducible
-    model = LayoutLMForMaskedLM(config)
+    with torch.random.fork_rng():  # the new 2-D embeddings are reproducible; the caller's RNG
+        torch.manual_seed(0)  # is left as it was
+        model = LayoutLMForMaskedLM(config)
     target = model.state_dict()
     report = InitReport()
     with torch.no_grad():
@@ -76,9 +97,19 @@ def layoutlm_from_bert(
                 )
             target[mapped].copy_(tensor)
             report.copied.append(mapped)
+    if not any(name.endswith("word_embeddings.weight") for name in report.copied):
+        raise UserError(f"{bert}: no BERT weights found in the checkpoint")
     copied = set(report.copied)
     report.new = [n for n in target if n not in copied and not _is_tied(model, n)]
     return model, report
+
+
+def print_report(report: InitReport, bert: str) -> None:
+    """What was copied from BERT and what is new, on stderr."""
+    print(f"copied from {bert}: {len(report.copied)} tensors", file=sys.stderr)
+    for title, names in (("new (random init)", report.new), ("not used", report.unused)):
+        if names:
+            print(f"{title}: " + ", ".join(names), file=sys.stderr)
 
 
 def _map_name(name: str) -> str | None:

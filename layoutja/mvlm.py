@@ -39,22 +39,29 @@ class MVLMModel(nn.Module):
             input_ids=input_ids, bbox=bbox, attention_mask=attention_mask
         ).last_hidden_state
         selected = labels != -100
+        if not selected.any():  # nothing masked in this micro-batch (short pages): no loss
+            return hidden.sum() * 0.0
         logits = self.mlm.cls(hidden[selected])  # (selected tokens, vocabulary)
         return F.cross_entropy(logits.float(), labels[selected])
 
 
-def load_layoutlm(init: str | Path) -> LayoutLMForMaskedLM:
-    """A LayoutLMForMaskedLM from a LayoutLM directory, or converted from a BERT on the fly."""
+def load_layoutlm(init: str | Path, tokenizer_dir: Path) -> LayoutLMForMaskedLM:
+    """A LayoutLMForMaskedLM from a LayoutLM directory, or converted from a BERT on the fly
+    (with `layoutja init-model`'s checks and report). Weights are fp32 whatever the file holds:
+    mixed precision needs fp32 master weights."""
     try:
         model_type = AutoConfig.from_pretrained(str(init)).model_type
     except (OSError, ValueError) as e:
         raise UserError(f"{init}: cannot read a model config: {e}") from None
     if model_type == "layoutlm":
-        return LayoutLMForMaskedLM.from_pretrained(str(init))
+        return LayoutLMForMaskedLM.from_pretrained(str(init), dtype=torch.float32)
     if model_type == "bert":
-        from layoutja.init_model import layoutlm_from_bert
+        from layoutja.init_model import check_vocabulary, layoutlm_from_bert, print_report
 
-        return layoutlm_from_bert(init)[0]
+        model, report = layoutlm_from_bert(init)
+        check_vocabulary(model, tokenizer_dir, str(init))
+        print_report(report, str(init))
+        return model
     raise UserError(f"{init}: a {model_type} model; MVLM starts from a BERT or a LayoutLM")
 
 

@@ -63,6 +63,8 @@ def pretrain(
     from tqdm import tqdm
 
     data, out = Path(data), Path(out)
+    if config.objective != "mvlm":
+        raise UserError(f"objective {config.objective!r}: layoutja pretrain trains mvlm")
     accelerator = trainer.make_accelerator(config)
     rank, world = accelerator.process_index, accelerator.num_processes
     accumulation = trainer.accumulation_steps(config, world)
@@ -72,7 +74,7 @@ def pretrain(
     vocab = load_vocab(tokenizer_dir / "vocab.txt")
     specials = SpecialIds(*(vocab[t] for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")))
     if init:
-        mlm = load_layoutlm(init)
+        mlm = load_layoutlm(init, tokenizer_dir)
     elif config.model:
         mlm = new_layoutlm(len(vocab), config.model)
     else:
@@ -88,8 +90,19 @@ def pretrain(
     model = MVLMModel(mlm)
     optimizer, scheduler = trainer.build_optimizer(model, config, config.max_steps)
     model, optimizer = trainer.prepare(accelerator, model, optimizer, scheduler)
-    state = {"step": 0, "epoch": 0, "taken": 0, "skipped": 0}
-    state.update(trainer.resume(accelerator, out, resume))
+    # The data position is per rank: ranks cross an epoch boundary at different steps when the
+    # windows do not divide evenly among them.
+    state = {"step": 0, "skipped": 0, "positions": [[0, 0]] * world, "world": world,
+             "per_device_batch_size": config.per_device_batch_size}  # fmt: skip
+    saved = trainer.resume(accelerator, out, resume)
+    for key in ("world", "per_device_batch_size"):
+        if saved and saved.get(key) != state[key]:
+            raise UserError(
+                f"{out}: the checkpoint was made with {key} {saved.get(key)}, this run has "
+                f"{state[key]}; resume with the same setup"
+            )
+    state.update(saved)
+    epoch, taken = state["positions"][rank]
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         recipe = yaml.safe_dump(dataclasses.asdict(config), allow_unicode=True)
@@ -104,7 +117,8 @@ def pretrain(
         world=world,
         max_length=config.max_length,
         margin=config.margin,
-    ).windows(state["epoch"], state["taken"])
+    ).windows(epoch, taken)
+    position = [epoch, taken]
 
     def micro_batches(step: int) -> tuple[list[dict], int]:
         """This step's masked micro-batches and their real (non-padding) token count."""
@@ -113,9 +127,9 @@ def pretrain(
         for _ in range(accumulation):
             windows = []
             for _ in range(config.per_device_batch_size):
-                window, state["epoch"], state["taken"] = next(stream)
+                window, position[0], position[1] = next(stream)
                 windows.append(window)
-            batch = collate(windows, specials.pad)
+            batch = collate(windows, specials.pad, limit=config.max_length)
             batch["input_ids"], batch["labels"] = mvlm_mask(
                 batch["input_ids"], specials, len(vocab), generator, config.mask_probability
             )
@@ -141,6 +155,7 @@ def pretrain(
         torch.manual_seed(trainer.step_seed(config.seed, step, rank))  # dropout: same on resume
         batches, step_tokens = micro_batches(step)
         tokens += step_tokens * world
+        learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses
         loss, skipped = trainer.optimizer_step(
             accelerator, model, optimizer, scheduler, batches, config.max_grad_norm, out, step + 1
         )
@@ -151,10 +166,10 @@ def pretrain(
             last = {
                 "step": state["step"],
                 "loss": round(loss, 5),
-                "learning_rate": scheduler.get_last_lr()[0],
+                "learning_rate": learning_rate,
                 "tokens_per_s": round(tokens_per_s, 1),
                 "skipped_steps": state["skipped"],
-                "epoch": state["epoch"],
+                "epoch": position[0],
             }
             if peak:
                 last["mfu"] = round(tokens_per_s * flops_per_token / peak, 4)
@@ -162,6 +177,8 @@ def pretrain(
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             tokens, clock = 0, time.perf_counter()
         if state["step"] % config.save_every == 0 or state["step"] == config.max_steps:
+            here = torch.tensor(position, device=accelerator.device)
+            state["positions"] = accelerator.gather(here).view(world, 2).tolist()
             trainer.save_checkpoint(accelerator, out, dict(state), config.keep_checkpoints)
     bar.close()
     log.close()

@@ -121,7 +121,15 @@ def optimizer_step(
                 else "No checkpoint was saved yet."
             )
         )
-    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)  # unscales fp16 first
+    if max_grad_norm > 0:
+        norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)  # unscales fp16
+        # With fp16 the scaler skips a step whose gradients overflowed; without it (bf16, fp32)
+        # such gradients would write NaN into the weights.
+        if accelerator.scaler is None and not math.isfinite(float(norm)):
+            raise TrainingStopped(
+                f"gradients became {float(norm)} at step {step}; stopped before updating the "
+                f"model. Last good checkpoint: {latest_checkpoint(out)}"
+            )
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     skipped = accelerator.optimizer_step_was_skipped  # an fp16 overflow: normal, only counted

@@ -22,11 +22,13 @@ class MetricsLog:
 
         self.path = out / "metrics.jsonl"
         if self.path.exists():  # drop lines a killed run wrote after its last checkpoint
-            kept = [
-                line
-                for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line)["step"] <= resume_step
-            ]
+            kept = []
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line)["step"] <= resume_step:
+                        kept.append(line)
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line torn by a kill
             self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
         self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step + 1)

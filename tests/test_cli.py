@@ -159,6 +159,6 @@ def test_init_model_and_pretrain_commands(unidic_dir, localized_dir, tmp_path):
     assert result.returncode == 0, result.stderr.decode()
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [3, 6]
-    assert metrics[0]["learning_rate"] == pytest.approx(2e-3 * 4 / 10)  # warmup 10 from the recipe
+    assert metrics[0]["learning_rate"] == pytest.approx(2e-3 * 3 / 10)  # step 3 of 10 warmup
     result = layoutja(*args[:-1], "--bogus", "1")
     assert result.returncode == 1 and "unknown setting(s) ['bogus']" in result.stderr.decode()

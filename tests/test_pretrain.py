@@ -138,6 +138,28 @@ def test_sparse_projection_gives_the_standard_loss(bert_dir):
     ours = MVLMModel(mlm)(masked, bbox, attention, labels)
     standard = mlm(input_ids=masked, bbox=bbox, attention_mask=attention, labels=labels).loss
     assert ours.item() == pytest.approx(standard.item(), rel=1e-5)
+    nothing = torch.full_like(labels, -100)  # a micro-batch of short pages with nothing masked
+    empty = MVLMModel(mlm)(masked, bbox, attention, nothing)
+    empty.backward()
+    assert empty.item() == 0.0
+
+
+def test_init_refuses_what_is_not_a_bert(tmp_path, unidic_dir, bert_dir):
+    from transformers import ElectraConfig, ElectraForPreTraining
+
+    config = ElectraConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        embedding_size=32,
+    )
+    ElectraForPreTraining(config).save_pretrained(tmp_path / "electra")
+    with pytest.raises(UserError, match="a electra model, not a BERT"):
+        layoutlm_from_bert(tmp_path / "electra")
+    with pytest.raises(UserError, match="at least 1001 rows"):
+        layoutlm_from_bert(bert_dir, max_2d_position_embeddings=512)
 
 
 def tiny(**overrides) -> object:
@@ -211,8 +233,9 @@ def test_two_processes_train_as_one_data_parallel_job(localized_dir, bert_dir, t
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [2, 4]  # one log, from the main process
-    # The schedule advances once per optimizer step, not once per process: warmup 10 steps.
-    assert metrics[0]["learning_rate"] == pytest.approx(1e-3 * 3 / 10)
+    # The schedule advances once per optimizer step, not once per process: step 2 of a 10-step
+    # warmup uses 2/10 of the rate.
+    assert metrics[0]["learning_rate"] == pytest.approx(1e-3 * 2 / 10)
     last = out / "checkpoints" / "step-0000004"
     assert (last / "random_states_0.pkl").exists() and (last / "random_states_1.pkl").exists()
     assert AutoModelForMaskedLM.from_pretrained(out).config.model_type == "layoutlm"
