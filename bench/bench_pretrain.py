@@ -76,11 +76,11 @@ def run_hf_trainer(args, tokenizer: Path, data: Path, out: Path) -> float:
     stream = WindowStream(localized_files(data), specials, seed=42).windows()
     windows = [next(stream)[0] for _ in range(args.steps * args.batch)]
     generator = torch.Generator().manual_seed(0)
-    counted = {"tokens": 0}
+    batch_tokens = []  # per batch, in the order the Trainer asks for them
 
     def collator(batch):
         tensors = collate(batch, specials.pad)
-        counted["tokens"] += int(tensors["attention_mask"].sum())
+        batch_tokens.append(int(tensors["attention_mask"].sum()))
         ids, labels = mvlm_mask(tensors["input_ids"], specials, len(vocab), generator)
         return {**tensors, "input_ids": ids, "labels": labels}
 
@@ -90,7 +90,7 @@ def run_hf_trainer(args, tokenizer: Path, data: Path, out: Path) -> float:
         def on_step_end(self, _args, state, control, **kwargs):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            marks[state.global_step] = (time.perf_counter(), counted["tokens"])
+            marks[state.global_step] = time.perf_counter()
 
     torch.manual_seed(0)
     model = LayoutLMForMaskedLM(
@@ -111,9 +111,10 @@ def run_hf_trainer(args, tokenizer: Path, data: Path, out: Path) -> float:
         callbacks=[Clock()],
     )  # fmt: skip
     trainer.train()
-    (t0, n0), (t1, n1) = marks[args.warmup], marks[args.steps]
-    # The collator runs one batch ahead of the step that uses it: count the batches stepped.
-    return (n1 - n0) / (t1 - t0)
+    # The dataloader prepares a batch ahead of the step that uses it, so tokens are counted per
+    # batch and summed over the timed steps' own batches.
+    tokens = sum(batch_tokens[args.warmup : args.steps])
+    return tokens / (marks[args.steps] - marks[args.warmup])
 
 
 def main() -> None:
