@@ -211,6 +211,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         args.data,
         args.out,
         localized=args.localized,
+        leaderboard=args.pages,
         max_length=args.max_length,
         margin=args.margin,
         workers=args.workers,
@@ -400,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="SHINRA directory (html/<ENE>/<id>.html)")
     p.add_argument("--out", required=True, help="predictions JSONL")
     p.add_argument("--localized", help="localized pages to reuse (default: OUT.localized)")
+    p.add_argument(
+        "--pages", help="leaderboard input JSONL (page_id, title, ENEs): records per given ENE"
+    )
     p.add_argument("--max-length", type=int, default=512, help="window length (default: 512)")
     p.add_argument("--margin", type=int, default=128, help="window overlap (default: 128)")
     p.add_argument("--workers", type=int, default=cores, help="browser processes")

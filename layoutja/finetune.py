@@ -43,6 +43,7 @@ from layoutja.shinra_data import (
     layout,
     load_pages,
     merge_windows,
+    read_leaderboard_pages,
     windows,
 )
 from layoutja.tokenizer import load_vocab
@@ -132,13 +133,22 @@ def predict_labels(
     return out
 
 
-def records_for(data: ShinraSet, pages: list[Page], predicted: list[list[int]]) -> list[dict]:
-    """SHINRA records of the predicted labels (attributes of each page's ENE only)."""
+def records_for(
+    data: ShinraSet, pages: list[Page], predicted: list[list[int]],
+    leaderboard: dict[str, tuple[str, list[str]]] | None = None,
+) -> list[dict]:  # fmt: skip
+    """SHINRA records of the predicted labels, for each ENE of a page (its directory's, or
+    those a leaderboard input gives), keeping the attributes of that ENE when known."""
     records = []
     for page, labels in zip(pages, predicted, strict=True):
         raw = RawLines(page.path.read_text(encoding="utf-8", errors="replace"))
-        allowed = data.attributes.get(page.ene)
-        records += decode(page, labels, data.names, raw, page.ene, allowed)
+        enes = [page.ene]
+        if leaderboard and page.page_id in leaderboard:
+            title, enes = leaderboard[page.page_id]
+            page.title = title or page.title
+        for ene in enes:
+            allowed = data.attributes.get(ene)
+            records += decode(page, labels, data.names, raw, ene, allowed)
     return records
 
 
@@ -266,8 +276,8 @@ def finetune(
 
 def predict(
     model_dir: str | Path, shinra_dir: str | Path, out: str | Path, *,
-    localized: str | Path | None = None, max_length: int = 512, margin: int = 128,
-    workers: int = 1, progress: bool = True,
+    localized: str | Path | None = None, leaderboard: str | Path | None = None,
+    max_length: int = 512, margin: int = 128, workers: int = 1, progress: bool = True,
 ) -> int:  # fmt: skip
     """Write SHINRA records predicted for every page of `shinra_dir`; returns how many."""
     from transformers import AutoModelForTokenClassification
@@ -286,7 +296,8 @@ def predict(
     predicted = predict_labels(classifier, data.pages, _specials(model_dir), config,
                                torch.device("cpu") if not torch.cuda.is_available()
                                else torch.device("cuda"))  # fmt: skip
-    records = records_for(data, data.pages, predicted)
+    pages = read_leaderboard_pages(Path(leaderboard)) if leaderboard else None
+    records = records_for(data, data.pages, predicted, pages)
     with open(out, "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")

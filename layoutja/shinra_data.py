@@ -110,6 +110,35 @@ def load_pages(shinra_dir: Path, localized: Path, names: list[str] | None = None
     return ShinraSet(pages, names, annotations, skipped, dict(attributes))
 
 
+def read_leaderboard_pages(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """page_id → (title, ENEs) from a leaderboard input JSONL.
+
+    ENEs may be given as `"ENEs": {ENE: probability}`, `"ENEs": [{"ENE": ..., "prob": ...}]`,
+    `"ENEs": [ENE, ...]` or `"ENE": ENE`; they are kept in order of decreasing probability.
+    """
+    import json
+
+    pages = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            given = r.get("ENEs", r.get("ENE"))
+            if isinstance(given, dict):
+                enes = sorted(given, key=lambda e: -float(given[e]))
+            elif isinstance(given, list):
+                pairs = [(g, 1.0) if isinstance(g, str) else
+                         (g.get("ENE") or g["ENE_id"], float(g.get("prob", 1.0))) for g in given]  # fmt: skip
+                enes = [e for e, _ in sorted(pairs, key=lambda p: -p[1])]
+            else:
+                enes = [str(given)]
+            pages[str(r["page_id"])] = (r.get("title", ""), [str(e) for e in enes])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{path}: line {number}: not a leaderboard page ({e})") from None
+    return pages
+
+
 def is_dev(page_id: str, fraction: float, seed: int) -> bool:
     """Deterministic train/dev split by page."""
     digest = hashlib.blake2b(f"{seed}:{page_id}".encode(), digest_size=8).digest()
