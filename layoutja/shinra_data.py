@@ -128,8 +128,12 @@ def read_leaderboard_pages(path: Path) -> dict[str, tuple[str, list[str]]]:
             if isinstance(given, dict):
                 enes = sorted(given, key=lambda e: -float(given[e]))
             elif isinstance(given, list):
-                pairs = [(g, 1.0) if isinstance(g, str) else
-                         (g.get("ENE") or g["ENE_id"], float(g.get("prob", 1.0))) for g in given]  # fmt: skip
+                pairs = [
+                    (g, 1.0)
+                    if isinstance(g, str)
+                    else (g.get("ENE") or g["ENE_id"], float(g.get("prob", 1.0)))
+                    for g in given
+                ]
                 enes = [e for e, _ in sorted(pairs, key=lambda p: -p[1])]
             else:
                 enes = [str(given)]
