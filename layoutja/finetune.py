@@ -14,6 +14,7 @@ import dataclasses
 import json
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -208,10 +209,14 @@ def finetune(
         out.mkdir(parents=True, exist_ok=True)
         recipe = yaml.safe_dump(dataclasses.asdict(config), allow_unicode=True)
         (out / "recipe.yaml").write_text(recipe, encoding="utf-8")
-        skipped = dict(data.skipped)
+        skipped = Counter(reason for reason, _ in data.skipped)
         summary = {"train_pages": len(train), "dev_pages": len(dev), "train_windows": len(items),
                    "labels": len(data.names), "annotations_skipped": skipped}  # fmt: skip
         (out / "data.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1))
+        with open(out / "skipped_annotations.jsonl", "w", encoding="utf-8") as f:
+            for reason, a in data.skipped:
+                f.write(json.dumps({"reason": reason, **dataclasses.asdict(a)},
+                                   ensure_ascii=False) + "\n")  # fmt: skip
 
     # --- batches: epoch e is a seeded permutation; step s takes its s-th global batch ---------
     def micro_batches(step: int) -> list[dict]:

@@ -6,7 +6,7 @@ localized token carries its raw range the same way (`html_span`). A token is lab
 annotation when their raw ranges overlap: `B-<attribute>` for the first such token, `I-` for
 the rest. One label set covers every ENE (attributes are named, not numbered per ENE).
 
-Nothing is mislabeled silently. An annotation is skipped, and counted by reason, when:
+Nothing is mislabeled silently. An annotation is skipped, and reported with its reason, when:
 - its offsets fall outside the page, or the raw text between them is not its `text`;
 - its page is not among the localized pages, or no rendered token covers it;
 - it overlaps an annotation already placed (annotations are placed longest first, then by
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_right
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,9 +112,10 @@ def page_labels(
     raw: RawLines,
     annotations: list[Annotation],
     names: list[str],
-    skipped: Counter,
+    skipped: list[tuple[str, Annotation]],
 ) -> list[int]:
-    """Label ids for the tokens of one page (their `html_span`s), given its annotations."""
+    """Label ids for the tokens of one page (their `html_span`s), given its annotations;
+    annotations that cannot be placed go to `skipped` as (reason, annotation)."""
     index = {name: i for i, name in enumerate(names)}
     starts = [raw.offset(l0, c0) for l0, c0, _, _ in spans]
     ends = [raw.offset(l1, c1) for _, _, l1, c1 in spans]
@@ -124,11 +124,11 @@ def page_labels(
     for a in dict.fromkeys(annotations):  # an annotation given twice is placed once
         start, end = raw.offset(*a.start), raw.offset(*a.end)
         if start is None or end is None or end <= start:
-            skipped["offsets outside the page"] += 1
+            skipped.append(("offsets outside the page", a))
         elif raw.text(a.start, a.end) != a.text:
-            skipped["text does not match the offsets"] += 1
+            skipped.append(("text does not match the offsets", a))
         elif f"B-{a.attribute}" not in index:
-            skipped["attribute not extracted"] += 1
+            skipped.append(("attribute not extracted", a))
         else:
             placed.append((start, end, a))
     placed.sort(key=lambda p: (-(p[1] - p[0]), p[0], p[2].attribute))
@@ -142,9 +142,9 @@ def page_labels(
             if ends[i] > start and (ends[i] > starts[i] or start <= starts[i] < end)
         ]
         if not hits:
-            skipped["no rendered token"] += 1
+            skipped.append(("no rendered token", a))
         elif any(labels[i] for i in hits):
-            skipped["overlaps another annotation"] += 1
+            skipped.append(("overlaps another annotation", a))
         else:
             labels[hits[0]] = index[f"B-{a.attribute}"]
             for i in hits[1:]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,7 +54,7 @@ class ShinraSet:
     pages: list[Page]
     names: list[str]  # label names, index = label id
     annotations: list[Annotation]
-    skipped: Counter  # annotations not placed, by reason
+    skipped: list[tuple[str, Annotation]]  # annotations not placed, with the reason
     attributes: dict[str, set[str]]  # ENE → attributes that can be predicted for it
 
 
@@ -89,9 +89,13 @@ def load_pages(shinra_dir: Path, localized: Path, names: list[str] | None = None
             attributes[a.ene].add(a.attribute)
     names = names or label_names(set().union(*attributes.values()) if attributes else set())
     by_page = defaultdict(list)
+    skipped = []
     for a in annotations:
-        by_page[a.page_id].append(a)
-    pages, skipped = [], Counter()
+        if definitions and a.ene not in attributes:
+            skipped.append(("unknown ENE", a))
+        else:
+            by_page[a.page_id].append(a)
+    pages = []
     columns = ["page_id", "category", "source", "input_ids", "bbox", "html_span"]
     parts = sorted(glob.glob(str(localized / "part-*.parquet")))
     if not parts:
@@ -105,8 +109,7 @@ def load_pages(shinra_dir: Path, localized: Path, names: list[str] | None = None
             page.html_span, RawLines(raw), by_page.pop(page.page_id, []), names, skipped
         )
         pages.append(page)
-    if by_page:
-        skipped["page not localized"] += sum(len(v) for v in by_page.values())
+    skipped += [("page not localized", a) for page in by_page.values() for a in page]
     return ShinraSet(pages, names, annotations, skipped, dict(attributes))
 
 
