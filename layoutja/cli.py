@@ -179,11 +179,10 @@ def _overrides(extra: list[str]) -> list[tuple[str, str]]:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from layoutja.config import load_config
+    from layoutja.config import FINETUNE_DEFAULTS, load_config
     from layoutja.finetune import finetune
 
-    overrides = {"objective": "token-classification", **dict(args.overrides)}
-    config = load_config(args.config, overrides)
+    config = load_config(args.config, dict(args.overrides), FINETUNE_DEFAULTS)
     last = finetune(
         config,
         args.data,

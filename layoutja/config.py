@@ -16,6 +16,19 @@ import yaml
 from layoutja.errors import UserError
 
 OBJECTIVES = ("mvlm", "token-classification")
+# What `layoutja finetune` starts from before a recipe (the TrainConfig defaults are the
+# published pretraining recipe's): train/finetune-shinra.yaml spells the same values out.
+FINETUNE_DEFAULTS = {
+    "objective": "token-classification",
+    "epochs": 5,
+    "global_batch_size": 32,
+    "per_device_batch_size": 32,
+    "warmup_steps": 500,
+    "weight_decay": 0.01,
+    "log_every": 50,
+    "save_every": 2000,
+    "keep_checkpoints": 2,
+}
 
 
 @dataclass
@@ -57,8 +70,12 @@ def _parse_value(key: str, text: str):
         raise UserError(f"--{key}: cannot parse {text!r}") from None
 
 
-def load_config(path: str | Path | None, overrides: dict[str, str] | None = None) -> TrainConfig:
-    """A TrainConfig from a YAML recipe (or the defaults), with `--key value` overrides applied."""
+def load_config(
+    path: str | Path | None,
+    overrides: dict[str, str] | None = None,
+    defaults: dict | None = None,
+) -> TrainConfig:
+    """A TrainConfig from `defaults`, then a YAML recipe, then `--key value` overrides."""
     values: dict = {}
     if path:
         try:
@@ -69,6 +86,7 @@ def load_config(path: str | Path | None, overrides: dict[str, str] | None = None
             raise UserError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(values, dict):
             raise UserError(f"{path}: a recipe is a mapping of settings")
+    values = {**(defaults or {}), **values}
     names = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for key, text in (overrides or {}).items():
         key = key.replace("-", "_")
