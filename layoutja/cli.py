@@ -219,6 +219,22 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"wrote {count} records to {args.out}", file=sys.stderr)
 
 
+def cmd_fill_mask(args: argparse.Namespace) -> None:
+    from layoutja.fillmask import fill_mask
+
+    for n, candidates in enumerate(fill_mask(args.model, args.text, args.top_k), 1):
+        print(f"[MASK] {n}:")
+        for token, probability in candidates:
+            print(f"  {probability:.4f}  {token}")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from layoutja.plot import plot_runs
+
+    plot_runs([Path(r) for r in args.runs], Path(args.out))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
 def cmd_score(args: argparse.Namespace) -> None:
     from layoutja.score import format_table, html_mismatches, read_jsonl, read_targets, score
 
@@ -408,6 +424,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=cores, help="browser processes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "fill-mask",
+        help="print the top candidates for each [MASK] in a text",
+        description="Text-only masked LMs answer through transformers' fill-mask pipeline; "
+        "a LayoutLM (e.g. an MVLM run) gets the text rendered and localized first.",
+    )
+    p.add_argument("--model", required=True, help="model directory (with its tokenizer)")
+    p.add_argument("text", metavar="TEXT", help="text with one or more [MASK]")
+    p.add_argument("--top-k", type=int, default=5, help="candidates per mask (default: 5)")
+    p.set_defaults(func=cmd_fill_mask)
+
+    p = sub.add_parser(
+        "plot",
+        help="plot the loss (and dev F1) of training runs as a PNG",
+        description="Read each run's metrics.jsonl and draw its loss curve (and the dev "
+        "macro F1 of fine-tuning runs) in one PNG.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or metrics.jsonl)")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser(
         "score",
