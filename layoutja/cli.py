@@ -238,7 +238,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
 def cmd_score(args: argparse.Namespace) -> None:
     from layoutja.score import format_table, html_mismatches, read_jsonl, read_targets, score
 
-    gold, pred = read_jsonl(args.gold), read_jsonl(args.pred)
+    gold = [record for path in args.gold for record in read_jsonl(path)]
+    pred = read_jsonl(args.pred)
     targets = read_targets(args.target) if args.target else None
     result = score(gold, pred, targets)
     print(format_table(result))
@@ -453,7 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(html_offset and text_offset separately), macro and micro averages, and the mean over "
         "ENEs; the official SHINRA scorer's conventions (see layoutja/score.py).",
     )
-    p.add_argument("--gold", required=True, help="gold annotations (JSONL)")
+    p.add_argument(
+        "--gold", required=True, nargs="+", help="gold annotations (JSONL; one file per ENE)"
+    )
     p.add_argument("--pred", required=True, help="system output (JSONL)")
     p.add_argument("--target", help="page ids to score (CSV/lines; default: the gold pages)")
     p.add_argument("--out", help="write the scores as JSON here")

@@ -1,0 +1,50 @@
+"""`make demo`'s steps, at a reduced size, so that CI keeps the newcomer's first command working."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from layoutja.score import read_jsonl
+
+from .conftest import DATA
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "demo" / "shinra"
+
+
+def test_the_shipped_corpus_is_consistent():
+    pages = sorted((DEMO / "html").glob("*/*.html"))
+    assert len(pages) >= 20
+    gold = read_jsonl(DEMO / "annotation" / "1.6.5.3_dist.jsonl")
+    assert {g["page_id"] for g in gold} == {p.stem for p in pages}
+    for g in gold:  # every annotation cuts its text out of its page
+        lines = (DEMO / "html" / g["ENE"] / f"{g['page_id']}.html").read_text().splitlines()
+        start, end = g["html_offset"]["start"], g["html_offset"]["end"]
+        assert start["line_id"] == end["line_id"]
+        line = lines[start["line_id"]]
+        assert line[start["offset"] : end["offset"]] == g["html_offset"]["text"]
+
+
+def test_make_demo_runs_every_step(tmp_path):
+    assert DATA.exists()
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        ["make", "--no-print-directory", "demo", f"OUT={out}", "STEPS=4", "EPOCHS=2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    artefacts = ["tokenizer/vocab.txt", "localized/manifest.json", "page.png",
+                 "layoutlm-init/config.json", "mvlm/model.safetensors", "shinra/model.safetensors",
+                 "predictions.jsonl", "score.json", "loss.png"]  # fmt: skip
+    for artefact in artefacts:
+        assert (out / artefact).exists(), artefact
+    score = json.loads((out / "score.json").read_text())
+    assert {"macro", "micro", "per_ene"} <= set(score)
+    assert score["html_mismatches"] == []
+    assert "[MASK] 1:" in result.stdout and "demo artefacts in" in result.stdout
+    assert (out / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
