@@ -51,6 +51,7 @@ class TrainConfig:
     margin: int = 128
     mask_probability: float = 0.15
     seed: int = 42
+    data_workers: int = 1  # background processes preparing batches (0: in the training loop)
     # Fine-tuning: whole passes over the training pages (max_steps follows from them when > 0),
     # and the share of pages held out for the dev F1 (split by page id, deterministically).
     epochs: int = 0

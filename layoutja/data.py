@@ -4,11 +4,11 @@ A page longer than a window is cut into overlapping windows as the published rec
 tokens + `[CLS]` (box 0,0,0,0) + `[SEP]` (box 1000,1000,1000,1000), consecutive windows
 overlapping by `margin` tokens (stride 510 - 128 = 382 by default). Padding has box 0,0,0,0.
 
-Pages are read part by part (a Parquet part at a time), so the corpus never has to fit in
-memory. The order is a pure function of (seed, epoch): parts are shuffled, then pages within a
-part, then windows within a buffer of several parts. Window k of that global order goes to rank
-k mod world size, so ranks see disjoint data, and a position in the stream is just
-(epoch, windows taken) — which is what a checkpoint stores to resume exactly.
+Pages are read part by part (a Parquet part at a time, as numpy views of its Arrow buffers), so
+the corpus never has to fit in memory. The order is a pure function of (seed, epoch, rank):
+parts are shuffled and dealt out to the ranks, then pages within a part and windows within a
+buffer of several parts are shuffled. Ranks see disjoint data, and a rank's position in its
+stream is just (epoch, windows taken), which is what a checkpoint stores to resume exactly.
 
 Boxes are validated as pages are read (HF LayoutLM only catches coordinates > 1000, and on GPU
 as a device-side assert): a bad box is an error naming the file and the page.
@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 
@@ -62,15 +63,37 @@ def localized_files(path: str | Path) -> list[Path]:
     return files
 
 
-def check_boxes(bbox: list, where: str) -> None:
-    """0 <= x0 <= x1 <= 1000 and 0 <= y0 <= y1 <= 1000 for every box, or a UserError."""
-    for i, (x0, y0, x1, y1) in enumerate(bbox):
-        if not (0 <= x0 <= x1 <= 1000 and 0 <= y0 <= y1 <= 1000):
-            raise UserError(f"{where}: token {i} has an invalid box {[x0, y0, x1, y1]}")
+def check_boxes(bbox: np.ndarray, where: str) -> None:
+    """0 <= x0 <= x1 <= 1000 and 0 <= y0 <= y1 <= 1000 for every box (n, 4), or a UserError."""
+    x0, y0, x1, y1 = bbox.T
+    bad = (x0 < 0) | (y0 < 0) | (x1 > 1000) | (y1 > 1000) | (x1 < x0) | (y1 < y0)
+    if bad.any():
+        i = int(bad.argmax())
+        raise UserError(f"{where}: token {i} has an invalid box {bbox[i].tolist()}")
+
+
+def read_pages(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(source, input_ids (n,), bbox (n, 4)) of every page of a part, as numpy views of the
+    Arrow buffers (no Python object per token)."""
+    table = pq.read_table(path, columns=["source", "input_ids", "bbox"]).combine_chunks()
+    ids_column, bbox_column = table.column("input_ids").chunk(0), table.column("bbox").chunk(0)
+    ids = ids_column.flatten().to_numpy().astype(np.int64)
+    boxes = bbox_column.flatten().flatten().to_numpy().astype(np.int64).reshape(-1, 4)
+    offsets = ids_column.offsets.to_numpy()
+    sources = table.column("source").to_pylist()
+    return [
+        (source, ids[offsets[i] : offsets[i + 1]], boxes[offsets[i] : offsets[i + 1]])
+        for i, source in enumerate(sources)
+    ]
 
 
 class WindowStream:
-    """Windows (input_ids, bbox) for one rank, in a seeded order that is the same on every run."""
+    """Windows (input_ids, bbox) for one rank, in a seeded order that is the same on every run.
+
+    With at least as many parts as ranks, each rank reads only its own parts (the parts are
+    shuffled the same way on every rank, then dealt out); otherwise every rank reads every part
+    and takes every world-th window.
+    """
 
     def __init__(
         self,
@@ -90,52 +113,86 @@ class WindowStream:
         self.seed, self.rank, self.world = seed, rank, world
         self.max_tokens, self.margin = max_length - 2, margin
         self.buffer_parts = buffer_parts
+        self.split_parts = len(files) >= world
 
-    def _pages(self, path: Path, rng: random.Random) -> list[tuple[list, list]]:
-        table = pq.read_table(path, columns=["source", "input_ids", "bbox"])
-        pages = list(zip(*(table.column(c).to_pylist() for c in ("source", "input_ids", "bbox"))))
-        rng.shuffle(pages)
-        out = []
-        for source, ids, bbox in pages:
-            check_boxes(bbox, f"{path.name}: page {source}")
-            out.append((ids, bbox))
-        return out
-
-    def _epoch(self, epoch: int) -> Iterator[tuple[list[int], list[list[int]]]]:
-        """Every window of the corpus in this epoch's order (all ranks' windows)."""
-        rng = random.Random(self.seed * 1_000_003 + epoch)
+    def _epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray, int, int]]:
+        """(ids, bbox, start, end) of the windows this rank reads in this epoch, in order."""
         files = list(self.files)
-        rng.shuffle(files)
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(files)  # the same on every rank
+        if self.split_parts:
+            files = files[self.rank :: self.world]
+        # Round robin over windows needs the same order on every rank; own parts may differ.
+        rank = self.rank if self.split_parts else 0
+        rng = random.Random((self.seed * 1_000_003 + epoch) * 4099 + rank)
         for i in range(0, len(files), self.buffer_parts):
             buffer = []
             for path in files[i : i + self.buffer_parts]:
-                for ids, bbox in self._pages(path, rng):
+                pages = read_pages(path)
+                rng.shuffle(pages)
+                for source, ids, bbox in pages:
+                    check_boxes(bbox, f"{path.name}: page {source}")
                     for start, end in window_spans(len(ids), self.max_tokens, self.margin):
                         buffer.append((ids, bbox, start, end))
             rng.shuffle(buffer)
-            for ids, bbox, start, end in buffer:
-                yield self._window(ids[start:end], bbox[start:end])
-
-    def _window(self, ids: list[int], bbox: list) -> tuple[list[int], list[list[int]]]:
-        s = self.specials
-        return [s.cls, *ids, s.sep], [CLS_BOX, *bbox, SEP_BOX]
+            yield from buffer
 
     def windows(self, epoch: int = 0, skip: int = 0):
         """This rank's windows from (epoch, skip) on, forever (epoch after epoch).
 
-        Yields (window, epoch, index within the epoch of the next window).
+        Yields ((input_ids, bbox), epoch, windows of this epoch taken so far); a resumed stream
+        skips windows without building them.
         """
+        s = self.specials
         while True:
             taken = 0
-            for k, window in enumerate(self._epoch(epoch)):
-                if k % self.world != self.rank:
+            for k, (ids, bbox, start, end) in enumerate(self._epoch(epoch)):
+                if not self.split_parts and k % self.world != self.rank:
                     continue
                 taken += 1
                 if taken > skip:
-                    yield window, epoch, taken
+                    window_ids = np.concatenate([[s.cls], ids[start:end], [s.sep]])
+                    window_bbox = np.concatenate([[CLS_BOX], bbox[start:end], [SEP_BOX]])
+                    yield (window_ids, window_bbox), epoch, taken
             if taken == 0:
-                raise UserError("the localized data holds no tokens (or fewer windows than ranks)")
+                raise UserError("the localized data holds no tokens for this rank")
             epoch, skip = epoch + 1, 0
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A seed per (run, step, rank): dropout and masking repeat exactly after a resume."""
+    return (seed * 1_000_003 + step) * 4099 + rank
+
+
+class MaskedBatches(torch.utils.data.IterableDataset):
+    """The MVLM micro-batches of one rank from `start_step` on, collated and masked, each with
+    the stream position after it. Run in a DataLoader worker, this prepares data while the
+    model trains; the masks depend only on (seed, step, rank), as when run inline."""
+
+    def __init__(self, stream: WindowStream, position: tuple[int, int], start_step: int,
+                 accumulation: int, per_device: int, vocab_size: int, mask_probability: float,
+                 max_length: int):  # fmt: skip
+        super().__init__()
+        self.stream, self.position, self.start_step = stream, position, start_step
+        self.accumulation, self.per_device = accumulation, per_device
+        self.vocab_size, self.mask_probability = vocab_size, mask_probability
+        self.max_length = max_length
+
+    def __iter__(self) -> Iterator[tuple[dict, tuple[int, int]]]:
+        windows = self.stream.windows(*self.position)
+        specials = self.stream.specials
+        step = self.start_step
+        while True:
+            seed = step_seed(self.stream.seed, step, self.stream.rank)
+            generator = torch.Generator().manual_seed(seed)
+            for _ in range(self.accumulation):
+                items = [next(windows) for _ in range(self.per_device)]
+                batch = collate([w for w, _, _ in items], specials.pad, limit=self.max_length)
+                batch["input_ids"], batch["labels"] = mvlm_mask(
+                    batch["input_ids"], specials, self.vocab_size, generator,
+                    self.mask_probability,
+                )  # fmt: skip
+                yield batch, items[-1][1:]
+            step += 1
 
 
 def collate(
@@ -149,8 +206,8 @@ def collate(
     bbox = torch.zeros((len(windows), length, 4), dtype=torch.long)
     attention = torch.zeros((len(windows), length), dtype=torch.long)
     for row, (ids, boxes) in enumerate(windows):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        bbox[row, : len(ids)] = torch.tensor(boxes)
+        input_ids[row, : len(ids)] = torch.as_tensor(ids)
+        bbox[row, : len(ids)] = torch.as_tensor(boxes)
         attention[row, : len(ids)] = 1
     return {"input_ids": input_ids, "bbox": bbox, "attention_mask": attention}
 

@@ -30,7 +30,7 @@ from transformers.utils import logging as transformers_logging
 
 from layoutja import trainer
 from layoutja.config import TrainConfig
-from layoutja.data import SpecialIds, collate
+from layoutja.data import SpecialIds, collate, step_seed
 from layoutja.errors import UserError
 from layoutja.score import score
 from layoutja.shinra import RawLines
@@ -245,7 +245,7 @@ def finetune(
     last, clock = {}, time.perf_counter()
     while state["step"] < max_steps:
         step = state["step"]
-        torch.manual_seed(trainer.step_seed(config.seed, step, rank))
+        torch.manual_seed(step_seed(config.seed, step, rank))
         loss, skipped = trainer.optimizer_step(accelerator, model, optimizer, scheduler,
                                                micro_batches(step), config.max_grad_norm, out,
                                                step + 1)  # fmt: skip

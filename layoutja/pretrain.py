@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch.utils.data import DataLoader
 
 from layoutja import trainer
 from layoutja.config import TrainConfig
-from layoutja.data import SpecialIds, WindowStream, collate, localized_files, mvlm_mask
+from layoutja.data import MaskedBatches, SpecialIds, WindowStream, localized_files, step_seed
 from layoutja.errors import UserError
 from layoutja.mvlm import MVLMModel, load_layoutlm, new_layoutlm
 from layoutja.tokenizer import load_vocab, resolve_tokenizer_dir
@@ -117,25 +118,22 @@ def pretrain(
         world=world,
         max_length=config.max_length,
         margin=config.margin,
-    ).windows(epoch, taken)
+    )
+    batches = MaskedBatches(stream, (epoch, taken), state["step"], accumulation,
+                            config.per_device_batch_size, len(vocab), config.mask_probability,
+                            config.max_length)  # fmt: skip
+    workers = config.data_workers
+    loader = iter(DataLoader(batches, batch_size=None, num_workers=workers,
+                             prefetch_factor=4 * accumulation if workers else None))  # fmt: skip
     position = [epoch, taken]
 
-    def micro_batches(step: int) -> tuple[list[dict], int]:
+    def micro_batches() -> tuple[list[dict], int]:
         """This step's masked micro-batches and their real (non-padding) token count."""
-        generator = torch.Generator().manual_seed(trainer.step_seed(config.seed, step, rank))
-        batches, tokens = [], 0
+        step_batches = []
         for _ in range(accumulation):
-            windows = []
-            for _ in range(config.per_device_batch_size):
-                window, position[0], position[1] = next(stream)
-                windows.append(window)
-            batch = collate(windows, specials.pad, limit=config.max_length)
-            batch["input_ids"], batch["labels"] = mvlm_mask(
-                batch["input_ids"], specials, len(vocab), generator, config.mask_probability
-            )
-            batches.append(batch)
-            tokens += int(batch["attention_mask"].sum())
-        return batches, tokens
+            batch, (position[0], position[1]) = next(loader)
+            step_batches.append(batch)
+        return step_batches, sum(int(b["attention_mask"].sum()) for b in step_batches)
 
     # --- steps, logs, checkpoints ----------------------------------------------------------
     log = MetricsLog(out, enabled=accelerator.is_main_process, resume_step=state["step"])
@@ -152,12 +150,19 @@ def pretrain(
     tokens, clock, last = 0, time.perf_counter(), {}
     while state["step"] < config.max_steps:
         step = state["step"]
-        torch.manual_seed(trainer.step_seed(config.seed, step, rank))  # dropout: same on resume
-        batches, step_tokens = micro_batches(step)
+        torch.manual_seed(step_seed(config.seed, step, rank))  # dropout: same on resume
+        step_batches, step_tokens = micro_batches()
         tokens += step_tokens * world
         learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses
         loss, skipped = trainer.optimizer_step(
-            accelerator, model, optimizer, scheduler, batches, config.max_grad_norm, out, step + 1
+            accelerator,
+            model,
+            optimizer,
+            scheduler,
+            step_batches,
+            config.max_grad_norm,
+            out,
+            step + 1,
         )
         state["step"], state["skipped"] = step + 1, state["skipped"] + skipped
         bar.update()

@@ -82,11 +82,6 @@ def prepare(accelerator: Accelerator, model, optimizer, scheduler):
     return model, optimizer
 
 
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """A seed per (run, step, rank): dropout and masking repeat exactly after a resume."""
-    return (seed * 1_000_003 + step) * 4099 + rank
-
-
 def optimizer_step(
     accelerator: Accelerator,
     model: torch.nn.Module,

@@ -91,9 +91,10 @@ def test_stream_windows_specials_ranks_and_positions(localized_dir, unidic_dir):
     vocab = load_vocab(unidic_dir / "vocab.txt")
     specials = SpecialIds(*(vocab[t] for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")))
 
-    def take(n, **kw):
+    def take(n, files=files, epoch=0, skip=0, **kw):
         stream = WindowStream(files, specials, max_length=64, margin=16, **kw)
-        return [w for w, _, _ in islice(stream.windows(), n)]
+        items = islice(stream.windows(epoch, skip), n)
+        return [(ids.tolist(), boxes.tolist()) for (ids, boxes), _, _ in items]
 
     windows = take(40, seed=3)
     for ids, boxes in windows:
@@ -102,12 +103,23 @@ def test_stream_windows_specials_ranks_and_positions(localized_dir, unidic_dir):
         assert len(boxes) == len(ids)
     assert take(40, seed=3) == windows  # same seed, same order
     assert take(40, seed=4) != windows
-    rank0, rank1 = take(20, seed=3, world=2, rank=0), take(20, seed=3, world=2, rank=1)
-    assert rank0 == windows[0:40:2] and rank1 == windows[1:40:2]  # disjoint halves
+
+    def first_epoch(**kw):
+        stream = WindowStream(files, specials, max_length=64, margin=16, seed=3, **kw)
+        out = []
+        for (ids, boxes), epoch, _ in stream.windows():
+            if epoch:
+                return sorted(str((ids.tolist(), boxes.tolist())) for ids, boxes in out)
+            out.append((ids, boxes))
+
+    assert len(files) >= 2  # parts are dealt out to the ranks: together, one epoch exactly
+    assert sorted(first_epoch(world=2, rank=0) + first_epoch(world=2, rank=1)) == first_epoch()
+    one = files[:1]  # fewer parts than ranks: every world-th window
+    whole = take(20, files=one, seed=3)
+    assert take(10, files=one, seed=3, world=2, rank=1) == whole[1:20:2]
     stream = WindowStream(files, specials, seed=3, max_length=64, margin=16)
     _, epoch, taken = list(islice(stream.windows(), 25))[-1]
-    resumed = [w for w, _, _ in islice(stream.windows(epoch, taken), 15)]
-    assert resumed == windows[25:40]
+    assert take(15, seed=3, epoch=epoch, skip=taken) == windows[25:40]
 
 
 def test_masking_statistics():
