@@ -1,4 +1,6 @@
-"""`layoutja` command line: a thin layer over the package's functions."""
+"""`layoutja` command line, a thin layer over the package's functions: the entry point and the
+data-stage subcommands (tokenize, vocab, localize, show); the model stages are in
+layoutja.cli_models."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from layoutja.cli_models import add_model_commands, parse_overrides
 from layoutja.errors import UserError
 
 
@@ -130,131 +133,6 @@ def cmd_show(args: argparse.Namespace) -> None:
     )
 
 
-def cmd_init_model(args: argparse.Namespace) -> None:
-    from layoutja.init_model import init_model, print_report
-
-    report = init_model(args.bert, Path(args.out), args.tokenizer, args.max_2d_positions)
-    print_report(report, args.bert)
-    print(f"wrote LayoutLMForMaskedLM and its tokenizer to {args.out}", file=sys.stderr)
-
-
-def cmd_pretrain(args: argparse.Namespace) -> None:
-    from layoutja.config import load_config
-    from layoutja.pretrain import pretrain
-
-    overrides = dict(args.overrides)
-    if args.max_steps is not None:
-        overrides["max_steps"] = str(args.max_steps)
-    config = load_config(args.config, overrides)
-    last = pretrain(
-        config,
-        args.data,
-        args.out,
-        init=args.init,
-        tokenizer=args.tokenizer,
-        resume=args.resume,
-        progress=not args.quiet,
-    )
-    if last:
-        print(f"step {last['step']}: loss {last['loss']}; model in {args.out}", file=sys.stderr)
-
-
-def _overrides(extra: list[str]) -> list[tuple[str, str]]:
-    """`--key value` / `--key=value` pairs left over by argparse (recipe overrides)."""
-    pairs, i = [], 0
-    while i < len(extra):
-        item = extra[i]
-        if not item.startswith("--") or item == "--":
-            raise UserError(f"unexpected argument {item!r} (overrides are --key value)")
-        if "=" in item:
-            key, value = item[2:].split("=", 1)
-            i += 1
-        elif i + 1 < len(extra):
-            key, value = item[2:], extra[i + 1]
-            i += 2
-        else:
-            raise UserError(f"{item}: needs a value")
-        pairs.append((key, value))
-    return pairs
-
-
-def cmd_finetune(args: argparse.Namespace) -> None:
-    from layoutja.config import FINETUNE_DEFAULTS, load_config
-    from layoutja.finetune import finetune
-
-    config = load_config(args.config, dict(args.overrides), FINETUNE_DEFAULTS)
-    last = finetune(
-        config,
-        args.data,
-        args.model,
-        args.out,
-        text_only=args.text_only,
-        localized=args.localized,
-        resume=args.resume,
-        workers=args.workers,
-        progress=not args.quiet,
-    )
-    if last:
-        print(
-            f"epoch {last['epoch']}: dev macro F1 {last['dev_macro_f1']}, "
-            f"micro F1 {last['dev_micro_f1']}; model in {args.out}",
-            file=sys.stderr,
-        )
-
-
-def cmd_predict(args: argparse.Namespace) -> None:
-    from layoutja.finetune import predict
-
-    count = predict(
-        args.model,
-        args.data,
-        args.out,
-        localized=args.localized,
-        leaderboard=args.pages,
-        max_length=args.max_length,
-        margin=args.margin,
-        workers=args.workers,
-        progress=not args.quiet,
-    )
-    print(f"wrote {count} records to {args.out}", file=sys.stderr)
-
-
-def cmd_fill_mask(args: argparse.Namespace) -> None:
-    from layoutja.fillmask import fill_mask
-
-    for n, candidates in enumerate(fill_mask(args.model, args.text, args.top_k), 1):
-        print(f"[MASK] {n}:")
-        for token, probability in candidates:
-            print(f"  {probability:.4f}  {token}")
-
-
-def cmd_plot(args: argparse.Namespace) -> None:
-    from layoutja.plot import plot_runs
-
-    plot_runs([Path(r) for r in args.runs], Path(args.out))
-    print(f"wrote {args.out}", file=sys.stderr)
-
-
-def cmd_score(args: argparse.Namespace) -> None:
-    from layoutja.score import format_table, html_mismatches, read_jsonl, read_targets, score
-
-    gold = [record for path in args.gold for record in read_jsonl(path)]
-    pred = read_jsonl(args.pred)
-    targets = read_targets(args.target) if args.target else None
-    result = score(gold, pred, targets)
-    print(format_table(result))
-    if args.html:
-        bad = html_mismatches(pred, args.html)
-        print(f"\npredictions whose html_offset does not cut out their text: {len(bad)}")
-        for record in bad:
-            print(f"  {record['page_id']} {record['attribute']}: {record['problem']}")
-    if args.out:  # html_offset scores at the top (the leaderboard's), the others beside them
-        report = {**result.get("html_offset", {}), **{k: v for k, v in result.items()}}
-        if args.html:
-            report["html_mismatches"] = bad
-        Path(args.out).write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layoutja",
@@ -349,119 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiles", action="store_true", help="write 1280x854 tiles, not one image")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser(
-        "init-model",
-        help="make a LayoutLM (MVLM) from a BERT checkpoint, with fresh 2-D embeddings",
-        description="Copy every weight of a BERT checkpoint (BertForPreTraining, "
-        "BertForMaskedLM or BertModel; a directory or a hub name) into a LayoutLMForMaskedLM "
-        "whose x, y, h and w position embeddings are new, and write it with its tokenizer.",
-    )
-    p.add_argument("--from", dest="bert", required=True, metavar="BERT", help="BERT dir or name")
-    p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--tokenizer", help="tokenizer to ship with it (default: the BERT's own)")
-    p.add_argument(
-        "--max-2d-positions", type=int, default=1024, help="2-D embedding rows (default: 1024)"
-    )
-    p.set_defaults(func=cmd_init_model)
-
-    p = sub.add_parser(
-        "pretrain",
-        allow_abbrev=False,  # unknown --key value pairs are recipe overrides, never abbreviations
-        help="pretrain LayoutLM with MVLM on localized pages (1 CPU to many GPUs)",
-        description="Train with a recipe from train/ on the Parquet output of `layoutja "
-        "localize`. Runs directly or under `accelerate launch`. Any recipe setting can be "
-        "overridden with --key value (e.g. --learning_rate 1e-4 --mixed_precision bf16). The "
-        "output directory gets checkpoints/, metrics.jsonl, tensorboard/ and, at the end, a "
-        "Hugging Face model with its tokenizer.",
-    )
-    p.add_argument("--config", help="YAML recipe (e.g. train/mvlm-base.yaml)")
-    p.add_argument("--data", required=True, help="localized Parquet directory")
-    p.add_argument("--init", help="BERT (converted on the fly) or LayoutLM directory / hub name")
-    p.add_argument("--tokenizer", help="tokenizer directory (default: the model's or the data's)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--max-steps", type=int, help="override max_steps")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_pretrain, overrides=[])
-
-    p = sub.add_parser(
-        "finetune",
-        allow_abbrev=False,
-        help="fine-tune for SHINRA attribute extraction (token classification)",
-        description="Localize the pages of a SHINRA directory (annotation/<ENE>_dist.jsonl, "
-        "html/<ENE>/<page_id>.html, optionally an ENE definition JSONL), label their tokens "
-        "from the annotations, and train LayoutLMForTokenClassification (or, with --text-only, "
-        "BertForTokenClassification: the text-only baseline). The dev F1 (held-out pages, the "
-        "SHINRA scorer) is logged after every epoch. Recipe settings can be overridden with "
-        "--key value.",
-    )
-    p.add_argument("--data", required=True, help="SHINRA directory")
-    p.add_argument("--model", required=True, help="LayoutLM (pretrained) or BERT directory")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--config", help="YAML recipe (e.g. train/finetune-shinra.yaml)")
-    p.add_argument("--text-only", action="store_true", help="BERT without boxes (baseline)")
-    p.add_argument("--localized", help="localized pages to reuse (default: OUT/localized)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--workers", type=int, default=cores, help="browser processes")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_finetune, overrides=[])
-
-    p = sub.add_parser(
-        "predict",
-        help="predict SHINRA attribute values with a fine-tuned model",
-        description="Localize the pages of a SHINRA directory, label their tokens with a "
-        "fine-tuned model (windows merged, margin/2 tokens dropped at inner edges) and write "
-        "SHINRA records (page_id, title, ENE, attribute, html_offset with the exact raw text).",
-    )
-    p.add_argument("--model", required=True, help="fine-tuned model directory")
-    p.add_argument("--data", required=True, help="SHINRA directory (html/<ENE>/<id>.html)")
-    p.add_argument("--out", required=True, help="predictions JSONL")
-    p.add_argument("--localized", help="localized pages to reuse (default: OUT.localized)")
-    p.add_argument(
-        "--pages", help="leaderboard input JSONL (page_id, title, ENEs): records per given ENE"
-    )
-    p.add_argument("--max-length", type=int, default=512, help="window length (default: 512)")
-    p.add_argument("--margin", type=int, default=128, help="window overlap (default: 128)")
-    p.add_argument("--workers", type=int, default=cores, help="browser processes")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser(
-        "fill-mask",
-        help="print the top candidates for each [MASK] in a text",
-        description="Text-only masked LMs answer through transformers' fill-mask pipeline; "
-        "a LayoutLM (e.g. an MVLM run) gets the text rendered and localized first.",
-    )
-    p.add_argument("--model", required=True, help="model directory (with its tokenizer)")
-    p.add_argument("text", metavar="TEXT", help="text with one or more [MASK]")
-    p.add_argument("--top-k", type=int, default=5, help="candidates per mask (default: 5)")
-    p.set_defaults(func=cmd_fill_mask)
-
-    p = sub.add_parser(
-        "plot",
-        help="plot the loss (and dev F1) of training runs as a PNG",
-        description="Read each run's metrics.jsonl and draw its loss curve (and the dev "
-        "macro F1 of fine-tuning runs) in one PNG.",
-    )
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or metrics.jsonl)")
-    p.add_argument("--out", required=True, help="PNG file to write")
-    p.set_defaults(func=cmd_plot)
-
-    p = sub.add_parser(
-        "score",
-        help="score SHINRA attribute-extraction output as the official scorer does",
-        description="Per ENE and attribute precision, recall and F1 on exact offset matches "
-        "(html_offset and text_offset separately), macro and micro averages, and the mean over "
-        "ENEs; the official SHINRA scorer's conventions (see layoutja/score.py).",
-    )
-    p.add_argument(
-        "--gold", required=True, nargs="+", help="gold annotations (JSONL; one file per ENE)"
-    )
-    p.add_argument("--pred", required=True, help="system output (JSONL)")
-    p.add_argument("--target", help="page ids to score (CSV/lines; default: the gold pages)")
-    p.add_argument("--out", help="write the scores as JSON here")
-    p.add_argument("--html", help="HTML directory: check that offsets cut out each text")
-    p.set_defaults(func=cmd_score)
+    add_model_commands(sub, cores)
     return parser
 
 
@@ -472,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         if extra and args.command not in ("pretrain", "finetune"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if extra:
-            args.overrides = _overrides(extra)
+            args.overrides = parse_overrides(extra)
         args.func(args)
     except UserError as e:
         print(f"layoutja {args.command}: error: {e}", file=sys.stderr)
