@@ -270,12 +270,7 @@ def finetune(
     bar.close()
     log.close()
 
-    # --- export ----------------------------------------------------------------------------
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).model.save_pretrained(out)
-        trainer.copy_tokenizer(model_dir, out)
-    accelerator.end_training()
+    trainer.export(accelerator, accelerator.unwrap_model(model).model, model_dir, out)
     return last if accelerator.is_main_process else {}
 
 

@@ -188,10 +188,5 @@ def pretrain(
     bar.close()
     log.close()
 
-    # --- export ----------------------------------------------------------------------------
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(model).mlm.save_pretrained(out)
-        trainer.copy_tokenizer(tokenizer_dir, out)
-    accelerator.end_training()
+    trainer.export(accelerator, accelerator.unwrap_model(model).mlm, tokenizer_dir, out)
     return last if accelerator.is_main_process else {}

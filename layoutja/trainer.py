@@ -176,10 +176,15 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int)
     accelerator.wait_for_everyone()
 
 
-def copy_tokenizer(tokenizer_dir: Path, out: Path) -> None:
-    """Put the tokenizer files beside an exported model (AutoTokenizer loads them)."""
+def export(accelerator: Accelerator, model, tokenizer_dir: Path, out: Path) -> None:
+    """Save the trained Hugging Face model with its tokenizer files beside it (AutoModel and
+    AutoTokenizer load the directory), from the main process; end the run."""
     from layoutja.init_model import TOKENIZER_FILES
 
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).exists():
-            shutil.copy(tokenizer_dir / name, out / name)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model.save_pretrained(out)
+        for name in TOKENIZER_FILES:
+            if (tokenizer_dir / name).exists():
+                shutil.copy(tokenizer_dir / name, out / name)
+    accelerator.end_training()
