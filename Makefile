@@ -75,9 +75,15 @@ demo: setup
 	@echo "  predictions.jsonl   its SHINRA predictions; score.json their score"
 	@echo "  loss.png            loss curves and dev F1"
 
+# An existing vocabulary is kept: everything after it (localized pages, models) depends on it,
+# and retraining gives a slightly different one (tokenizers' trainer breaks ties at random).
 vocab: setup
-	$(LJ) vocab $(SRC) --out $(TOKENIZER) --vocab-size $(VOCAB_SIZE) --alphabet corpus \
-	  --min-frequency 1
+	@if [ -f $(TOKENIZER)/vocab.txt ]; then \
+	  echo "$(TOKENIZER) exists: keeping it (delete it to train a new vocabulary)"; \
+	else \
+	  $(LJ) vocab $(SRC) --out $(TOKENIZER) --vocab-size $(VOCAB_SIZE) --alphabet corpus \
+	    --min-frequency 1; \
+	fi
 
 localize: setup
 	$(LJ) localize $(SRC) --tokenizer $(TOKENIZER) --out $(OUT)/localized
