@@ -48,3 +48,13 @@ def test_make_demo_runs_every_step(tmp_path):
     assert score["html_mismatches"] == []
     assert "[MASK] 1:" in result.stdout and "demo artefacts in" in result.stdout
     assert (out / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Run again, the vocabulary is kept and every page is already localized.
+    again = subprocess.run(
+        ["make", "--no-print-directory", "vocab", "localize", f"OUT={out}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "exists: keeping it" in again.stdout and "24 already done" in again.stderr
