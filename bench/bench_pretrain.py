@@ -72,7 +72,7 @@ def run_hf_trainer(args, tokenizer: Path, data: Path, out: Path) -> float:
     from layoutja.tokenizer import load_vocab
 
     vocab = load_vocab(tokenizer / "vocab.txt")
-    specials = SpecialIds(*(vocab[t] for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")))
+    specials = SpecialIds.from_vocab(vocab)
     stream = WindowStream(localized_files(data), specials, seed=42).windows()
     windows = [next(stream)[0] for _ in range(args.steps * args.batch)]
     generator = torch.Generator().manual_seed(0)

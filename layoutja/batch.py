@@ -28,8 +28,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from layoutja.errors import UserError
-
-HTML_SUFFIXES = (".html", ".htm", ".xhtml")
+from layoutja.textsource import HTML_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -277,15 +276,13 @@ def localize_corpus(
     from layoutja.browser import VIEWPORT
     from layoutja.localize import NORMALIZATION
     from layoutja.store import Store
-    from layoutja.tokenizer import resolve_tokenizer_dir
+    from layoutja.tokenizer import resolve_tokenizer_dir, vocab_sha256
 
     tasks = [t for t in find_pages(src) if in_shard(t, shard)]
     tokenizer_path = resolve_tokenizer_dir(tokenizer_dir)
     settings = {
         "tokenizer": str(tokenizer_dir),
-        "tokenizer_vocab_sha256": hashlib.sha256(
-            (tokenizer_path / "vocab.txt").read_bytes()
-        ).hexdigest(),
+        "tokenizer_vocab_sha256": vocab_sha256(tokenizer_path),
         "viewport": list(VIEWPORT),
         "device_scale_factor": 1,
         "normalization": NORMALIZATION,

@@ -71,7 +71,8 @@ def cmd_vocab(args: argparse.Namespace) -> None:
 
 
 def cmd_localize(args: argparse.Namespace) -> None:
-    from layoutja.batch import HTML_SUFFIXES, localize_corpus, parse_shard
+    from layoutja.batch import localize_corpus, parse_shard
+    from layoutja.textsource import HTML_SUFFIXES
 
     src = Path(args.src)
     if src.is_file() and src.suffix.lower() in HTML_SUFFIXES:

@@ -38,6 +38,10 @@ class SpecialIds:
     sep: int
     mask: int
 
+    @classmethod
+    def from_vocab(cls, vocab: dict[str, int]) -> SpecialIds:
+        return cls(*(vocab[t] for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")))
+
 
 def window_spans(length: int, max_tokens: int = 510, margin: int = 128) -> list[tuple[int, int]]:
     """[start, end) token ranges of the windows of a page of `length` tokens."""

@@ -37,6 +37,7 @@ def fill_mask(model_dir: str | Path, text: str, top_k: int = 5) -> list[list[tup
 @torch.no_grad()
 def _fill_layoutlm(model_dir: Path, text: str, top_k: int) -> list[list[tuple[str, float]]]:
     from layoutja.browser import Browser
+    from layoutja.data import CLS_BOX, SEP_BOX
     from layoutja.localize import localize_html
     from layoutja.tokenizer import JapaneseTokenizer, load_vocab
 
@@ -46,7 +47,7 @@ def _fill_layoutlm(model_dir: Path, text: str, top_k: int) -> list[list[tuple[st
         record = localize_html(page.encode("utf-8"), tokenizer, browser)
     vocab = load_vocab(model_dir / "vocab.txt")
     ids = [vocab["[CLS]"], *record["input_ids"], vocab["[SEP]"]]
-    boxes = [[0, 0, 0, 0], *record["bbox"], [1000, 1000, 1000, 1000]]
+    boxes = [CLS_BOX, *record["bbox"], SEP_BOX]  # as in training windows
     model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
     logits = model(input_ids=torch.tensor([ids]), bbox=torch.tensor([boxes])).logits[0]
     tokens = {i: t for t, i in vocab.items()}

@@ -26,12 +26,12 @@ from transformers import (
     LayoutLMConfig,
     LayoutLMForTokenClassification,
 )
-from transformers.utils import logging as transformers_logging
 
 from layoutja import trainer
 from layoutja.config import TrainConfig
 from layoutja.data import SpecialIds, collate, step_seed
 from layoutja.errors import UserError
+from layoutja.init_model import layoutlm_from_bert, quiet_loading
 from layoutja.score import score
 from layoutja.shinra import RawLines
 from layoutja.shinra_data import (
@@ -81,19 +81,16 @@ def load_classifier(model_dir: str, names: list[str], text_only: bool) -> nn.Mod
     except (OSError, ValueError) as e:
         raise UserError(f"{model_dir}: cannot read a model config: {e}") from None
     # A new head on a pretrained body: transformers' "newly initialized" report is expected.
-    quiet = {**labels, "dtype": torch.float32}
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()
-    try:
+    with quiet_loading():
         if text_only:
-            return BertForTokenClassification.from_pretrained(model_dir, **quiet)
+            return BertForTokenClassification.from_pretrained(
+                model_dir, **labels, dtype=torch.float32
+            )
         if model_type == "layoutlm":
-            return LayoutLMForTokenClassification.from_pretrained(model_dir, **quiet)
-    finally:
-        transformers_logging.set_verbosity(verbosity)
+            return LayoutLMForTokenClassification.from_pretrained(
+                model_dir, **labels, dtype=torch.float32
+            )
     if model_type == "bert":
-        from layoutja.init_model import layoutlm_from_bert
-
         mlm, _ = layoutlm_from_bert(model_dir)
         config = LayoutLMConfig(**{**mlm.config.to_dict(), **labels})
         model = LayoutLMForTokenClassification(config)
@@ -154,8 +151,7 @@ def records_for(
 
 
 def _specials(tokenizer_dir: Path) -> SpecialIds:
-    vocab = load_vocab(tokenizer_dir / "vocab.txt")
-    return SpecialIds(*(vocab[t] for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")))
+    return SpecialIds.from_vocab(load_vocab(tokenizer_dir / "vocab.txt"))
 
 
 def localize_shinra(shinra_dir: Path, tokenizer_dir: Path, localized: Path, workers: int,

@@ -63,6 +63,11 @@ _ENCODING_ALIASES = {
 }  # fmt: skip
 
 
+def line_starts(source: str) -> list[int]:
+    """Offsets where each line of `source` begins, lines counted as `str.splitlines` does."""
+    return [0] + [m.end() for m in NEWLINE.finditer(source)]
+
+
 def decode_html(data: bytes) -> tuple[str, str]:
     """(text, encoding): a BOM, else `<meta charset>` in the first 1024 bytes, else UTF-8.
 
@@ -172,8 +177,7 @@ def parse_html(source: str, encoding: str = "utf-8") -> HtmlPage:
     if "noscript" in hidden:  # never closed: with scripts on, it runs to the end
         _remove(edits, noscript_start, len(source))
     end_block()
-    line_starts = [0] + [m.end() for m in NEWLINE.finditer(source)]
-    return HtmlPage(source, encoding, blocks, edits, line_starts)
+    return HtmlPage(source, encoding, blocks, edits, line_starts(source))
 
 
 def _remove(edits: list[tuple[int, int, str]], start: int, end: int) -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,18 @@ from layoutja.tokenizer import load_vocab, resolve_tokenizer_dir
 TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 # BERT's parameter prefixes and where they live in LayoutLMForMaskedLM.
 PREFIXES = {"bert.": "layoutlm.", "cls.predictions.": "cls.predictions."}
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Hide transformers' load report (missing/unexpected weights) where the caller expects and
+    reports them itself."""
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(verbosity)
 
 
 @dataclass
@@ -59,16 +73,13 @@ def layoutlm_from_bert(
         raise UserError(f"{bert}: cannot load a BERT checkpoint: {e}") from None
     if model_type != "bert":
         raise UserError(f"{bert}: a {model_type} model, not a BERT checkpoint")
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()  # our report says what was copied and what is new
     try:
-        source, info = BertForPreTraining.from_pretrained(
-            str(bert), output_loading_info=True, dtype=torch.float32
-        )
+        with quiet_loading():  # our report says what was copied and what is new
+            source, info = BertForPreTraining.from_pretrained(
+                str(bert), output_loading_info=True, dtype=torch.float32
+            )
     except (OSError, ValueError) as e:
         raise UserError(f"{bert}: cannot load a BERT checkpoint: {e}") from None
-    finally:
-        transformers_logging.set_verbosity(verbosity)
     if info.get("mismatched_keys"):
         raise UserError(f"{bert}: weights do not fit the config: {info['mismatched_keys'][:5]}")
     absent = set(info.get("missing_keys", []))

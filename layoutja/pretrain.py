@@ -14,7 +14,6 @@ Output directory:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from layoutja.config import TrainConfig
 from layoutja.data import MaskedBatches, SpecialIds, WindowStream, localized_files, step_seed
 from layoutja.errors import UserError
 from layoutja.mvlm import MVLMModel, load_layoutlm, new_layoutlm
-from layoutja.tokenizer import load_vocab, resolve_tokenizer_dir
+from layoutja.tokenizer import load_vocab, resolve_tokenizer_dir, vocab_sha256
 from layoutja.trainlog import MetricsLog, model_flops_per_token, peak_flops
 
 
@@ -43,7 +42,7 @@ def data_tokenizer(data: Path, init: str | None, tokenizer: str | None) -> Path:
             raise UserError(f"{data}: no manifest names its tokenizer; give --tokenizer")
         path = resolve_tokenizer_dir(candidates[0])
     expected = manifest.get("tokenizer_vocab_sha256")
-    if expected and hashlib.sha256((path / "vocab.txt").read_bytes()).hexdigest() != expected:
+    if expected and vocab_sha256(path) != expected:
         raise UserError(
             f"{path}: not the vocabulary {data} was localized with (vocab.txt hashes differ)"
         )
@@ -73,7 +72,7 @@ def pretrain(
     # --- build ---------------------------------------------------------------------------
     tokenizer_dir = data_tokenizer(data, init, tokenizer)
     vocab = load_vocab(tokenizer_dir / "vocab.txt")
-    specials = SpecialIds(*(vocab[t] for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")))
+    specials = SpecialIds.from_vocab(vocab)
     if init:
         mlm = load_layoutlm(init, tokenizer_dir)
     elif config.model:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layoutja.errors import UserError
-from layoutja.htmlpage import NEWLINE
+from layoutja.htmlpage import line_starts
 
 OUTSIDE = "O"
 
@@ -91,7 +91,7 @@ class RawLines:
 
     def __init__(self, source: str):
         self.source = source
-        self.starts = [0] + [m.end() for m in NEWLINE.finditer(source)]
+        self.starts = line_starts(source)
 
     def offset(self, line: int, column: int) -> int | None:
         if not 0 <= line < len(self.starts):

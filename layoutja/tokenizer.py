@@ -19,6 +19,7 @@ WordPiece (greedy longest match, `[UNK]` for a word that cannot be matched or is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -105,6 +106,11 @@ class Encoding:
     def offsets(self) -> list[tuple[int, int]]:
         """`(start, end)` of each token: `text[start:end]` is where it came from."""
         return list(zip(self.starts, self.ends))
+
+
+def vocab_sha256(tokenizer_dir: Path) -> str:
+    """The hash that identifies a tokenizer's vocabulary (recorded with localized data)."""
+    return hashlib.sha256((tokenizer_dir / "vocab.txt").read_bytes()).hexdigest()
 
 
 def load_vocab(path: Path) -> dict[str, int]:

@@ -89,7 +89,7 @@ def test_windows_overlap_by_the_margin_and_cover_every_token():
 def test_stream_windows_specials_ranks_and_positions(localized_dir, unidic_dir):
     files = localized_files(localized_dir)
     vocab = load_vocab(unidic_dir / "vocab.txt")
-    specials = SpecialIds(*(vocab[t] for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")))
+    specials = SpecialIds.from_vocab(vocab)
 
     def take(n, files=files, epoch=0, skip=0, **kw):
         stream = WindowStream(files, specials, max_length=64, margin=16, **kw)
