@@ -68,7 +68,7 @@ def run_hf_trainer(args, tokenizer: Path, data: Path, out: Path) -> float:
         TrainingArguments,
     )
 
-    from layoutja.data import SpecialIds, WindowStream, collate, localized_files, mvlm_mask
+    from layoutja.data import SpecialIds, WindowStream, collate, localized_files, mask_tokens
     from layoutja.tokenizer import load_vocab
 
     vocab = load_vocab(tokenizer / "vocab.txt")
@@ -81,7 +81,7 @@ def run_hf_trainer(args, tokenizer: Path, data: Path, out: Path) -> float:
     def collator(batch):
         tensors = collate(batch, specials.pad)
         batch_tokens.append(int(tensors["attention_mask"].sum()))
-        ids, labels = mvlm_mask(tensors["input_ids"], specials, len(vocab), generator)
+        ids, labels = mask_tokens(tensors["input_ids"], specials, len(vocab), generator)
         return {**tensors, "input_ids": ids, "labels": labels}
 
     marks = {}

@@ -15,7 +15,7 @@ import yaml
 
 from layoutja.errors import UserError
 
-OBJECTIVES = ("mvlm", "token-classification")
+OBJECTIVES = ("mvlm", "electra", "token-classification")
 # What `layoutja finetune` starts from before a recipe (the TrainConfig defaults are the
 # published pretraining recipe's): train/finetune-shinra.yaml spells the same values out.
 FINETUNE_DEFAULTS = {
@@ -33,7 +33,7 @@ FINETUNE_DEFAULTS = {
 
 @dataclass
 class TrainConfig:
-    objective: str = "mvlm"  # mvlm (layoutja pretrain) | token-classification (finetune)
+    objective: str = "mvlm"  # mvlm | electra (layoutja pretrain) | token-classification (finetune)
     # Optimization (the published recipe: Adam, lr 5e-5, 1,000 warmup steps, linear decay).
     max_steps: int = 100_000
     global_batch_size: int = 256  # = per-device batch × devices × accumulation, on any setup
@@ -56,6 +56,11 @@ class TrainConfig:
     # and the share of pages held out for the dev F1 (split by page id, deterministically).
     epochs: int = 0
     dev_fraction: float = 0.1
+    # ELECTRA: with boxes (layout-aware) or text-only; the generator's width is the
+    # discriminator's divided by generator_factor; loss = generator MLM + weight × BCE.
+    layout: bool = True
+    generator_factor: int = 3
+    discriminator_weight: float = 50.0
     # Bookkeeping
     log_every: int = 10
     save_every: int = 1000
@@ -113,6 +118,10 @@ def load_config(
         raise UserError(f"mixed_precision must be fp16, bf16 or no, not {config.mixed_precision!r}")
     if config.objective not in OBJECTIVES:
         raise UserError(f"objective must be one of {OBJECTIVES}, not {config.objective!r}")
+    if not isinstance(config.layout, bool):
+        raise UserError(f"layout must be true or false, not {config.layout!r}")
+    if config.generator_factor < 1:
+        raise UserError("generator_factor must be at least 1")
     if config.keep_checkpoints < 1 or config.log_every < 1 or config.save_every < 1:
         raise UserError("keep_checkpoints, log_every and save_every must be at least 1")
     return config

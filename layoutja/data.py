@@ -10,8 +10,10 @@ parts are shuffled and dealt out to the ranks, then pages within a part and wind
 buffer of several parts are shuffled. Ranks see disjoint data, and a rank's position in its
 stream is just (epoch, windows taken), which is what a checkpoint stores to resume exactly.
 
-Boxes are validated as pages are read (HF LayoutLM only catches coordinates > 1000, and on GPU
-as a device-side assert): a bad box is an error naming the file and the page.
+Parts without a `bbox` column (a plain-text corpus packed by layoutja.textcorpus, for text-only
+ELECTRA) give windows without boxes. Boxes are validated as pages are read (HF LayoutLM only
+catches coordinates > 1000, and on GPU as a device-side assert): a bad box is an error naming
+the file and the page.
 """
 
 from __future__ import annotations
@@ -76,17 +78,27 @@ def check_boxes(bbox: np.ndarray, where: str) -> None:
         raise UserError(f"{where}: token {i} has an invalid box {bbox[i].tolist()}")
 
 
-def read_pages(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(source, input_ids (n,), bbox (n, 4)) of every page of a part, as numpy views of the
-    Arrow buffers (no Python object per token)."""
-    table = pq.read_table(path, columns=["source", "input_ids", "bbox"]).combine_chunks()
-    ids_column, bbox_column = table.column("input_ids").chunk(0), table.column("bbox").chunk(0)
+def read_pages(path: Path) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """(source, input_ids (n,), bbox (n, 4) or None) of every page of a part, as numpy views of
+    the Arrow buffers (no Python object per token)."""
+    columns = ["source", "input_ids"]
+    if "bbox" in pq.read_schema(path).names:
+        columns.append("bbox")
+    table = pq.read_table(path, columns=columns).combine_chunks()
+    ids_column = table.column("input_ids").chunk(0)
     ids = ids_column.flatten().to_numpy().astype(np.int64)
-    boxes = bbox_column.flatten().flatten().to_numpy().astype(np.int64).reshape(-1, 4)
+    boxes = None
+    if "bbox" in columns:
+        boxes = table.column("bbox").chunk(0).flatten().flatten().to_numpy().astype(np.int64)
+        boxes = boxes.reshape(-1, 4)
     offsets = ids_column.offsets.to_numpy()
     sources = table.column("source").to_pylist()
     return [
-        (source, ids[offsets[i] : offsets[i + 1]], boxes[offsets[i] : offsets[i + 1]])
+        (
+            source,
+            ids[offsets[i] : offsets[i + 1]],
+            None if boxes is None else boxes[offsets[i] : offsets[i + 1]],
+        )
         for i, source in enumerate(sources)
     ]
 
@@ -134,7 +146,8 @@ class WindowStream:
                 pages = read_pages(path)
                 rng.shuffle(pages)
                 for source, ids, bbox in pages:
-                    check_boxes(bbox, f"{path.name}: page {source}")
+                    if bbox is not None:
+                        check_boxes(bbox, f"{path.name}: page {source}")
                     for start, end in window_spans(len(ids), self.max_tokens, self.margin):
                         buffer.append((ids, bbox, start, end))
             rng.shuffle(buffer)
@@ -155,7 +168,9 @@ class WindowStream:
                 taken += 1
                 if taken > skip:
                     window_ids = np.concatenate([[s.cls], ids[start:end], [s.sep]])
-                    window_bbox = np.concatenate([[CLS_BOX], bbox[start:end], [SEP_BOX]])
+                    window_bbox = None
+                    if bbox is not None:
+                        window_bbox = np.concatenate([[CLS_BOX], bbox[start:end], [SEP_BOX]])
                     yield (window_ids, window_bbox), epoch, taken
             if taken == 0:
                 raise UserError("the localized data holds no tokens for this rank")
@@ -167,19 +182,34 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step) * 4099 + rank
 
 
+@dataclass(frozen=True)
+class Masking:
+    """Which tokens a masked LM must predict: `probability` of the non-special tokens are
+    selected; of those, `to_mask` become [MASK], `to_random` a random token, the rest stay."""
+
+    probability: float = 0.15
+    to_mask: float = 0.8
+    to_random: float = 0.1
+
+
+MVLM_MASKING = Masking(0.15, 0.8, 0.1)  # BERT's 80/10/10
+ELECTRA_MASKING = Masking(0.15, 0.85, 0.0)  # ELECTRA's 85% [MASK], 15% unchanged
+
+
 class MaskedBatches(torch.utils.data.IterableDataset):
-    """The MVLM micro-batches of one rank from `start_step` on, collated and masked, each with
-    the stream position after it. Run in a DataLoader worker, this prepares data while the
-    model trains; the masks depend only on (seed, step, rank), as when run inline."""
+    """The masked micro-batches of one rank from `start_step` on, collated, each with the
+    stream position after it. Run in a DataLoader worker, this prepares data while the model
+    trains; the masks depend only on (seed, step, rank), as when run inline. Without `boxes`
+    the batches have no bbox (text-only models)."""
 
     def __init__(self, stream: WindowStream, position: tuple[int, int], start_step: int,
-                 accumulation: int, per_device: int, vocab_size: int, mask_probability: float,
-                 max_length: int):  # fmt: skip
+                 accumulation: int, per_device: int, vocab_size: int, masking: Masking,
+                 max_length: int, boxes: bool = True):  # fmt: skip
         super().__init__()
         self.stream, self.position, self.start_step = stream, position, start_step
         self.accumulation, self.per_device = accumulation, per_device
-        self.vocab_size, self.mask_probability = vocab_size, mask_probability
-        self.max_length = max_length
+        self.vocab_size, self.masking = vocab_size, masking
+        self.max_length, self.boxes = max_length, boxes
 
     def __iter__(self) -> Iterator[tuple[dict, tuple[int, int]]]:
         windows = self.stream.windows(*self.position)
@@ -191,52 +221,61 @@ class MaskedBatches(torch.utils.data.IterableDataset):
             for _ in range(self.accumulation):
                 items = [next(windows) for _ in range(self.per_device)]
                 batch = collate([w for w, _, _ in items], specials.pad, limit=self.max_length)
-                batch["input_ids"], batch["labels"] = mvlm_mask(
-                    batch["input_ids"], specials, self.vocab_size, generator,
-                    self.mask_probability,
-                )  # fmt: skip
+                if not self.boxes:
+                    batch.pop("bbox", None)
+                batch["input_ids"], batch["labels"] = mask_tokens(
+                    batch["input_ids"], specials, self.vocab_size, generator, self.masking
+                )
                 yield batch, items[-1][1:]
             step += 1
 
 
 def collate(
-    windows: list[tuple[list[int], list]], pad_id: int, multiple: int = 8, limit: int = 512
+    windows: list[tuple[list[int], list | None]],
+    pad_id: int,
+    multiple: int = 8,
+    limit: int = 512,
 ) -> dict:
     """Pad a batch to its longest window (rounded up to `multiple`, for tensor cores, but never
-    beyond `limit`, the model's positions)."""
+    beyond `limit`, the model's positions). Windows without boxes give a batch without bbox."""
     length = max(len(ids) for ids, _ in windows)
     length = min(-(-length // multiple) * multiple, max(limit, length))
     input_ids = torch.full((len(windows), length), pad_id, dtype=torch.long)
     bbox = torch.zeros((len(windows), length, 4), dtype=torch.long)
     attention = torch.zeros((len(windows), length), dtype=torch.long)
+    has_boxes = windows[0][1] is not None
     for row, (ids, boxes) in enumerate(windows):
         input_ids[row, : len(ids)] = torch.as_tensor(ids)
-        bbox[row, : len(ids)] = torch.as_tensor(boxes)
+        if has_boxes:
+            bbox[row, : len(ids)] = torch.as_tensor(boxes)
         attention[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "bbox": bbox, "attention_mask": attention}
+    batch = {"input_ids": input_ids, "attention_mask": attention}
+    if has_boxes:
+        batch["bbox"] = bbox
+    return batch
 
 
-def mvlm_mask(
+def mask_tokens(
     input_ids: torch.Tensor,
     specials: SpecialIds,
     vocab_size: int,
     generator: torch.Generator,
-    probability: float = 0.15,
+    masking: Masking = MVLM_MASKING,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """MVLM masking: (masked input ids, labels with -100 where no loss is taken).
+    """(masked input ids, labels: the original token where selected, -100 elsewhere).
 
-    `probability` of the non-special tokens are selected; of those 80% become [MASK], 10% a random
-    token and 10% stay. Boxes are not touched: a masked token keeps its 2-D position.
+    Boxes are not touched: a masked token keeps its 2-D position.
     """
     special = (
         (input_ids == specials.pad) | (input_ids == specials.cls) | (input_ids == specials.sep)
     )
     draw = torch.rand(input_ids.shape, generator=generator)
-    selected = (draw < probability) & ~special
-    # One more uniform draw splits the selected tokens 80/10/10.
+    selected = (draw < masking.probability) & ~special
+    # One more uniform draw splits the selected tokens into [MASK] / random / unchanged.
     split = torch.rand(input_ids.shape, generator=generator)
-    to_mask = selected & (split < 0.8)
-    to_random = selected & (split >= 0.8) & (split < 0.9)
+    to_mask = selected & (split < masking.to_mask)
+    random_end = masking.to_mask + masking.to_random
+    to_random = selected & (split >= masking.to_mask) & (split < random_end)
     masked = input_ids.clone()
     masked[to_mask] = specials.mask
     random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator)

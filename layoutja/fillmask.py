@@ -1,8 +1,8 @@
 """`layoutja fill-mask`: the top candidates for each [MASK] of a text.
 
 A text-only masked LM (BERT, an ELECTRA generator) answers through transformers' fill-mask
-pipeline. A layout-aware model (LayoutLM, e.g. an MVLM run) needs boxes, so the text is first
-rendered as a small HTML page and localized like any page; `[MASK]` stays one token there and
+pipeline. A layout-aware model (LayoutLM from an MVLM run, a layout-aware ELECTRA generator)
+needs boxes, so the text is first rendered as a small HTML page and localized like any page; `[MASK]` stays one token there and
 gets the box of its rendered text.
 """
 
@@ -14,7 +14,10 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForMaskedLM
 
+from layoutja import layout_electra
 from layoutja.errors import UserError
+
+LAYOUT_AWARE = ("layoutlm", layout_electra.MODEL_TYPE)
 
 
 def fill_mask(model_dir: str | Path, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
@@ -25,7 +28,7 @@ def fill_mask(model_dir: str | Path, text: str, top_k: int = 5) -> list[list[tup
         model_type = AutoConfig.from_pretrained(str(model_dir)).model_type
     except (OSError, ValueError) as e:
         raise UserError(f"{model_dir}: cannot read a model config: {e}") from None
-    if model_type != "layoutlm":
+    if model_type not in LAYOUT_AWARE:
         from transformers import pipeline
 
         answers = pipeline("fill-mask", model=str(model_dir), top_k=top_k)(text)

@@ -22,6 +22,7 @@ import yaml
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModelForTokenClassification,
     BertForTokenClassification,
     LayoutLMConfig,
     LayoutLMForTokenClassification,
@@ -73,7 +74,8 @@ class TokenClassifier(nn.Module):
 
 
 def load_classifier(model_dir: str, names: list[str], text_only: bool) -> nn.Module:
-    """A token classification head on a pretrained LayoutLM (a BERT is converted) or BERT."""
+    """A token classification head on a pretrained LayoutLM (a BERT is converted), or for
+    `text_only` on a BERT or an ELECTRA discriminator."""
     labels = {"num_labels": len(names), "id2label": dict(enumerate(names)),
               "label2id": {n: i for i, n in enumerate(names)}}  # fmt: skip
     try:
@@ -82,10 +84,13 @@ def load_classifier(model_dir: str, names: list[str], text_only: bool) -> nn.Mod
         raise UserError(f"{model_dir}: cannot read a model config: {e}") from None
     # A new head on a pretrained body: transformers' "newly initialized" report is expected.
     with quiet_loading():
-        if text_only:
-            return BertForTokenClassification.from_pretrained(
-                model_dir, **labels, dtype=torch.float32
+        if text_only:  # a BERT, or the discriminator of a text-only ELECTRA run
+            model_class = (
+                BertForTokenClassification
+                if model_type == "layoutlm"
+                else AutoModelForTokenClassification
             )
+            return model_class.from_pretrained(model_dir, **labels, dtype=torch.float32)
         if model_type == "layoutlm":
             return LayoutLMForTokenClassification.from_pretrained(
                 model_dir, **labels, dtype=torch.float32
@@ -242,10 +247,11 @@ def finetune(
     while state["step"] < max_steps:
         step = state["step"]
         torch.manual_seed(step_seed(config.seed, step, rank))
-        loss, skipped = trainer.optimizer_step(accelerator, model, optimizer, scheduler,
+        losses, skipped = trainer.optimizer_step(accelerator, model, optimizer, scheduler,
                                                micro_batches(step), config.max_grad_norm, out,
                                                step + 1)  # fmt: skip
         state["step"], state["skipped"] = step + 1, state["skipped"] + skipped
+        loss = losses["loss"]
         bar.update()
         metrics = {}
         if state["step"] % config.log_every == 0:
@@ -266,7 +272,7 @@ def finetune(
     bar.close()
     log.close()
 
-    trainer.export(accelerator, accelerator.unwrap_model(model).model, model_dir, out)
+    trainer.export(accelerator, {"": accelerator.unwrap_model(model).model}, model_dir, out)
     return last if accelerator.is_main_process else {}
 
 

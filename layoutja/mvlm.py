@@ -18,6 +18,7 @@ from torch import nn
 from transformers import AutoConfig, LayoutLMConfig, LayoutLMForMaskedLM
 
 from layoutja.errors import UserError
+from layoutja.trainlog import model_flops_per_token
 
 
 class MVLMModel(nn.Module):
@@ -43,6 +44,13 @@ class MVLMModel(nn.Module):
             return hidden.sum() * 0.0
         logits = self.mlm.cls(hidden[selected])  # (selected tokens, vocabulary)
         return F.cross_entropy(logits.float(), labels[selected])
+
+    def exports(self) -> dict[str, LayoutLMForMaskedLM]:
+        """What to save where: the masked LM, in the output directory itself."""
+        return {"": self.mlm}
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return model_flops_per_token(self.mlm.config, seq_len)
 
 
 def load_layoutlm(init: str | Path, tokenizer_dir: Path) -> LayoutLMForMaskedLM:

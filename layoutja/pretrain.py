@@ -1,4 +1,8 @@
-"""MVLM pretraining: build → batches → step → log → checkpoint → export.
+"""Pretraining (MVLM or ELECTRA): build → batches → step → log → checkpoint → export.
+
+The objective comes from the recipe: `mvlm` trains a LayoutLM masked LM on localized pages
+(layoutja.mvlm); `electra` a generator and a discriminator (layoutja.electra), layout-aware on
+localized pages or text-only on localized pages or a plain-text corpus (layoutja.textcorpus).
 
 Runs as it is on one CPU or GPU, or under `accelerate launch`/`torchrun` on many GPUs and nodes
 (shared machinery in layoutja.trainer). A step is exactly reproducible: masking and dropout are
@@ -6,7 +10,9 @@ seeded from (seed, step, rank) and the data position is (epoch, windows taken), 
 stopped and resumed takes the same steps as one that was not.
 
 Output directory:
-    config.json, model.safetensors, vocab.txt, ...  the exported Hugging Face model (at the end)
+    config.json, model.safetensors, vocab.txt, ...  the exported MVLM model (at the end), or
+    generator/, discriminator/                       the exported ELECTRA models
+    packed/                                          a plain-text corpus, tokenized and packed
     checkpoints/step-0000100/   model, optimizer, scheduler, scaler, RNG (accelerate) + position
     metrics.jsonl, tensorboard/, recipe.yaml
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -24,11 +31,19 @@ from torch.utils.data import DataLoader
 
 from layoutja import trainer
 from layoutja.config import TrainConfig
-from layoutja.data import MaskedBatches, SpecialIds, WindowStream, localized_files, step_seed
+from layoutja.data import (
+    ELECTRA_MASKING,
+    MVLM_MASKING,
+    MaskedBatches,
+    SpecialIds,
+    WindowStream,
+    localized_files,
+    step_seed,
+)
 from layoutja.errors import UserError
 from layoutja.mvlm import MVLMModel, load_layoutlm, new_layoutlm
 from layoutja.tokenizer import load_vocab, resolve_tokenizer_dir, vocab_sha256
-from layoutja.trainlog import MetricsLog, model_flops_per_token, peak_flops
+from layoutja.trainlog import MetricsLog, peak_flops
 
 
 def data_tokenizer(data: Path, init: str | None, tokenizer: str | None) -> Path:
@@ -49,6 +64,38 @@ def data_tokenizer(data: Path, init: str | None, tokenizer: str | None) -> Path:
     return path
 
 
+def is_text_corpus(data: Path) -> bool:
+    """A plain-text corpus (a text file, or a directory without localized parts)."""
+    if data.is_dir():
+        return not any(data.glob("part-*.parquet"))
+    return data.suffix != ".parquet"
+
+
+def build_model(config: TrainConfig, vocab_size: int, tokenizer_dir: Path, init: str | None):
+    """The training module of the recipe's objective: its forward returns the loss(es), its
+    `exports()` the Hugging Face models to save."""
+    if config.objective == "electra":
+        from layoutja.electra import new_electra
+
+        if init:
+            raise UserError("ELECTRA trains from scratch: give --tokenizer DIR, not --init")
+        if not config.model:
+            raise UserError("an ELECTRA recipe needs a model section (the discriminator's size)")
+        return new_electra(vocab_size, config.model, layout=config.layout,
+                           factor=config.generator_factor,
+                           discriminator_weight=config.discriminator_weight)  # fmt: skip
+    if init:
+        mlm = load_layoutlm(init, tokenizer_dir)
+    elif config.model:
+        mlm = new_layoutlm(vocab_size, config.model)
+    else:
+        raise UserError("give --init MODEL (a BERT or LayoutLM), or a recipe with a model section")
+    if mlm.config.vocab_size != vocab_size:
+        raise UserError(f"{tokenizer_dir}: {vocab_size} tokens, the model has "
+                        f"{mlm.config.vocab_size}")  # fmt: skip
+    return MVLMModel(mlm)
+
+
 def pretrain(
     config: TrainConfig,
     data: str | Path,
@@ -59,35 +106,43 @@ def pretrain(
     resume: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Train MVLM on localized pages; returns the last logged metrics (main process)."""
+    """Pretrain on localized pages (or, for text-only ELECTRA, a plain-text corpus); returns
+    the last logged metrics (main process)."""
     from tqdm import tqdm
 
     data, out = Path(data), Path(out)
-    if config.objective != "mvlm":
-        raise UserError(f"objective {config.objective!r}: layoutja pretrain trains mvlm")
+    if config.objective not in ("mvlm", "electra"):
+        raise UserError(f"objective {config.objective!r}: layoutja pretrain trains mvlm or electra")
+    boxes = config.objective == "mvlm" or config.layout
     accelerator = trainer.make_accelerator(config)
     rank, world = accelerator.process_index, accelerator.num_processes
     accumulation = trainer.accumulation_steps(config, world)
 
     # --- build ---------------------------------------------------------------------------
-    tokenizer_dir = data_tokenizer(data, init, tokenizer)
+    if is_text_corpus(data):
+        from layoutja.textcorpus import pack_text_corpus
+
+        if boxes:
+            raise UserError(
+                f"{data}: plain text has no boxes; it trains text-only ELECTRA "
+                "(objective: electra, layout: false), or localize pages first"
+            )
+        if not (tokenizer or init):
+            raise UserError(f"{data}: plain text; give --tokenizer DIR (its vocabulary)")
+        tokenizer_dir = resolve_tokenizer_dir(tokenizer or init)
+        with accelerator.main_process_first():  # the main process packs, the others reuse it
+            data = pack_text_corpus(data, tokenizer_dir, out / "packed", config.max_length - 2,
+                                    workers=len(os.sched_getaffinity(0)),
+                                    progress=progress and accelerator.is_main_process)  # fmt: skip
+    else:
+        tokenizer_dir = data_tokenizer(data, init, tokenizer)
     vocab = load_vocab(tokenizer_dir / "vocab.txt")
     specials = SpecialIds.from_vocab(vocab)
-    if init:
-        mlm = load_layoutlm(init, tokenizer_dir)
-    elif config.model:
-        mlm = new_layoutlm(len(vocab), config.model)
-    else:
-        raise UserError("give --init MODEL (a BERT or LayoutLM), or a recipe with a model section")
-    if mlm.config.vocab_size != len(vocab):
-        raise UserError(
-            f"{tokenizer_dir}: {len(vocab)} tokens, the model has {mlm.config.vocab_size}"
-        )
-    if config.max_length > mlm.config.max_position_embeddings:
-        raise UserError(
-            f"max_length {config.max_length} > the model's {mlm.config.max_position_embeddings}"
-        )
-    model = MVLMModel(mlm)
+    model = build_model(config, len(vocab), tokenizer_dir, init)
+    positions = min(m.config.max_position_embeddings for m in model.exports().values())
+    if config.max_length > positions:
+        raise UserError(f"max_length {config.max_length} > the model's {positions} positions")
+    flops_per_token = model.flops_per_token(config.max_length)
     optimizer, scheduler = trainer.build_optimizer(model, config, config.max_steps)
     model, optimizer = trainer.prepare(accelerator, model, optimizer, scheduler)
     # The data position is per rank: ranks cross an epoch boundary at different steps when the
@@ -118,9 +173,11 @@ def pretrain(
         max_length=config.max_length,
         margin=config.margin,
     )
+    masking = ELECTRA_MASKING if config.objective == "electra" else MVLM_MASKING
+    masking = dataclasses.replace(masking, probability=config.mask_probability)
     batches = MaskedBatches(stream, (epoch, taken), state["step"], accumulation,
-                            config.per_device_batch_size, len(vocab), config.mask_probability,
-                            config.max_length)  # fmt: skip
+                            config.per_device_batch_size, len(vocab), masking,
+                            config.max_length, boxes=boxes)  # fmt: skip
     workers = config.data_workers
     loader = iter(DataLoader(batches, batch_size=None, num_workers=workers,
                              prefetch_factor=4 * accumulation if workers else None))  # fmt: skip
@@ -136,7 +193,6 @@ def pretrain(
 
     # --- steps, logs, checkpoints ----------------------------------------------------------
     log = MetricsLog(out, enabled=accelerator.is_main_process, resume_step=state["step"])
-    flops_per_token = model_flops_per_token(mlm.config, config.max_length)
     peak = peak_flops(accelerator.device) * world
     bar = tqdm(
         total=config.max_steps,
@@ -153,7 +209,7 @@ def pretrain(
         step_batches, step_tokens = micro_batches()
         tokens += step_tokens * world
         learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses
-        loss, skipped = trainer.optimizer_step(
+        losses, skipped = trainer.optimizer_step(
             accelerator,
             model,
             optimizer,
@@ -169,7 +225,7 @@ def pretrain(
             tokens_per_s = tokens / (time.perf_counter() - clock)
             last = {
                 "step": state["step"],
-                "loss": round(loss, 5),
+                **{name: round(value, 5) for name, value in losses.items()},
                 "learning_rate": learning_rate,
                 "tokens_per_s": round(tokens_per_s, 1),
                 "skipped_steps": state["skipped"],
@@ -178,7 +234,7 @@ def pretrain(
             if peak:
                 last["mfu"] = round(tokens_per_s * flops_per_token / peak, 4)
             log.write(last)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            bar.set_postfix(loss=f"{losses['loss']:.4f}", refresh=False)
             tokens, clock = 0, time.perf_counter()
         if state["step"] % config.save_every == 0 or state["step"] == config.max_steps:
             here = torch.tensor(position, device=accelerator.device)
@@ -187,5 +243,5 @@ def pretrain(
     bar.close()
     log.close()
 
-    trainer.export(accelerator, accelerator.unwrap_model(model).mlm, tokenizer_dir, out)
+    trainer.export(accelerator, accelerator.unwrap_model(model).exports(), tokenizer_dir, out)
     return last if accelerator.is_main_process else {}

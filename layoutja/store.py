@@ -53,7 +53,7 @@ SCHEMA = pa.schema(
 MUST_MATCH = ("format", "tokenizer_vocab_sha256", "viewport", "normalization")
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write to a temporary name, flush it to disk, rename: readers see all of it or nothing."""
     tmp = path.with_name(f".tmp-{path.name}")
     write(tmp)
@@ -208,7 +208,7 @@ class Store:
         seq = 1 + max((int(p.stem.rsplit("-", 1)[1]) for p in self._part_files()), default=-1)
         path = self.out / f"part-{self.tag}-{seq:05d}.parquet"
         table = pa.Table.from_batches(self._batches, schema=SCHEMA)
-        _atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
         self.parts[path.name] = _part_stats(table)
         self._batches = []
 
@@ -235,7 +235,7 @@ class Store:
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         text = json.dumps(manifest, ensure_ascii=False, indent=1)
-        _atomic_write(self.manifest_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        atomic_write(self.manifest_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _source(batch: pa.RecordBatch) -> str:

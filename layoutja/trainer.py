@@ -16,6 +16,7 @@ module holds the parts that must behave the same in all of them:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from contextlib import nullcontext
@@ -28,6 +29,17 @@ from layoutja.config import TrainConfig
 from layoutja.errors import UserError
 
 STATE = "trainer_state.json"
+
+
+class _TiedWeightsNote(logging.Filter):
+    """accelerate warns that it saves a tensor shared by two modules once (ELECTRA's embeddings,
+    tied LM heads); that is intended, and loading the checkpoint restores the sharing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
 
 
 class TrainingStopped(UserError):
@@ -57,9 +69,16 @@ def accumulation_steps(config: TrainConfig, world: int) -> int:
 def build_optimizer(
     model: torch.nn.Module, config: TrainConfig, max_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (Adam when weight_decay is 0) and a linear warmup, then linear decay to 0."""
+    """AdamW (Adam when weight_decay is 0) and a linear warmup, then linear decay to 0.
+
+    Biases and LayerNorm weights (the 1-D parameters) are not decayed, as in BERT and ELECTRA.
+    """
+    trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
+        [
+            {"params": [p for p in trained if p.ndim > 1]},
+            {"params": [p for p in trained if p.ndim <= 1], "weight_decay": 0.0},
+        ],
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
         eps=config.adam_epsilon,
@@ -91,20 +110,28 @@ def optimizer_step(
     max_grad_norm: float,
     out: Path,
     step: int,
-) -> tuple[float, bool]:
-    """One optimizer step over the micro-batches; returns (mean loss over ranks, skipped).
+) -> tuple[dict[str, float], bool]:
+    """One optimizer step over the micro-batches; returns (losses averaged over micro-batches
+    and ranks, skipped).
 
-    `model(**batch)` must return the loss. Gradients are all-reduced only on the last
-    micro-batch. A NaN/inf loss (on any rank) raises TrainingStopped before the update.
+    `model(**batch)` returns the loss, or a dict of scalar tensors: "loss" to minimize and parts
+    to log (e.g. an ELECTRA step's generator and discriminator losses). Gradients are
+    all-reduced only on the last micro-batch. A NaN/inf loss (on any rank) raises
+    TrainingStopped before the update.
     """
-    loss_sum = torch.zeros((), device=accelerator.device)
+    sums: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         with nullcontext() if last else accelerator.no_sync(model):
-            loss = model(**{k: v.to(accelerator.device) for k, v in batch.items()})
-            accelerator.backward(loss / len(micro_batches))
-        loss_sum += loss.detach()
-    step_loss = accelerator.reduce(loss_sum / len(micro_batches), "mean").item()
+            losses = model(**{k: v.to(accelerator.device) for k, v in batch.items()})
+            losses = losses if isinstance(losses, dict) else {"loss": losses}
+            accelerator.backward(losses["loss"] / len(micro_batches))
+        for key, value in losses.items():
+            sums[key] = sums.get(key, 0) + value.detach().float()
+    names = list(sums)
+    means = accelerator.reduce(torch.stack([sums[k] for k in names]) / len(micro_batches), "mean")
+    metrics = dict(zip(names, means.tolist()))
+    step_loss = metrics["loss"]
     if not math.isfinite(step_loss):
         good = latest_checkpoint(out)
         raise TrainingStopped(
@@ -130,7 +157,7 @@ def optimizer_step(
     skipped = accelerator.optimizer_step_was_skipped  # an fp16 overflow: normal, only counted
     if not skipped:
         scheduler.step()
-    return step_loss, skipped
+    return metrics, skipped
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -176,15 +203,18 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int)
     accelerator.wait_for_everyone()
 
 
-def export(accelerator: Accelerator, model, tokenizer_dir: Path, out: Path) -> None:
-    """Save the trained Hugging Face model with its tokenizer files beside it (AutoModel and
-    AutoTokenizer load the directory), from the main process; end the run."""
+def export(accelerator: Accelerator, models: dict, tokenizer_dir: Path, out: Path) -> None:
+    """Save each trained Hugging Face model (`{subdirectory: model}`, "" for `out` itself) with
+    its tokenizer files beside it (AutoModel and AutoTokenizer load the directory), from the
+    main process; end the run."""
     from layoutja.init_model import TOKENIZER_FILES
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        model.save_pretrained(out)
-        for name in TOKENIZER_FILES:
-            if (tokenizer_dir / name).exists():
-                shutil.copy(tokenizer_dir / name, out / name)
+        for subdirectory, model in models.items():
+            target = out / subdirectory
+            model.save_pretrained(target)
+            for name in TOKENIZER_FILES:
+                if (tokenizer_dir / name).exists():
+                    shutil.copy(tokenizer_dir / name, target / name)
     accelerator.end_training()

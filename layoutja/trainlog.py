@@ -52,11 +52,13 @@ def model_flops_per_token(config, seq_len: int, mask_fraction: float = 0.15) -> 
     """Training FLOPs per token (forward + backward = 3 × forward) of a BERT-style encoder.
 
     Per layer and token, forward: 2 × (4H² + 2HI) for the matrix multiplications and 4 × seq × H
-    for attention scores and values; the MLM head runs only on the masked fraction.
+    for attention scores and values; the MLM head (H → E → vocabulary, E the embedding width:
+    H except in an ELECTRA generator) runs only on the masked fraction.
     """
     h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    e = getattr(config, "embedding_size", h)
     encoder = layers * (2 * (4 * h * h + 2 * h * i) + 4 * seq_len * h)
-    head = mask_fraction * 2 * (h * h + h * config.vocab_size)
+    head = mask_fraction * 2 * (h * e + e * config.vocab_size)
     return 3 * (encoder + head)
 
 

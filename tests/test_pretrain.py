@@ -22,7 +22,14 @@ from transformers import (
 )
 
 from layoutja.config import load_config
-from layoutja.data import SpecialIds, WindowStream, localized_files, mvlm_mask, window_spans
+from layoutja.data import (
+    Masking,
+    SpecialIds,
+    WindowStream,
+    localized_files,
+    mask_tokens,
+    window_spans,
+)
 from layoutja.errors import UserError
 from layoutja.init_model import TOKENIZER_FILES, init_model, layoutlm_from_bert
 from layoutja.mvlm import MVLMModel
@@ -126,7 +133,7 @@ def test_masking_statistics():
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 3000, (64, 512))
     ids[:, 0], ids[:, 300], ids[:, 400:] = SPECIALS.cls, SPECIALS.sep, SPECIALS.pad
-    masked, labels = mvlm_mask(ids, SPECIALS, 3000, generator)
+    masked, labels = mask_tokens(ids, SPECIALS, 3000, generator)
     special = (ids == SPECIALS.cls) | (ids == SPECIALS.sep) | (ids == SPECIALS.pad)
     selected = labels != -100
     assert not (selected & special).any() and torch.equal(masked[special], ids[special])
@@ -146,7 +153,7 @@ def test_sparse_projection_gives_the_standard_loss(bert_dir):
     bbox = torch.randint(0, 500, (3, 40, 4), generator=generator)
     bbox[..., 2:] += bbox[..., :2]
     attention = torch.ones_like(ids)
-    masked, labels = mvlm_mask(ids, SPECIALS, mlm.config.vocab_size, generator, 0.3)
+    masked, labels = mask_tokens(ids, SPECIALS, mlm.config.vocab_size, generator, Masking(0.3))
     ours = MVLMModel(mlm)(masked, bbox, attention, labels)
     standard = mlm(input_ids=masked, bbox=bbox, attention_mask=attention, labels=labels).loss
     assert ours.item() == pytest.approx(standard.item(), rel=1e-5)

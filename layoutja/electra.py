@@ -1,0 +1,182 @@
+"""ELECTRA pretraining: a small generator fills the masks, a discriminator spots replaced tokens.
+
+As in the izumi-lab Japanese ELECTRA (and Clark et al. 2020): the generator has the
+discriminator's depth and its hidden size, heads and FFN divided by `factor` (3); the whole
+embedding module is one set of tensors shared by both; the generator's LM head decodes with those
+word embeddings. A step masks 15% of the tokens (85% `[MASK]`, 15% unchanged; masking happens in
+the data loader), the generator predicts them, a token is sampled from its distribution at each
+masked position (Gumbel-max; no gradient flows through the sample), and the discriminator
+labels every real token: 1 where the sample differs from the original. The loss is the
+generator's MLM loss + `discriminator_weight` (50) × the discriminator's BCE.
+
+Two forms share the objective:
+- text-only: transformers' `ElectraForMaskedLM` (generator) and `ElectraForPreTraining`
+  (discriminator), exported as they are;
+- layout-aware: the discriminator is a `LayoutLMModel` with ELECTRA's discriminator head, the
+  generator a `LayoutElectraGenerator` (layoutja.layout_electra); both take the 2-D boxes through
+  the shared LayoutLM embeddings. The discriminator exports as a LayoutLM directory.
+
+As in MVLM, the generator's vocabulary projection is computed only at the masked positions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    ElectraConfig,
+    ElectraForMaskedLM,
+    ElectraForPreTraining,
+    LayoutLMConfig,
+    LayoutLMModel,
+    PreTrainedModel,
+)
+
+from layoutja.errors import UserError
+from layoutja.layout_electra import LayoutElectraGenerator, LayoutElectraGeneratorConfig
+from layoutja.trainlog import model_flops_per_token
+
+
+class LayoutDiscriminator(nn.Module):
+    """A LayoutLMModel with ELECTRA's discriminator head (dense, GELU, dense to one logit)."""
+
+    def __init__(self, config: LayoutLMConfig):
+        super().__init__()
+        self.layoutlm = LayoutLMModel(config)
+        # The pooler takes no part in ELECTRA: frozen, so DDP does not wait for its gradients.
+        self.layoutlm.pooler.requires_grad_(False)
+        self.head = nn.Sequential(
+            nn.Linear(config.hidden_size, config.hidden_size),
+            nn.GELU(),
+            nn.Linear(config.hidden_size, 1),
+        )
+
+    def forward(self, input_ids, bbox, attention_mask) -> torch.Tensor:
+        hidden = self.layoutlm(input_ids=input_ids, bbox=bbox, attention_mask=attention_mask)
+        return self.head(hidden.last_hidden_state).squeeze(-1)
+
+
+def generator_architecture(architecture: dict, factor: int) -> dict:
+    """The generator's settings: the discriminator's width, heads and FFN divided by `factor`,
+    the same depth; its embeddings stay the discriminator's width (they are shared)."""
+    narrow = dict(architecture)
+    for key in ("hidden_size", "num_attention_heads", "intermediate_size"):
+        value = architecture.get(key, {"hidden_size": 768, "num_attention_heads": 12,
+                                       "intermediate_size": 3072}[key])  # fmt: skip
+        if value % factor:
+            raise UserError(f"model.{key} {value} is not divisible by generator_factor {factor}")
+        narrow[key] = value // factor
+    narrow["embedding_size"] = architecture.get("hidden_size", 768)
+    return narrow
+
+
+def gumbel_max_sample(logits: torch.Tensor) -> torch.Tensor:
+    """One token per row drawn from softmax(logits): argmax(logits + Gumbel noise)."""
+    uniform = torch.rand(logits.shape, device=logits.device, dtype=torch.float32)
+    gumbel = -torch.log(-torch.log(uniform + 1e-9) + 1e-9)
+    return (logits.float() + gumbel).argmax(-1)
+
+
+def replaced_tokens(
+    input_ids: torch.Tensor, labels: torch.Tensor, sampled: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The discriminator's input and labels.
+
+    `input_ids` is the masked batch, `labels` the original token where a position was selected
+    for masking (-100 elsewhere), `sampled` the generator's token for each selected position in
+    row-major order. Every selected position gets its sample; a position is labeled 1 (replaced)
+    exactly where its token now differs from the original.
+    """
+    selected = labels != -100
+    original = torch.where(selected, labels, input_ids)
+    corrupted = input_ids.clone()
+    corrupted[selected] = sampled
+    return corrupted, (corrupted != original).float()
+
+
+class ElectraPretraining(nn.Module):
+    """Generator and discriminator in one module whose forward returns the step's losses."""
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, layout: bool,
+                 discriminator_weight: float = 50.0):  # fmt: skip
+        super().__init__()
+        self.generator, self.discriminator = generator, discriminator
+        self.layout, self.discriminator_weight = layout, discriminator_weight
+        # One embedding module for both, then the generator's LM head tied to its words.
+        if layout:
+            generator.embeddings = discriminator.layoutlm.embeddings
+        else:
+            generator.electra.embeddings = discriminator.electra.embeddings
+            generator.tie_weights()
+
+    def _generator_logits(self, input_ids, bbox, attention_mask, selected) -> torch.Tensor:
+        if self.layout:
+            hidden = self.generator.hidden(input_ids, bbox, attention_mask)
+            return self.generator.lm_logits(hidden[selected])
+        gen = self.generator
+        hidden = gen.electra(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return gen.generator_lm_head(gen.generator_predictions(hidden[selected]))
+
+    def _discriminator_logits(self, input_ids, bbox, attention_mask) -> torch.Tensor:
+        if self.layout:
+            return self.discriminator(input_ids, bbox, attention_mask)
+        return self.discriminator(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def forward(self, input_ids, attention_mask, labels, bbox=None) -> dict[str, torch.Tensor]:
+        selected = labels != -100
+        if selected.any():
+            logits = self._generator_logits(input_ids, bbox, attention_mask, selected)
+            generator_loss = F.cross_entropy(logits.float(), labels[selected])
+            with torch.no_grad():
+                sampled = gumbel_max_sample(logits.detach())
+        else:  # nothing masked (short windows): the generator has nothing to learn here
+            generator_loss = self.generator.get_input_embeddings().weight.sum() * 0.0
+            sampled = labels[selected]
+        corrupted, replaced = replaced_tokens(input_ids, labels, sampled)
+        disc_logits = self._discriminator_logits(corrupted, bbox, attention_mask)
+        real = attention_mask.bool()
+        discriminator_loss = F.binary_cross_entropy_with_logits(
+            disc_logits[real].float(), replaced[real]
+        )
+        return {
+            "loss": generator_loss + self.discriminator_weight * discriminator_loss,
+            "generator_loss": generator_loss.detach(),
+            "discriminator_loss": discriminator_loss.detach(),
+        }
+
+    def exports(self) -> dict[str, PreTrainedModel]:
+        """What to save where: the generator and the discriminator (for the layout-aware form,
+        its LayoutLM body, which AutoModel loads and fine-tuning starts from)."""
+        discriminator = self.discriminator.layoutlm if self.layout else self.discriminator
+        return {"generator": self.generator, "discriminator": discriminator}
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Both encoders on every token; the LM head only at masked positions (the
+        discriminator's one-logit head is negligible)."""
+        generator, discriminator = (m.config for m in self.exports().values())
+        return model_flops_per_token(generator, seq_len) + model_flops_per_token(
+            discriminator, seq_len, mask_fraction=0.0
+        )
+
+
+def new_electra(vocab_size: int, architecture: dict, *, layout: bool, factor: int = 3,
+                discriminator_weight: float = 50.0) -> ElectraPretraining:  # fmt: skip
+    """A randomly initialized generator/discriminator pair from the recipe's `model` section
+    (the discriminator's settings)."""
+    narrow = generator_architecture(architecture, factor)
+    try:
+        if layout:
+            discriminator = LayoutDiscriminator(
+                LayoutLMConfig(vocab_size=vocab_size, **architecture)
+            )
+            generator = LayoutElectraGenerator(
+                LayoutElectraGeneratorConfig(vocab_size=vocab_size, **narrow)
+            )
+        else:
+            wide = {"embedding_size": architecture.get("hidden_size", 768), **architecture}
+            discriminator = ElectraForPreTraining(ElectraConfig(vocab_size=vocab_size, **wide))
+            generator = ElectraForMaskedLM(ElectraConfig(vocab_size=vocab_size, **narrow))
+    except TypeError as e:
+        raise UserError(f"model settings: {e}") from None
+    return ElectraPretraining(generator, discriminator, layout, discriminator_weight)

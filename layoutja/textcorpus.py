@@ -1,0 +1,161 @@
+"""Plain-text corpora for text-only pretraining, packed into training instances once.
+
+The usual BERT/ELECTRA pretraining format: one sentence per line, a blank line between
+documents. The sentences of a document are tokenized and packed greedily into instances of at
+most `max_tokens` tokens (a sentence longer than that is cut), and an instance never crosses a
+document boundary. Instances go to Parquet parts (`source`, `input_ids`) that the data loader
+streams as it streams localized pages (layoutja.data). Packing runs once: the manifest written
+last records what was packed (files with sizes and times, vocabulary, length), so a rerun or a
+resume on the same corpus reuses the parts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from layoutja.errors import UserError
+from layoutja.store import atomic_write
+from layoutja.textsource import TEXT_SUFFIXES
+from layoutja.tokenizer import JapaneseTokenizer, vocab_sha256
+
+BLOCK_LINES = 50_000  # lines tokenized at a time: bounded memory on corpora of any size
+
+
+def text_files(path: Path) -> list[Path]:
+    """A text file, or the .txt files under a directory (sorted)."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
+        if not files:
+            raise UserError(f"{path}: no localized Parquet parts and no .txt files")
+        return files
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory")
+    return [path]
+
+
+def pack_document(sentences: list[list[int]], max_tokens: int) -> Iterator[list[int]]:
+    """Instances of one document: whole sentences while they fit, long sentences cut."""
+    instance: list[int] = []
+    for sentence in sentences:
+        if instance and len(instance) + len(sentence) > max_tokens:
+            yield instance
+            instance = []
+        instance += sentence
+        while len(instance) > max_tokens:  # a sentence longer than an instance
+            yield instance[:max_tokens]
+            instance = instance[max_tokens:]
+    if instance:
+        yield instance
+
+
+def read_lines(path: Path, skipped: list[str], bar=None) -> Iterator[str]:
+    """The lines of a file, decoded as UTF-8; an undecodable line is skipped and noted."""
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                if bar is not None:
+                    bar.update(len(raw))
+                try:
+                    yield raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError as e:
+                    skipped.append(f"{path}:{number}: not UTF-8 ({e.reason})")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def documents(
+    lines: Iterable[str], tokenizer: JapaneseTokenizer, workers: int
+) -> Iterator[list[list[int]]]:
+    """Each document's sentences as token ids (documents end at blank lines)."""
+    lines = iter(lines)
+    sentences: list[list[int]] = []
+    while block := list(islice(lines, BLOCK_LINES)):
+        texts = [line for line in block if line.strip()]
+        encoded = iter(tokenizer.encode_batch(texts, workers=workers))
+        for line in block:
+            if line.strip():
+                ids = next(encoded).ids
+                if ids:
+                    sentences.append(ids)
+            elif sentences:
+                yield sentences
+                sentences = []
+    if sentences:
+        yield sentences
+
+
+def _fingerprint(files: list[Path], tokenizer_dir: Path, max_tokens: int) -> dict:
+    return {
+        "format": "layoutja-text-1",
+        "files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+        "tokenizer_vocab_sha256": vocab_sha256(tokenizer_dir),
+        "max_tokens": max_tokens,
+    }
+
+
+def pack_text_corpus(
+    source: Path,
+    tokenizer_dir: Path,
+    out: Path,
+    max_tokens: int,
+    workers: int = 1,
+    rows_per_part: int = 20_000,
+    progress: bool = True,
+) -> Path:
+    """Tokenize and pack a text file (or a directory of them) into `out`; returns `out`.
+
+    Does nothing when `out` already holds this corpus packed with this vocabulary and length.
+    """
+    from tqdm import tqdm
+
+    files = text_files(source)
+    fingerprint = _fingerprint(files, tokenizer_dir, max_tokens)
+    manifest = out / "manifest.json"
+    if manifest.exists():
+        done = json.loads(manifest.read_text(encoding="utf-8"))
+        if {k: done.get(k) for k in fingerprint} == fingerprint:
+            return out
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [manifest, *out.glob("part-*.parquet")]:
+        stale.unlink(missing_ok=True)
+    tokenizer = JapaneseTokenizer.from_pretrained(tokenizer_dir)
+    schema = pa.schema([("source", pa.string()), ("input_ids", pa.list_(pa.int32()))])
+    rows: dict[str, list] = {"source": [], "input_ids": []}
+    parts = instances = tokens = 0
+    skipped: list[str] = []
+
+    def flush() -> None:
+        nonlocal parts
+        table = pa.table(rows, schema=schema)
+        atomic_write(out / f"part-{parts:05d}.parquet", lambda p: pq.write_table(table, p))
+        parts += 1
+        rows["source"], rows["input_ids"] = [], []
+
+    bar = tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True,
+               desc="packing text", disable=not progress)  # fmt: skip
+    for path in files:
+        lines = read_lines(path, skipped, bar)
+        for number, sentences in enumerate(documents(lines, tokenizer, workers)):
+            for instance in pack_document(sentences, max_tokens):
+                rows["source"].append(f"{path.name}:{number}")
+                rows["input_ids"].append(instance)
+                instances, tokens = instances + 1, tokens + len(instance)
+                if len(rows["source"]) == rows_per_part:
+                    flush()
+    bar.close()
+    if rows["source"]:
+        flush()
+    if not instances:
+        raise UserError(f"{source}: no text to train on")
+    for line in skipped[:10]:
+        print(f"skipped {line}", file=sys.stderr)
+    summary = {"instances": instances, "tokens": tokens, "skipped_lines": len(skipped)}
+    manifest.write_text(json.dumps({**fingerprint, **summary}, indent=1), encoding="utf-8")
+    return out
