@@ -2,8 +2,8 @@
 
 A text-only masked LM (BERT, an ELECTRA generator) answers through transformers' fill-mask
 pipeline. A layout-aware model (LayoutLM from an MVLM run, a layout-aware ELECTRA generator)
-needs boxes, so the text is first rendered as a small HTML page and localized like any page; `[MASK]` stays one token there and
-gets the box of its rendered text.
+needs boxes, so the text is first rendered as a small HTML page and localized like any page;
+`[MASK]` stays one token there and gets the box of its rendered text.
 """
 
 from __future__ import annotations
