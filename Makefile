@@ -50,6 +50,8 @@ TOKENIZER  ?= $(OUT)/tokenizer
 VOCAB_SIZE ?= 4000
 INIT       ?= $(OUT)/layoutlm-init
 RECIPE     ?= train/mvlm-tiny.yaml
+ELECTRA_RECIPE ?= train/electra-tiny.yaml
+ELECTRA_DATA   ?= $(OUT)/localized
 FT_RECIPE  ?= train/finetune-tiny.yaml
 FT_MODEL   ?= $(OUT)/mvlm
 WINDOW     ?= --max-length 128 --margin 32
@@ -59,10 +61,10 @@ STEPS      ?=
 EPOCHS     ?=
 LJ         := $(VENV)/bin/layoutja
 
-.PHONY: vocab localize show bert init-model pretrain finetune predict score fill-mask plot
+.PHONY: vocab localize show bert init-model pretrain electra finetune predict score fill-mask plot
 
 demo: setup
-	@$(MAKE) --no-print-directory vocab localize show bert init-model pretrain finetune \
+	@$(MAKE) --no-print-directory vocab localize show bert init-model pretrain electra finetune \
 	  predict score fill-mask plot
 	@echo
 	@echo "demo artefacts in $(OUT)/:"
@@ -71,6 +73,7 @@ demo: setup
 	@echo "  page.png            one page with every token box drawn"
 	@echo "  bert/, layoutlm-init/  the tiny BERT and the LayoutLM made from it"
 	@echo "  mvlm/               the MVLM-pretrained LayoutLM (metrics.jsonl, tensorboard/)"
+	@echo "  electra/            a layout-aware ELECTRA: generator/ and discriminator/ (LayoutLM)"
 	@echo "  shinra/             the fine-tuned attribute extractor (dev F1 in metrics.jsonl)"
 	@echo "  predictions.jsonl   its SHINRA predictions; score.json their score"
 	@echo "  loss.png            loss curves and dev F1"
@@ -103,6 +106,12 @@ pretrain: setup
 	$(LJ) pretrain --config $(RECIPE) --data $(OUT)/localized --init $(INIT) --out $(OUT)/mvlm \
 	  --resume $(if $(STEPS),--max-steps $(STEPS))
 
+# ELECTRA from scratch: the tokenizer gives the vocabulary. ELECTRA_DATA may be localized pages
+# or, with ELECTRA_RECIPE=train/electra-base.yaml (text-only), a plain-text corpus.
+electra: setup
+	$(LJ) pretrain --config $(ELECTRA_RECIPE) --data $(ELECTRA_DATA) --tokenizer $(TOKENIZER) \
+	  --out $(OUT)/electra --resume $(if $(STEPS),--max-steps $(STEPS))
+
 finetune: setup
 	$(LJ) finetune --config $(FT_RECIPE) --data $(SHINRA) --model $(FT_MODEL) \
 	  --out $(OUT)/shinra --localized $(OUT)/localized --resume $(if $(EPOCHS),--epochs $(EPOCHS))
@@ -117,6 +126,7 @@ score: setup
 
 fill-mask: setup
 	$(LJ) fill-mask --model $(OUT)/mvlm "$(MASKED)"
+	$(LJ) fill-mask --model $(OUT)/electra/generator "$(MASKED)"
 
 plot: setup
 	$(LJ) plot $(OUT)/mvlm $(OUT)/shinra --out $(OUT)/loss.png

@@ -1,12 +1,19 @@
-"""Pretraining speed: layoutja's MVLM trainer against a plain Hugging Face Trainer, in one run.
+"""Pretraining speed: layoutja's trainer against a plain Hugging Face Trainer, in one run.
 
-Both train the same LayoutLM configuration (random init, a 32,768-token vocabulary) on the same
+All runs train models of the same size (random init, a 32,768-token vocabulary) on the same
 windows of real localized pages (Debian's Japanese documentation, localized first; `make bench`
-installs it) with the same batch size and masking. The baseline is `transformers.Trainer` with
-`LayoutLMForMaskedLM` computing logits for every token; layoutja computes them only for the
-masked ones. Tokens/s counts non-padding tokens, measured after `--warmup` steps.
+installs it) with the same batch size and masking. Tokens/s counts non-padding tokens, measured
+after `--warmup` steps.
+
+- MVLM: the baseline is `transformers.Trainer` with `LayoutLMForMaskedLM` computing logits for
+  every token; layoutja computes them only for the masked ones.
+- ELECTRA (`--objectives electra`, hidden divisible by 3): the baseline is `transformers.Trainer`
+  with the usual HF-based recipe, `ElectraForMaskedLM(labels=...)` (logits for every token) and
+  `ElectraForPreTraining(labels=...)` with shared embeddings, text-only; layoutja runs the
+  text-only and the layout-aware form.
 
     python bench/bench_pretrain.py [--steps 30] [--hidden 256 --layers 4] [--precision bf16]
+    python bench/bench_pretrain.py --objectives mvlm,electra --hidden 384
     python bench/bench_pretrain.py --hidden 768 --layers 12 --batch 32 --precision bf16  # GPU
 """
 
@@ -39,11 +46,11 @@ def prepare(work: Path, pages: int) -> tuple[Path, Path]:
     return tokenizer, work / "localized"
 
 
-def run_layoutja(args, tokenizer: Path, data: Path, out: Path) -> float:
+def run_layoutja(args, tokenizer: Path, data: Path, out: Path, **recipe) -> float:
     from layoutja.config import load_config
     from layoutja.pretrain import pretrain
 
-    settings = {
+    settings = {**recipe,
         "max_steps": args.steps, "global_batch_size": args.batch,
         "per_device_batch_size": args.batch, "max_length": 512, "warmup_steps": 10,
         "mixed_precision": args.precision, "log_every": 1, "save_every": 10**9,
@@ -58,7 +65,41 @@ def run_layoutja(args, tokenizer: Path, data: Path, out: Path) -> float:
     return len(timed) / sum(1 / r for r in timed)  # harmonic mean = total tokens / total time
 
 
-def run_hf_trainer(args, tokenizer: Path, data: Path, out: Path) -> float:
+def dense_electra(vocab_size: int, hidden: int, layers: int):
+    """The usual HF-based ELECTRA pretraining module: dense generator logits, HF's losses."""
+    import torch
+    from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
+
+    from layoutja.electra import generator_architecture, gumbel_max_sample
+
+    wide = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": hidden // 64,
+            "intermediate_size": 4 * hidden, "embedding_size": hidden}  # fmt: skip
+    narrow = generator_architecture(wide, 3)
+
+    class DenseElectra(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.disc = ElectraForPreTraining(ElectraConfig(vocab_size=vocab_size, **wide))
+            self.gen = ElectraForMaskedLM(ElectraConfig(vocab_size=vocab_size, **narrow))
+            self.gen.electra.embeddings = self.disc.electra.embeddings
+            self.gen.tie_weights()
+
+        def forward(self, input_ids, attention_mask, labels, bbox=None):
+            generated = self.gen(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+            selected = labels != -100
+            with torch.no_grad():
+                sampled = gumbel_max_sample(generated.logits[selected])
+            corrupted = input_ids.clone()
+            corrupted[selected] = sampled
+            original = torch.where(selected, labels, input_ids)
+            judged = self.disc(input_ids=corrupted, attention_mask=attention_mask,
+                               labels=(corrupted != original).long())  # fmt: skip
+            return {"loss": generated.loss + 50 * judged.loss}
+
+    return DenseElectra()
+
+
+def run_hf_trainer(args, tokenizer: Path, data: Path, out: Path, objective: str) -> float:
     import torch
     from transformers import (
         LayoutLMConfig,
@@ -68,7 +109,15 @@ def run_hf_trainer(args, tokenizer: Path, data: Path, out: Path) -> float:
         TrainingArguments,
     )
 
-    from layoutja.data import SpecialIds, WindowStream, collate, localized_files, mask_tokens
+    from layoutja.data import (
+        ELECTRA_MASKING,
+        MVLM_MASKING,
+        SpecialIds,
+        WindowStream,
+        collate,
+        localized_files,
+        mask_tokens,
+    )
     from layoutja.tokenizer import load_vocab
 
     vocab = load_vocab(tokenizer / "vocab.txt")
@@ -81,7 +130,8 @@ def run_hf_trainer(args, tokenizer: Path, data: Path, out: Path) -> float:
     def collator(batch):
         tensors = collate(batch, specials.pad)
         batch_tokens.append(int(tensors["attention_mask"].sum()))
-        ids, labels = mask_tokens(tensors["input_ids"], specials, len(vocab), generator)
+        masking = ELECTRA_MASKING if objective == "electra" else MVLM_MASKING
+        ids, labels = mask_tokens(tensors["input_ids"], specials, len(vocab), generator, masking)
         return {**tensors, "input_ids": ids, "labels": labels}
 
     marks = {}
@@ -93,12 +143,15 @@ def run_hf_trainer(args, tokenizer: Path, data: Path, out: Path) -> float:
             marks[state.global_step] = time.perf_counter()
 
     torch.manual_seed(0)
-    model = LayoutLMForMaskedLM(
-        LayoutLMConfig(
-            vocab_size=len(vocab), hidden_size=args.hidden, num_hidden_layers=args.layers,
-            num_attention_heads=args.hidden // 64, intermediate_size=4 * args.hidden,
-        )
-    )  # fmt: skip
+    if objective == "electra":
+        model = dense_electra(len(vocab), args.hidden, args.layers)
+    else:
+        model = LayoutLMForMaskedLM(
+            LayoutLMConfig(
+                vocab_size=len(vocab), hidden_size=args.hidden, num_hidden_layers=args.layers,
+                num_attention_heads=args.hidden // 64, intermediate_size=4 * args.hidden,
+            )
+        )  # fmt: skip
     training = TrainingArguments(
         output_dir=str(out), max_steps=args.steps, per_device_train_batch_size=args.batch,
         learning_rate=5e-5, warmup_steps=10, save_strategy="no", report_to=[],
@@ -117,6 +170,11 @@ def run_hf_trainer(args, tokenizer: Path, data: Path, out: Path) -> float:
     return tokens / (marks[args.steps] - marks[args.warmup])
 
 
+def report(name: str, tokens_per_s: float, baseline: float | None = None) -> None:
+    ratio = f"  ({tokens_per_s / baseline:.2f}×)" if baseline else ""
+    print(f"{name:38s} {tokens_per_s:10.0f} tokens/s{ratio}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=120)
@@ -126,6 +184,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--objectives", default="mvlm", help="mvlm, electra or mvlm,electra")
     args = parser.parse_args()
 
     import torch
@@ -135,14 +194,24 @@ def main() -> None:
         tokenizer, data = prepare(work, args.pages)
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
         print(
-            f"LayoutLM hidden {args.hidden}, {args.layers} layers, vocab 32768, batch "
+            f"hidden {args.hidden}, {args.layers} layers, vocab 32768, batch "
             f"{args.batch} × ≤512 tokens, {args.steps} steps ({args.warmup} untimed), "
             f"{args.precision}, {device}, {torch.get_num_threads()} threads"
         )
-        baseline = run_hf_trainer(args, tokenizer, data, work / "hf")
-        ours = run_layoutja(args, tokenizer, data, work / "layoutja")
-        print(f"HF Trainer + LayoutLMForMaskedLM: {baseline:10.0f} tokens/s")
-        print(f"layoutja pretrain:                {ours:10.0f} tokens/s  ({ours / baseline:.2f}×)")
+        objectives = args.objectives.split(",")
+        if "mvlm" in objectives:
+            baseline = run_hf_trainer(args, tokenizer, data, work / "hf", "mvlm")
+            ours = run_layoutja(args, tokenizer, data, work / "mvlm")
+            report("HF Trainer + LayoutLMForMaskedLM", baseline)
+            report("layoutja pretrain, MVLM", ours, baseline)
+        if "electra" in objectives:
+            baseline = run_hf_trainer(args, tokenizer, data, work / "hf-electra", "electra")
+            electra = {"objective": "electra", "weight_decay": 0.01}
+            text = run_layoutja(args, tokenizer, data, work / "text", **electra, layout=False)
+            layout = run_layoutja(args, tokenizer, data, work / "layout", **electra, layout=True)
+            report("HF Trainer + dense HF ELECTRA (text)", baseline)
+            report("layoutja pretrain, ELECTRA text-only", text, baseline)
+            report("layoutja pretrain, ELECTRA layout", layout, baseline)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

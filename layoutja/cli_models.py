@@ -157,17 +157,25 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
     p = sub.add_parser(
         "pretrain",
         allow_abbrev=False,  # unknown --key value pairs are recipe overrides, never abbreviations
-        help="pretrain LayoutLM with MVLM on localized pages (1 CPU to many GPUs)",
-        description="Train with a recipe from train/ on the Parquet output of `layoutja "
-        "localize`. Runs directly or under `accelerate launch`. Any recipe setting can be "
-        "overridden with --key value (e.g. --learning_rate 1e-4 --mixed_precision bf16). The "
-        "output directory gets checkpoints/, metrics.jsonl, tensorboard/ and, at the end, a "
-        "Hugging Face model with its tokenizer.",
+        help="pretrain LayoutLM (MVLM) or ELECTRA (1 CPU to many GPUs)",
+        description="Train with a recipe from train/ (objective mvlm or electra) on the "
+        "Parquet output of `layoutja localize`, or, for text-only ELECTRA, on a plain-text "
+        "corpus (one sentence per line, a blank line between documents). Runs directly or under "
+        "`accelerate launch`. Any recipe setting can be overridden with --key value (e.g. "
+        "--learning_rate 1e-4 --mixed_precision bf16 --layout false). The output directory gets "
+        "checkpoints/, metrics.jsonl, tensorboard/ and, at the end, the Hugging Face model(s) "
+        "with the tokenizer (ELECTRA: generator/ and discriminator/).",
     )
-    p.add_argument("--config", help="YAML recipe (e.g. train/mvlm-base.yaml)")
-    p.add_argument("--data", required=True, help="localized Parquet directory")
-    p.add_argument("--init", help="BERT (converted on the fly) or LayoutLM directory / hub name")
-    p.add_argument("--tokenizer", help="tokenizer directory (default: the model's or the data's)")
+    p.add_argument("--config", help="YAML recipe (e.g. train/mvlm-base.yaml, electra-base.yaml)")
+    p.add_argument(
+        "--data", required=True, help="localized Parquet directory, or a text file/directory"
+    )
+    p.add_argument("--init", help="MVLM: BERT (converted on the fly) or LayoutLM dir / hub name")
+    p.add_argument(
+        "--tokenizer",
+        help="tokenizer directory (default: the model's or the data's; "
+        "required to train from scratch on text)",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--max-steps", type=int, help="override max_steps")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")

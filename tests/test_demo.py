@@ -40,13 +40,14 @@ def test_make_demo_runs_every_step(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     artefacts = ["tokenizer/vocab.txt", "localized/manifest.json", "page.png",
                  "layoutlm-init/config.json", "mvlm/model.safetensors", "shinra/model.safetensors",
+                 "electra/generator/model.safetensors", "electra/discriminator/config.json",
                  "predictions.jsonl", "score.json", "loss.png"]  # fmt: skip
     for artefact in artefacts:
         assert (out / artefact).exists(), artefact
     score = json.loads((out / "score.json").read_text())
     assert {"macro", "micro", "per_ene"} <= set(score)
     assert score["html_mismatches"] == []
-    assert "[MASK] 1:" in result.stdout and "demo artefacts in" in result.stdout
+    assert result.stdout.count("[MASK] 1:") == 2 and "demo artefacts in" in result.stdout
     assert (out / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Run again, the vocabulary is kept and every page is already localized.
     again = subprocess.run(

@@ -160,8 +160,14 @@ def write_corpus(path: Path, documents: int = 24) -> list[list[str]]:
     docs = []
     for i in range(documents):
         name, place, year, code = AIRPORTS[i % len(AIRPORTS)]
-        docs.append([f"{name}は{place}にある空港である。", f"{year}に開港した。",
-                     f"空港コードは{code}である。", f"{name}には国内線と国際線が就航している。"])  # fmt: skip
+        docs.append(
+            [
+                f"{name}は{place}にある空港である。",
+                f"{year}に開港した。",
+                f"空港コードは{code}である。",
+                f"{name}には国内線と国際線が就航している。",
+            ]
+        )
     text = "\n\n".join("\n".join(doc) for doc in docs)
     path.write_bytes(text.encode("utf-8") + b"\n\n\xff\xfe broken line\n")
     return docs
