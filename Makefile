@@ -52,6 +52,7 @@ INIT       ?= $(OUT)/layoutlm-init
 RECIPE     ?= train/mvlm-tiny.yaml
 ELECTRA_RECIPE ?= train/electra-tiny.yaml
 ELECTRA_DATA   ?= $(OUT)/localized
+ELECTRA_ARGS   ?=
 FT_RECIPE  ?= train/finetune-tiny.yaml
 FT_MODEL   ?= $(OUT)/mvlm
 WINDOW     ?= --max-length 128 --margin 32
@@ -107,10 +108,11 @@ pretrain: setup
 	  --resume $(if $(STEPS),--max-steps $(STEPS))
 
 # ELECTRA from scratch: the tokenizer gives the vocabulary. ELECTRA_DATA may be localized pages
-# or, with ELECTRA_RECIPE=train/electra-base.yaml (text-only), a plain-text corpus.
+# or, text-only (ELECTRA_ARGS="--layout false"), a plain-text corpus, e.g.
+#   make electra OUT=runs ELECTRA_DATA=wiki.txt ELECTRA_RECIPE=train/electra-base.yaml
 electra: setup
 	$(LJ) pretrain --config $(ELECTRA_RECIPE) --data $(ELECTRA_DATA) --tokenizer $(TOKENIZER) \
-	  --out $(OUT)/electra --resume $(if $(STEPS),--max-steps $(STEPS))
+	  --out $(OUT)/electra --resume $(if $(STEPS),--max-steps $(STEPS)) $(ELECTRA_ARGS)
 
 finetune: setup
 	$(LJ) finetune --config $(FT_RECIPE) --data $(SHINRA) --model $(FT_MODEL) \

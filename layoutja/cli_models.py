@@ -189,15 +189,15 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
         description="Localize the pages of a SHINRA directory (annotation/<ENE>_dist.jsonl, "
         "html/<ENE>/<page_id>.html, optionally an ENE definition JSONL), label their tokens "
         "from the annotations, and train LayoutLMForTokenClassification (or, with --text-only, "
-        "BertForTokenClassification: the text-only baseline). The dev F1 (held-out pages, the "
-        "SHINRA scorer) is logged after every epoch. Recipe settings can be overridden with "
-        "--key value.",
+        "a BERT or text-only ELECTRA token classifier: the baseline). The dev F1 (held-out "
+        "pages, the SHINRA scorer) is logged after every epoch. Recipe settings can be "
+        "overridden with --key value.",
     )
     p.add_argument("--data", required=True, help="SHINRA directory")
     p.add_argument("--model", required=True, help="LayoutLM (pretrained) or BERT directory")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--config", help="YAML recipe (e.g. train/finetune-shinra.yaml)")
-    p.add_argument("--text-only", action="store_true", help="BERT without boxes (baseline)")
+    p.add_argument("--text-only", action="store_true", help="no boxes: BERT or ELECTRA (baseline)")
     p.add_argument("--localized", help="localized pages to reuse (default: OUT/localized)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--workers", type=int, default=cores, help="browser processes")

@@ -32,42 +32,48 @@ from transformers import (
     LayoutLMModel,
     PreTrainedModel,
 )
+from transformers.models.electra.modeling_electra import ElectraDiscriminatorPredictions
 
 from layoutja.errors import UserError
 from layoutja.layout_electra import LayoutElectraGenerator, LayoutElectraGeneratorConfig
 from layoutja.trainlog import model_flops_per_token
 
+# The discriminator's size where a recipe's model section leaves it out (ELECTRA base).
+BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "intermediate_size": 3072}  # fmt: skip
+
 
 class LayoutDiscriminator(nn.Module):
-    """A LayoutLMModel with ELECTRA's discriminator head (dense, GELU, dense to one logit)."""
+    """A LayoutLMModel with ELECTRA's discriminator head (dense, activation, one logit)."""
 
     def __init__(self, config: LayoutLMConfig):
         super().__init__()
         self.layoutlm = LayoutLMModel(config)
         # The pooler takes no part in ELECTRA: frozen, so DDP does not wait for its gradients.
         self.layoutlm.pooler.requires_grad_(False)
-        self.head = nn.Sequential(
-            nn.Linear(config.hidden_size, config.hidden_size),
-            nn.GELU(),
-            nn.Linear(config.hidden_size, 1),
-        )
+        self.head = ElectraDiscriminatorPredictions(config)
+        for layer in (self.head.dense, self.head.dense_prediction):  # as the body's layers
+            nn.init.normal_(layer.weight, std=config.initializer_range)
+            nn.init.zeros_(layer.bias)
 
-    def forward(self, input_ids, bbox, attention_mask) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, bbox: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         hidden = self.layoutlm(input_ids=input_ids, bbox=bbox, attention_mask=attention_mask)
-        return self.head(hidden.last_hidden_state).squeeze(-1)
+        return self.head(hidden.last_hidden_state)
 
 
 def generator_architecture(architecture: dict, factor: int) -> dict:
     """The generator's settings: the discriminator's width, heads and FFN divided by `factor`,
     the same depth; its embeddings stay the discriminator's width (they are shared)."""
-    narrow = dict(architecture)
+    narrow = {**BASE, **architecture}
     for key in ("hidden_size", "num_attention_heads", "intermediate_size"):
-        value = architecture.get(key, {"hidden_size": 768, "num_attention_heads": 12,
-                                       "intermediate_size": 3072}[key])  # fmt: skip
-        if value % factor:
-            raise UserError(f"model.{key} {value} is not divisible by generator_factor {factor}")
-        narrow[key] = value // factor
-    narrow["embedding_size"] = architecture.get("hidden_size", 768)
+        if narrow[key] % factor:
+            raise UserError(
+                f"model.{key} {narrow[key]} is not divisible by generator_factor {factor}"
+            )
+        narrow[key] //= factor
+    narrow["embedding_size"] = {**BASE, **architecture}["hidden_size"]
     return narrow
 
 
@@ -110,7 +116,14 @@ class ElectraPretraining(nn.Module):
             generator.electra.embeddings = discriminator.electra.embeddings
             generator.tie_weights()
 
-    def _generator_logits(self, input_ids, bbox, attention_mask, selected) -> torch.Tensor:
+    def _generator_logits(
+        self,
+        input_ids: torch.Tensor,
+        bbox: torch.Tensor | None,
+        attention_mask: torch.Tensor,
+        selected: torch.Tensor,
+    ) -> torch.Tensor:
+        """Vocabulary logits at the selected positions only: (selected tokens, vocabulary)."""
         if self.layout:
             hidden = self.generator.hidden(input_ids, bbox, attention_mask)
             return self.generator.lm_logits(hidden[selected])
@@ -118,20 +131,29 @@ class ElectraPretraining(nn.Module):
         hidden = gen.electra(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return gen.generator_lm_head(gen.generator_predictions(hidden[selected]))
 
-    def _discriminator_logits(self, input_ids, bbox, attention_mask) -> torch.Tensor:
+    def _discriminator_logits(
+        self, input_ids: torch.Tensor, bbox: torch.Tensor | None, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         if self.layout:
             return self.discriminator(input_ids, bbox, attention_mask)
         return self.discriminator(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    def forward(self, input_ids, attention_mask, labels, bbox=None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        bbox: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         selected = labels != -100
-        if selected.any():
-            logits = self._generator_logits(input_ids, bbox, attention_mask, selected)
+        logits = self._generator_logits(input_ids, bbox, attention_mask, selected)
+        if len(logits):
             generator_loss = F.cross_entropy(logits.float(), labels[selected])
             with torch.no_grad():
-                sampled = gumbel_max_sample(logits.detach())
-        else:  # nothing masked (short windows): the generator has nothing to learn here
-            generator_loss = self.generator.get_input_embeddings().weight.sum() * 0.0
+                sampled = gumbel_max_sample(logits)
+        else:  # nothing masked (short windows): a zero loss that still reaches every
+            # generator weight, so data-parallel ranks all-reduce the same gradients
+            generator_loss = logits.sum() * 0.0
             sampled = labels[selected]
         corrupted, replaced = replaced_tokens(input_ids, labels, sampled)
         disc_logits = self._discriminator_logits(corrupted, bbox, attention_mask)
@@ -163,8 +185,9 @@ class ElectraPretraining(nn.Module):
 def new_electra(vocab_size: int, architecture: dict, *, layout: bool, factor: int = 3,
                 discriminator_weight: float = 50.0) -> ElectraPretraining:  # fmt: skip
     """A randomly initialized generator/discriminator pair from the recipe's `model` section
-    (the discriminator's settings)."""
+    (the discriminator's settings; ELECTRA base's where it leaves one out)."""
     narrow = generator_architecture(architecture, factor)
+    architecture = {**BASE, **architecture}
     try:
         if layout:
             discriminator = LayoutDiscriminator(
@@ -174,7 +197,7 @@ def new_electra(vocab_size: int, architecture: dict, *, layout: bool, factor: in
                 LayoutElectraGeneratorConfig(vocab_size=vocab_size, **narrow)
             )
         else:
-            wide = {"embedding_size": architecture.get("hidden_size", 768), **architecture}
+            wide = {"embedding_size": architecture["hidden_size"], **architecture}
             discriminator = ElectraForPreTraining(ElectraConfig(vocab_size=vocab_size, **wide))
             generator = ElectraForMaskedLM(ElectraConfig(vocab_size=vocab_size, **narrow))
     except TypeError as e:

@@ -1,11 +1,11 @@
 """Fine-tuning for SHINRA attribute extraction (token classification), and prediction.
 
-`finetune` trains `LayoutLMForTokenClassification` (or, `text_only`, `BertForTokenClassification`
-on the same windows without boxes: the baseline) with the pretraining machinery
-(layoutja.trainer: accelerate, mixed precision, checkpoints, exact resume, metrics.jsonl) and
-logs the dev F1 (the SHINRA scorer on held-out pages) after every epoch. `predict` turns a
-fine-tuned model's labels back into SHINRA records whose `html_offset.text` is exactly the raw
-HTML between the offsets.
+`finetune` trains `LayoutLMForTokenClassification` (or, `text_only`, a BERT's or a text-only
+ELECTRA discriminator's token classifier on the same windows without boxes: the baseline) with
+the pretraining machinery (layoutja.trainer: accelerate, mixed precision, checkpoints, exact
+resume, metrics.jsonl) and logs the dev F1 (the SHINRA scorer on held-out pages) after every
+epoch. `predict` turns a fine-tuned model's labels back into SHINRA records whose
+`html_offset.text` is exactly the raw HTML between the offsets.
 """
 
 from __future__ import annotations

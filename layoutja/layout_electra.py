@@ -25,6 +25,7 @@ from transformers import (
     LayoutLMPreTrainedModel,
 )
 from transformers.modeling_outputs import MaskedLMOutput
+from transformers.models.electra.modeling_electra import ElectraGeneratorPredictions
 from transformers.models.layoutlm.modeling_layoutlm import LayoutLMEmbeddings, LayoutLMEncoder
 
 MODEL_TYPE = "layout-electra-generator"
@@ -39,8 +40,10 @@ class LayoutElectraGeneratorConfig(LayoutLMConfig):
 
 
 class LayoutElectraGenerator(LayoutLMPreTrainedModel):
+    """Shared-width LayoutLM embeddings → projection → LayoutLM encoder → ELECTRA's generator
+    head → logits decoded with the word embeddings."""
+
     config_class = LayoutElectraGeneratorConfig
-    base_model_prefix = "generator"
 
     def __init__(self, config: LayoutElectraGeneratorConfig):
         super().__init__(config)
@@ -48,16 +51,15 @@ class LayoutElectraGenerator(LayoutLMPreTrainedModel):
         self.embeddings = LayoutLMEmbeddings(wide)  # replaced by the shared module in training
         self.embeddings_project = nn.Linear(config.embedding_size, config.hidden_size)
         self.encoder = LayoutLMEncoder(config)
-        self.predictions = nn.Sequential(
-            nn.Linear(config.hidden_size, config.embedding_size),
-            nn.GELU(),
-            nn.LayerNorm(config.embedding_size, eps=config.layer_norm_eps),
-        )
+        self.generator_predictions = ElectraGeneratorPredictions(config)
         self.lm_bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
 
     def hidden(
         self, input_ids: torch.Tensor, bbox: torch.Tensor, attention_mask: torch.Tensor
@@ -71,7 +73,8 @@ class LayoutElectraGenerator(LayoutLMPreTrainedModel):
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of hidden states, decoded with the word embeddings."""
-        return F.linear(self.predictions(hidden), self.get_input_embeddings().weight, self.lm_bias)
+        words = self.get_input_embeddings().weight
+        return F.linear(self.generator_predictions(hidden), words, self.lm_bias)
 
     def forward(
         self,

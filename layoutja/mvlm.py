@@ -40,9 +40,9 @@ class MVLMModel(nn.Module):
             input_ids=input_ids, bbox=bbox, attention_mask=attention_mask
         ).last_hidden_state
         selected = labels != -100
-        if not selected.any():  # nothing masked in this micro-batch (short pages): no loss
-            return hidden.sum() * 0.0
         logits = self.mlm.cls(hidden[selected])  # (selected tokens, vocabulary)
+        if not len(logits):  # nothing masked in this micro-batch (short pages): a zero loss
+            return logits.sum() * 0.0  # that reaches every weight, as DDP's all-reduce needs
         return F.cross_entropy(logits.float(), labels[selected])
 
     def exports(self) -> dict[str, LayoutLMForMaskedLM]:

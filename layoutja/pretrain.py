@@ -40,8 +40,10 @@ from layoutja.data import (
     localized_files,
     step_seed,
 )
+from layoutja.electra import ElectraPretraining, new_electra
 from layoutja.errors import UserError
 from layoutja.mvlm import MVLMModel, load_layoutlm, new_layoutlm
+from layoutja.textcorpus import pack_text_corpus, wait_until_packed
 from layoutja.tokenizer import load_vocab, resolve_tokenizer_dir, vocab_sha256
 from layoutja.trainlog import MetricsLog, peak_flops
 
@@ -65,18 +67,20 @@ def data_tokenizer(data: Path, init: str | None, tokenizer: str | None) -> Path:
 
 
 def is_text_corpus(data: Path) -> bool:
-    """A plain-text corpus (a text file, or a directory without localized parts)."""
+    """A plain-text corpus: a text file, or a directory of .txt files without localized parts."""
+    if not data.exists():
+        raise UserError(f"{data}: no such file or directory")
     if data.is_dir():
-        return not any(data.glob("part-*.parquet"))
+        return not any(data.glob("part-*.parquet")) and any(data.rglob("*.txt"))
     return data.suffix != ".parquet"
 
 
-def build_model(config: TrainConfig, vocab_size: int, tokenizer_dir: Path, init: str | None):
+def build_model(
+    config: TrainConfig, vocab_size: int, tokenizer_dir: Path, init: str | None
+) -> MVLMModel | ElectraPretraining:
     """The training module of the recipe's objective: its forward returns the loss(es), its
     `exports()` the Hugging Face models to save."""
     if config.objective == "electra":
-        from layoutja.electra import new_electra
-
         if init:
             raise UserError("ELECTRA trains from scratch: give --tokenizer DIR, not --init")
         if not config.model:
@@ -119,29 +123,29 @@ def pretrain(
     accumulation = trainer.accumulation_steps(config, world)
 
     # --- build ---------------------------------------------------------------------------
-    if is_text_corpus(data):
-        from layoutja.textcorpus import pack_text_corpus
-
-        if boxes:
-            raise UserError(
-                f"{data}: plain text has no boxes; it trains text-only ELECTRA "
-                "(objective: electra, layout: false), or localize pages first"
-            )
-        if not (tokenizer or init):
-            raise UserError(f"{data}: plain text; give --tokenizer DIR (its vocabulary)")
-        tokenizer_dir = resolve_tokenizer_dir(tokenizer or init)
-        with accelerator.main_process_first():  # the main process packs, the others reuse it
-            data = pack_text_corpus(data, tokenizer_dir, out / "packed", config.max_length - 2,
-                                    workers=len(os.sched_getaffinity(0)),
-                                    progress=progress and accelerator.is_main_process)  # fmt: skip
-    else:
-        tokenizer_dir = data_tokenizer(data, init, tokenizer)
+    text = is_text_corpus(data)
+    if text and boxes:
+        raise UserError(
+            f"{data}: plain text has no boxes; it trains text-only ELECTRA "
+            "(objective: electra, layout: false), or localize pages first"
+        )
+    if text and not tokenizer:
+        raise UserError(f"{data}: plain text; give --tokenizer DIR (its vocabulary)")
+    tokenizer_dir = data_tokenizer(data, init, tokenizer)
     vocab = load_vocab(tokenizer_dir / "vocab.txt")
     specials = SpecialIds.from_vocab(vocab)
     model = build_model(config, len(vocab), tokenizer_dir, init)
     positions = min(m.config.max_position_embeddings for m in model.exports().values())
     if config.max_length > positions:
         raise UserError(f"max_length {config.max_length} > the model's {positions} positions")
+    if text:  # tokenized once, by the main process; the other ranks wait for it
+        packed = out / "packed"
+        if accelerator.is_main_process:
+            pack_text_corpus(data, tokenizer_dir, packed, config.max_length - 2,
+                             workers=len(os.sched_getaffinity(0)), progress=progress)  # fmt: skip
+        else:
+            wait_until_packed(data, tokenizer_dir, packed, config.max_length - 2)
+        data = packed
     flops_per_token = model.flops_per_token(config.max_length)
     optimizer, scheduler = trainer.build_optimizer(model, config, config.max_steps)
     model, optimizer = trainer.prepare(accelerator, model, optimizer, scheduler)

@@ -11,14 +11,17 @@ resume on the same corpus reuses the parts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from layoutja.errors import UserError
 from layoutja.store import atomic_write
@@ -40,64 +43,86 @@ def text_files(path: Path) -> list[Path]:
     return [path]
 
 
-def pack_document(sentences: list[list[int]], max_tokens: int) -> Iterator[list[int]]:
-    """Instances of one document: whole sentences while they fit, long sentences cut."""
+def pack(sentences: Iterable[list[int] | None], max_tokens: int) -> Iterator[tuple[int, list[int]]]:
+    """(document number, instance) for a stream of sentences (token ids) in which None ends a
+    document: whole sentences while they fit, long sentences cut, never across documents. Only
+    the instance being filled is held, however long a document is."""
     instance: list[int] = []
+    document = 0
     for sentence in sentences:
+        if sentence is None:
+            if instance:
+                yield document, instance
+                instance = []
+                document += 1
+            continue
         if instance and len(instance) + len(sentence) > max_tokens:
-            yield instance
+            yield document, instance
             instance = []
         instance += sentence
         while len(instance) > max_tokens:  # a sentence longer than an instance
-            yield instance[:max_tokens]
+            yield document, instance[:max_tokens]
             instance = instance[max_tokens:]
     if instance:
-        yield instance
+        yield document, instance
 
 
-def read_lines(path: Path, skipped: list[str], bar=None) -> Iterator[str]:
-    """The lines of a file, decoded as UTF-8; an undecodable line is skipped and noted."""
+def read_lines(path: Path, skipped: list[str], bar: tqdm | None = None) -> Iterator[str]:
+    """The lines of a file, decoded as UTF-8 (a BOM dropped); an undecodable line is skipped
+    and noted."""
     try:
         with open(path, "rb") as f:
             for number, raw in enumerate(f, 1):
                 if bar is not None:
                     bar.update(len(raw))
                 try:
-                    yield raw.decode("utf-8").rstrip("\r\n")
+                    line = raw.decode("utf-8").rstrip("\r\n")
+                    yield line.removeprefix("\ufeff") if number == 1 else line
                 except UnicodeDecodeError as e:
                     skipped.append(f"{path}:{number}: not UTF-8 ({e.reason})")
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
-def documents(
+def sentences(
     lines: Iterable[str], tokenizer: JapaneseTokenizer, workers: int
-) -> Iterator[list[list[int]]]:
-    """Each document's sentences as token ids (documents end at blank lines)."""
+) -> Iterator[list[int] | None]:
+    """Each line's token ids, None for a blank line (the end of a document)."""
     lines = iter(lines)
-    sentences: list[list[int]] = []
     while block := list(islice(lines, BLOCK_LINES)):
         texts = [line for line in block if line.strip()]
-        encoded = iter(tokenizer.encode_batch(texts, workers=workers))
+        encoded = tokenizer.encode_batch(texts, workers=workers)
         for line in block:
-            if line.strip():
-                ids = next(encoded).ids
-                if ids:
-                    sentences.append(ids)
-            elif sentences:
-                yield sentences
-                sentences = []
-    if sentences:
-        yield sentences
+            yield next(encoded).ids if line.strip() else None
 
 
 def _fingerprint(files: list[Path], tokenizer_dir: Path, max_tokens: int) -> dict:
+    """What the packed parts depend on: the files as they are, the tokenizer, the length."""
+    config = (tokenizer_dir / "tokenizer_config.json").read_bytes()
     return {
         "format": "layoutja-text-1",
         "files": [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
         "tokenizer_vocab_sha256": vocab_sha256(tokenizer_dir),
+        "tokenizer_config_sha256": hashlib.sha256(config).hexdigest(),
         "max_tokens": max_tokens,
     }
+
+
+def is_packed(source: Path, tokenizer_dir: Path, out: Path, max_tokens: int) -> bool:
+    """Whether `out` holds `source` packed with this tokenizer and length."""
+    try:
+        done = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    fingerprint = _fingerprint(text_files(source), tokenizer_dir, max_tokens)
+    return {k: done.get(k) for k in fingerprint} == fingerprint
+
+
+def wait_until_packed(source: Path, tokenizer_dir: Path, out: Path, max_tokens: int) -> None:
+    """For the other ranks of a multi-process run while the main one packs. Polling, not a
+    barrier: packing a large corpus outlasts the process group's collective timeout."""
+    while not is_packed(source, tokenizer_dir, out, max_tokens):
+        time.sleep(5)
 
 
 def pack_text_corpus(
@@ -113,15 +138,10 @@ def pack_text_corpus(
 
     Does nothing when `out` already holds this corpus packed with this vocabulary and length.
     """
-    from tqdm import tqdm
-
+    if is_packed(source, tokenizer_dir, out, max_tokens):
+        return out
     files = text_files(source)
-    fingerprint = _fingerprint(files, tokenizer_dir, max_tokens)
     manifest = out / "manifest.json"
-    if manifest.exists():
-        done = json.loads(manifest.read_text(encoding="utf-8"))
-        if {k: done.get(k) for k in fingerprint} == fingerprint:
-            return out
     out.mkdir(parents=True, exist_ok=True)
     for stale in [manifest, *out.glob("part-*.parquet")]:
         stale.unlink(missing_ok=True)
@@ -141,21 +161,22 @@ def pack_text_corpus(
     bar = tqdm(total=sum(p.stat().st_size for p in files), unit="B", unit_scale=True,
                desc="packing text", disable=not progress)  # fmt: skip
     for path in files:
+        name = path.relative_to(source) if source.is_dir() else path.name
         lines = read_lines(path, skipped, bar)
-        for number, sentences in enumerate(documents(lines, tokenizer, workers)):
-            for instance in pack_document(sentences, max_tokens):
-                rows["source"].append(f"{path.name}:{number}")
-                rows["input_ids"].append(instance)
-                instances, tokens = instances + 1, tokens + len(instance)
-                if len(rows["source"]) == rows_per_part:
-                    flush()
+        for document, instance in pack(sentences(lines, tokenizer, workers), max_tokens):
+            rows["source"].append(f"{name}:{document}")
+            rows["input_ids"].append(instance)
+            instances, tokens = instances + 1, tokens + len(instance)
+            if len(rows["source"]) == rows_per_part:
+                flush()
     bar.close()
     if rows["source"]:
         flush()
-    if not instances:
-        raise UserError(f"{source}: no text to train on")
     for line in skipped[:10]:
         print(f"skipped {line}", file=sys.stderr)
+    if not instances:
+        raise UserError(f"{source}: no text to train on")
     summary = {"instances": instances, "tokens": tokens, "skipped_lines": len(skipped)}
-    manifest.write_text(json.dumps({**fingerprint, **summary}, indent=1), encoding="utf-8")
+    text = json.dumps({**_fingerprint(files, tokenizer_dir, max_tokens), **summary}, indent=1)
+    atomic_write(manifest, lambda p: p.write_text(text, encoding="utf-8"))
     return out

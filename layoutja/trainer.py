@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from transformers import PreTrainedModel
 
 from layoutja.config import TrainConfig
 from layoutja.errors import UserError
@@ -203,7 +204,9 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int)
     accelerator.wait_for_everyone()
 
 
-def export(accelerator: Accelerator, models: dict, tokenizer_dir: Path, out: Path) -> None:
+def export(
+    accelerator: Accelerator, models: dict[str, PreTrainedModel], tokenizer_dir: Path, out: Path
+) -> None:
     """Save each trained Hugging Face model (`{subdirectory: model}`, "" for `out` itself) with
     its tokenizer files beside it (AutoModel and AutoTokenizer load the directory), from the
     main process; end the run."""

@@ -28,7 +28,7 @@ from layoutja.errors import UserError
 from layoutja.fillmask import fill_mask
 from layoutja.finetune import load_classifier
 from layoutja.pretrain import pretrain
-from layoutja.textcorpus import pack_document, pack_text_corpus
+from layoutja.textcorpus import pack, pack_text_corpus
 from layoutja.tokenizer import JapaneseTokenizer
 from layoutja.trainer import TrainingStopped
 
@@ -86,9 +86,12 @@ def test_the_generator_is_a_third_as_wide_and_shares_the_embeddings(layout):
     assert {"word_embeddings.weight", "position_embeddings.weight"} <= set(names)
     if layout:
         assert "x_position_embeddings.weight" in names  # the 2-D embeddings are shared too
-    # One set of tensors: every embedding parameter is counted once in the whole model.
-    everything = [p.data_ptr() for p in model.parameters()]
-    assert len(everything) == len(set(everything))
+    # One set of tensors: the same parameter under the generator's and the discriminator's name.
+    every = dict(model.named_parameters(remove_duplicate=False))
+    prefix = "generator.embeddings." if layout else "generator.electra.embeddings."
+    other = "discriminator.layoutlm.embeddings." if layout else "discriminator.electra.embeddings."
+    for name in names:
+        assert every[prefix + name] is every[other + name]
     words = model.generator.get_input_embeddings().weight
     assert words is model.exports()["discriminator"].get_input_embeddings().weight
     if not layout:  # the LM head is tied to the shared word embeddings
@@ -129,9 +132,9 @@ def test_electra_masking_is_85_percent_mask_15_unchanged():
 
 @pytest.mark.parametrize("layout", [True, False])
 def test_no_gradient_flows_through_the_sample(layout):
-    """The generator learns only from its MLM loss: its encoder's gradients are the same
-    whatever the discriminator's weight (the embeddings, shared, get both)."""
-    grads = []
+    """The generator's own weights learn only from its MLM loss: their gradients are the same
+    whatever the discriminator's weight. The shared embeddings learn from both losses."""
+    runs = []
     for weight in (50.0, 0.0):
         torch.manual_seed(0)
         model = new_electra(300, ARCHITECTURE, layout=layout, discriminator_weight=weight)
@@ -141,22 +144,38 @@ def test_no_gradient_flows_through_the_sample(layout):
         losses["loss"].backward()
         assert losses["discriminator_loss"] > 0
         encoder = model.generator.encoder if layout else model.generator.electra.encoder
-        grads.append([p.grad.clone() for p in encoder.parameters()])
-    for with_disc, without in zip(*grads):
+        words = model.generator.get_input_embeddings().weight
+        runs.append(([p.grad.clone() for p in encoder.parameters()], words.grad.clone()))
+    (encoder_50, words_50), (encoder_0, words_0) = runs
+    for with_disc, without in zip(encoder_50, encoder_0):
         torch.testing.assert_close(with_disc, without)
+    assert not torch.allclose(words_50, words_0)  # the discriminator's loss reaches them
+
+
+def test_a_batch_with_nothing_masked_still_reaches_every_weight():
+    model = new_electra(300, ARCHITECTURE, layout=True)
+    inputs = {**batch(300), "labels": torch.full((2, 24), -100)}
+    losses = model(**inputs)
+    losses["loss"].backward()
+    assert losses["generator_loss"] == 0 and torch.isfinite(losses["loss"])
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []  # data-parallel ranks all-reduce every gradient
 
 
 def test_packing_keeps_sentences_whole_and_cuts_only_long_ones():
-    sentences = [[1] * 3, [2] * 4, [3] * 5, [4] * 20, [5] * 2]
-    instances = list(pack_document(sentences, 8))
-    assert [len(i) for i in instances] == [7, 5, 8, 8, 6]
-    assert instances[0] == [1] * 3 + [2] * 4 and instances[1] == [3] * 5
-    assert instances[-1] == [4] * 4 + [5] * 2
-    assert sum(instances, []) == sum(sentences, [])
+    sentences = [[1] * 3, [2] * 4, [3] * 5, [4] * 20, [5] * 2, None, None, [6] * 2, None]
+    packed = list(pack(sentences, 8))
+    assert [(document, len(i)) for document, i in packed] == [
+        (0, 7), (0, 5), (0, 8), (0, 8), (0, 6), (1, 2)
+    ]  # fmt: skip
+    assert packed[0][1] == [1] * 3 + [2] * 4 and packed[1][1] == [3] * 5
+    assert packed[4][1] == [4] * 4 + [5] * 2  # never across the document boundary
+    assert sum((i for _, i in packed), []) == sum((s for s in sentences if s), [])
 
 
 def write_corpus(path: Path, documents: int = 24) -> list[list[str]]:
     """A plain-text corpus: one sentence per line, a blank line between documents."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     docs = []
     for i in range(documents):
         name, place, year, code = AIRPORTS[i % len(AIRPORTS)]
@@ -168,14 +187,16 @@ def write_corpus(path: Path, documents: int = 24) -> list[list[str]]:
                 f"{name}には国内線と国際線が就航している。",
             ]
         )
-    text = "\n\n".join("\n".join(doc) for doc in docs)
-    path.write_bytes(text.encode("utf-8") + b"\n\n\xff\xfe broken line\n")
+    # CRLF line ends, a BOM, runs of blank lines and one undecodable line, as real dumps have.
+    text = "\r\n\r\n\r\n".join("\r\n".join(doc) for doc in docs)
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8") + b"\r\n\r\n\xff\xfe broken\r\n")
     return docs
 
 
 def test_a_text_corpus_is_packed_by_document_once(unidic_dir, tmp_path):
-    docs = write_corpus(tmp_path / "corpus.txt")
-    out = pack_text_corpus(tmp_path / "corpus.txt", unidic_dir, tmp_path / "packed", 20,
+    docs = write_corpus(tmp_path / "texts" / "corpus.txt")
+    (tmp_path / "texts" / "README.md").write_text("not a .txt file: not read")
+    out = pack_text_corpus(tmp_path / "texts", unidic_dir, tmp_path / "packed", 20,
                            rows_per_part=10, progress=False)  # fmt: skip
     tokenizer = JapaneseTokenizer.from_pretrained(unidic_dir)
     rows = pq.read_table(sorted(out.glob("part-*.parquet"))).to_pylist()
@@ -190,8 +211,10 @@ def test_a_text_corpus_is_packed_by_document_once(unidic_dir, tmp_path):
         len(r["input_ids"]) for r in rows
     )
     stamp = (out / "part-00000.parquet").stat().st_mtime_ns
-    pack_text_corpus(tmp_path / "corpus.txt", unidic_dir, out, 20, progress=False)
+    pack_text_corpus(tmp_path / "texts", unidic_dir, out, 20, progress=False)
     assert (out / "part-00000.parquet").stat().st_mtime_ns == stamp  # reused, not redone
+    pack_text_corpus(tmp_path / "texts", unidic_dir, out, 30, progress=False)
+    assert json.loads((out / "manifest.json").read_text())["max_tokens"] == 30  # redone
 
 
 def test_layout_aware_tiny_recipe_lowers_both_losses_and_exports(
@@ -280,6 +303,14 @@ def test_electra_settings_errors_are_clear(localized_dir, unidic_dir, tmp_path):
         pretrain(tiny(layout="false"), tmp_path / "corpus.txt", tmp_path / "b")
     with pytest.raises(UserError, match="from scratch"):
         pretrain(tiny(), localized_dir, tmp_path / "c", init=str(unidic_dir))
+    with pytest.raises(UserError, match="no such file"):
+        pretrain(tiny(), tmp_path / "missing", tmp_path / "d", tokenizer=str(unidic_dir))
+    with pytest.raises(UserError, match="no localized Parquet parts"):
+        (tmp_path / "empty").mkdir()
+        pretrain(tiny(), tmp_path / "empty", tmp_path / "e", tokenizer=str(unidic_dir))
+    # A partial model section takes the rest from ELECTRA base, for both models alike.
+    partial = new_electra(300, {"num_hidden_layers": 1}, layout=False)
+    assert [m.config.hidden_size for m in partial.exports().values()] == [256, 768]
     with pytest.raises(UserError, match="not divisible by generator_factor"):
         new_electra(300, {**ARCHITECTURE, "hidden_size": 50}, layout=True)
     with pytest.raises(UserError, match="layout must be true or false"):
