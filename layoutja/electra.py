@@ -79,9 +79,11 @@ def generator_architecture(architecture: dict, factor: int) -> dict:
 
 def gumbel_max_sample(logits: torch.Tensor) -> torch.Tensor:
     """One token per row drawn from softmax(logits): argmax(logits + Gumbel noise)."""
-    uniform = torch.rand(logits.shape, device=logits.device, dtype=torch.float32)
-    gumbel = -torch.log(-torch.log(uniform + 1e-9) + 1e-9)
-    return (logits.float() + gumbel).argmax(-1)
+    # In place: at 32 × 512 tokens and a 32k vocabulary each (masked, vocabulary) float32
+    # temporary is about 300 MB.
+    noise = torch.rand(logits.shape, device=logits.device, dtype=torch.float32)
+    noise.add_(1e-9).log_().neg_().add_(1e-9).log_().neg_()  # Gumbel(0, 1)
+    return noise.add_(logits).argmax(-1)
 
 
 def replaced_tokens(

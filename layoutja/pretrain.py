@@ -25,6 +25,7 @@ import os
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import torch
 import yaml
 from torch.utils.data import DataLoader
@@ -168,8 +169,11 @@ def pretrain(
         (out / "recipe.yaml").write_text(recipe, encoding="utf-8")
 
     # --- batches -------------------------------------------------------------------------
+    files = localized_files(data)
+    if boxes and "bbox" not in pq.read_schema(files[0]).names:
+        raise UserError(f"{data}: tokens without boxes (packed text): text-only ELECTRA only")
     stream = WindowStream(
-        localized_files(data),
+        files,
         specials,
         seed=config.seed,
         rank=rank,

@@ -23,7 +23,7 @@ from transformers import (
 
 from layoutja.config import load_config
 from layoutja.data import ELECTRA_MASKING, SpecialIds, mask_tokens
-from layoutja.electra import new_electra, replaced_tokens
+from layoutja.electra import gumbel_max_sample, new_electra, replaced_tokens
 from layoutja.errors import UserError
 from layoutja.fillmask import fill_mask
 from layoutja.finetune import load_classifier
@@ -116,6 +116,14 @@ def test_discriminator_labels_for_a_hand_made_batch():
     assert replaced.tolist() == [[0, 0, 1, 0, 0, 0, 0, 0]]
     corrupted, replaced = replaced_tokens(masked, labels, torch.tensor([11, 20, 30]))
     assert replaced.tolist() == [[0, 0, 0, 1, 1, 0, 0, 0]]
+
+
+def test_gumbel_max_samples_from_the_softmax():
+    torch.manual_seed(0)
+    probabilities = torch.tensor([0.6, 0.25, 0.1, 0.05])
+    logits = (probabilities.log() + 3.0).repeat(40000, 1).half()  # any offset, any dtype
+    counts = torch.bincount(gumbel_max_sample(logits), minlength=4) / 40000
+    torch.testing.assert_close(counts, probabilities, atol=0.01, rtol=0)
 
 
 def test_electra_masking_is_85_percent_mask_15_unchanged():
