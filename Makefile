@@ -133,8 +133,8 @@ fill-mask: setup
 plot: setup
 	$(LJ) plot $(OUT)/mvlm $(OUT)/shinra --out $(OUT)/loss.png
 
-# Tokenizer speed against transformers' BertJapaneseTokenizer, and localization speed against a
-# bare Chromium loop, on real Japanese text (Debian's Japanese documentation; installed if missing).
+# Tokenizer speed against transformers' BertJapaneseTokenizer, localization speed against a bare
+# Chromium loop, pretraining speed (MVLM, ELECTRA) against HF Trainer, on real Japanese text (Debian's Japanese documentation; installed if missing).
 BENCH_DOCS := debian-reference-ja developers-reference-ja debian-faq-ja maint-guide-ja \
               debian-policy-ja gimp-help-ja
 bench: setup
@@ -143,6 +143,7 @@ bench: setup
 	$(PY) bench/bench_tokenizer.py
 	$(PY) bench/bench_localize.py
 	$(PY) bench/bench_pretrain.py
+	$(PY) bench/bench_pretrain.py --objectives mvlm,electra --hidden 384
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
