@@ -279,6 +279,15 @@ def test_text_only_from_a_text_corpus_exports_electra_models(unidic_dir, tmp_pat
     assert type(classifier).__name__ == "ElectraForTokenClassification"
 
 
+def test_text_only_on_localized_pages_ignores_the_boxes(localized_dir, unidic_dir, tmp_path):
+    out = tmp_path / "run"
+    config = tiny(max_steps=6, log_every=3, layout="false")
+    pretrain(config, localized_dir, out, tokenizer=str(unidic_dir), progress=False)
+    assert [m["step"] for m in metrics(out)] == [3, 6]
+    discriminator = AutoModelForPreTraining.from_pretrained(out / "discriminator")
+    assert discriminator.config.model_type == "electra"
+
+
 def test_resume_matches_an_uninterrupted_run(localized_dir, unidic_dir, tmp_path):
     config = tiny(max_steps=12, save_every=4, keep_checkpoints=5, log_every=2)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
