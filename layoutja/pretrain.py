@@ -20,8 +20,10 @@ Output directory:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -65,6 +67,12 @@ def data_tokenizer(data: Path, init: str | None, tokenizer: str | None) -> Path:
             f"{path}: not the vocabulary {data} was localized with (vocab.txt hashes differ)"
         )
     return path
+
+
+def data_fingerprint(files: list[Path]) -> str:
+    """Names and sizes of the data parts: a resume checks it still reads the same data."""
+    listing = json.dumps([[f.name, f.stat().st_size] for f in files])
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
 def is_text_corpus(data: Path) -> bool:
@@ -147,21 +155,29 @@ def pretrain(
         else:
             wait_until_packed(data, tokenizer_dir, packed, config.max_length - 2)
         data = packed
+    files = localized_files(data)
+    if boxes and "bbox" not in pq.read_schema(files[0]).names:
+        raise UserError(f"{data}: tokens without boxes (packed text): text-only ELECTRA only")
     flops_per_token = model.flops_per_token(config.max_length)
     optimizer, scheduler = trainer.build_optimizer(model, config, config.max_steps)
     model, optimizer = trainer.prepare(accelerator, model, optimizer, scheduler)
     # The data position is per rank: ranks cross an epoch boundary at different steps when the
     # windows do not divide evenly among them.
     state = {"step": 0, "skipped": 0, "positions": [[0, 0]] * world, "world": world,
-             "per_device_batch_size": config.per_device_batch_size}  # fmt: skip
+             "per_device_batch_size": config.per_device_batch_size,
+             "data": data_fingerprint(files)}  # fmt: skip
     saved = trainer.resume(accelerator, out, resume)
+    if saved.get("data", state["data"]) != state["data"] and accelerator.is_main_process:
+        print(f"warning: {data} changed since the checkpoint (parts added, removed or "
+              "rewritten): training goes on from the saved position in the new data, which "
+              "is not where the interrupted run would have gone", file=sys.stderr)  # fmt: skip
     for key in ("world", "per_device_batch_size"):
         if saved and saved.get(key) != state[key]:
             raise UserError(
                 f"{out}: the checkpoint was made with {key} {saved.get(key)}, this run has "
                 f"{state[key]}; resume with the same setup"
             )
-    state.update(saved)
+    state.update({**saved, "data": state["data"]})
     epoch, taken = state["positions"][rank]
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -169,9 +185,6 @@ def pretrain(
         (out / "recipe.yaml").write_text(recipe, encoding="utf-8")
 
     # --- batches -------------------------------------------------------------------------
-    files = localized_files(data)
-    if boxes and "bbox" not in pq.read_schema(files[0]).names:
-        raise UserError(f"{data}: tokens without boxes (packed text): text-only ELECTRA only")
     stream = WindowStream(
         files,
         specials,

@@ -306,6 +306,21 @@ def test_resume_matches_an_uninterrupted_run(localized_dir, unidic_dir, tmp_path
         )
 
 
+def test_resume_warns_when_the_text_changed(unidic_dir, tmp_path, capfd):
+    write_corpus(tmp_path / "corpus.txt")
+    config = tiny(max_steps=4, save_every=2, log_every=2, layout="false")
+    out = tmp_path / "run"
+    pretrain(config, tmp_path / "corpus.txt", out, tokenizer=str(unidic_dir), progress=False)
+    capfd.readouterr()
+    with open(tmp_path / "corpus.txt", "a", encoding="utf-8") as f:
+        f.write("\n\n新しい文書である。\n")
+    config.max_steps = 6
+    pretrain(config, tmp_path / "corpus.txt", out, tokenizer=str(unidic_dir), resume=True,
+             progress=False)  # fmt: skip
+    assert "changed since the checkpoint" in capfd.readouterr().err
+    assert metrics(out)[-1]["step"] == 6
+
+
 def test_a_nan_loss_stops_the_run(localized_dir, unidic_dir, tmp_path):
     config = tiny(max_steps=20, save_every=1, warmup_steps=1, learning_rate=1e30)
     with pytest.raises(TrainingStopped, match="Last good checkpoint"):
