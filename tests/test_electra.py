@@ -321,6 +321,26 @@ def test_resume_warns_when_the_text_changed(unidic_dir, tmp_path, capfd):
     assert metrics(out)[-1]["step"] == 6
 
 
+def test_two_processes_pack_the_text_once_and_train_as_one_job(unidic_dir, tmp_path):
+    """Rank 0 packs while rank 1 waits for the manifest; shared embeddings under DDP."""
+    write_corpus(tmp_path / "corpus.txt")
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node", "2", "-m", "layoutja", "pretrain",
+               "--config", str(TRAIN / "electra-tiny.yaml"), "--layout", "false",
+               "--data", str(tmp_path / "corpus.txt"), "--tokenizer", str(unidic_dir),
+               "--out", str(out), "--max-steps", "4", "--per_device_batch_size", "2",
+               "--log_every", "2", "--save_every", "2", "--quiet"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [m["step"] for m in metrics(out)] == [2, 4]
+    assert len(list((out / "packed").glob("part-*.parquet"))) == 1
+    assert (out / "checkpoints" / "step-0000004" / "random_states_1.pkl").exists()
+    assert AutoModelForPreTraining.from_pretrained(out / "discriminator").config.model_type == (
+        "electra"
+    )
+
+
 def test_a_nan_loss_stops_the_run(localized_dir, unidic_dir, tmp_path):
     config = tiny(max_steps=20, save_every=1, warmup_steps=1, learning_rate=1e30)
     with pytest.raises(TrainingStopped, match="Last good checkpoint"):
