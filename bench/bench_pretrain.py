@@ -70,7 +70,7 @@ def dense_electra(vocab_size: int, hidden: int, layers: int):
     import torch
     from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
-    from layoutja.electra import generator_architecture, gumbel_max_sample
+    from layoutja.electra import generator_architecture, gumbel_max_sample, replaced_tokens
 
     wide = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": hidden // 64,
             "intermediate_size": 4 * hidden, "embedding_size": hidden}  # fmt: skip
@@ -89,11 +89,9 @@ def dense_electra(vocab_size: int, hidden: int, layers: int):
             selected = labels != -100
             with torch.no_grad():
                 sampled = gumbel_max_sample(generated.logits[selected])
-            corrupted = input_ids.clone()
-            corrupted[selected] = sampled
-            original = torch.where(selected, labels, input_ids)
+            corrupted, replaced = replaced_tokens(input_ids, labels, sampled)
             judged = self.disc(input_ids=corrupted, attention_mask=attention_mask,
-                               labels=(corrupted != original).long())  # fmt: skip
+                               labels=replaced.long())  # fmt: skip
             return {"loss": generated.loss + 50 * judged.loss}
 
     return DenseElectra()

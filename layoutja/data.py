@@ -220,9 +220,9 @@ class MaskedBatches(torch.utils.data.IterableDataset):
             generator = torch.Generator().manual_seed(seed)
             for _ in range(self.accumulation):
                 items = [next(windows) for _ in range(self.per_device)]
-                batch = collate([w for w, _, _ in items], specials.pad, limit=self.max_length)
-                if not self.boxes:
-                    batch.pop("bbox", None)
+                # A text-only model gets no boxes: dropped before any tensor is built for them.
+                chosen = [(ids, bbox if self.boxes else None) for (ids, bbox), _, _ in items]
+                batch = collate(chosen, specials.pad, limit=self.max_length)
                 batch["input_ids"], batch["labels"] = mask_tokens(
                     batch["input_ids"], specials, self.vocab_size, generator, self.masking
                 )
@@ -241,17 +241,15 @@ def collate(
     length = max(len(ids) for ids, _ in windows)
     length = min(-(-length // multiple) * multiple, max(limit, length))
     input_ids = torch.full((len(windows), length), pad_id, dtype=torch.long)
-    bbox = torch.zeros((len(windows), length, 4), dtype=torch.long)
     attention = torch.zeros((len(windows), length), dtype=torch.long)
-    has_boxes = windows[0][1] is not None
+    batch = {"input_ids": input_ids, "attention_mask": attention}
+    if windows[0][1] is not None:
+        batch["bbox"] = torch.zeros((len(windows), length, 4), dtype=torch.long)
     for row, (ids, boxes) in enumerate(windows):
         input_ids[row, : len(ids)] = torch.as_tensor(ids)
-        if has_boxes:
-            bbox[row, : len(ids)] = torch.as_tensor(boxes)
+        if boxes is not None:
+            batch["bbox"][row, : len(ids)] = torch.as_tensor(boxes)
         attention[row, : len(ids)] = 1
-    batch = {"input_ids": input_ids, "attention_mask": attention}
-    if has_boxes:
-        batch["bbox"] = bbox
     return batch
 
 

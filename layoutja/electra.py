@@ -66,14 +66,14 @@ class LayoutDiscriminator(nn.Module):
 def generator_architecture(architecture: dict, factor: int) -> dict:
     """The generator's settings: the discriminator's width, heads and FFN divided by `factor`,
     the same depth; its embeddings stay the discriminator's width (they are shared)."""
-    narrow = {**BASE, **architecture}
+    wide = {**BASE, **architecture}
+    narrow = {**wide, "embedding_size": wide["hidden_size"]}
     for key in ("hidden_size", "num_attention_heads", "intermediate_size"):
-        if narrow[key] % factor:
+        if wide[key] % factor:
             raise UserError(
-                f"model.{key} {narrow[key]} is not divisible by generator_factor {factor}"
+                f"model.{key} {wide[key]} is not divisible by generator_factor {factor}"
             )
-        narrow[key] //= factor
-    narrow["embedding_size"] = {**BASE, **architecture}["hidden_size"]
+        narrow[key] = wide[key] // factor
     return narrow
 
 

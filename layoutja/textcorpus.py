@@ -108,20 +108,20 @@ def _fingerprint(files: list[Path], tokenizer_dir: Path, max_tokens: int) -> dic
     }
 
 
-def is_packed(source: Path, tokenizer_dir: Path, out: Path, max_tokens: int) -> bool:
-    """Whether `out` holds `source` packed with this tokenizer and length."""
+def _packed(out: Path, fingerprint: dict) -> bool:
+    """Whether `out`'s manifest (written last) records this fingerprint."""
     try:
         done = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
-    fingerprint = _fingerprint(text_files(source), tokenizer_dir, max_tokens)
     return {k: done.get(k) for k in fingerprint} == fingerprint
 
 
 def wait_until_packed(source: Path, tokenizer_dir: Path, out: Path, max_tokens: int) -> None:
     """For the other ranks of a multi-process run while the main one packs. Polling, not a
     barrier: packing a large corpus outlasts the process group's collective timeout."""
-    while not is_packed(source, tokenizer_dir, out, max_tokens):
+    fingerprint = _fingerprint(text_files(source), tokenizer_dir, max_tokens)
+    while not _packed(out, fingerprint):
         time.sleep(5)
 
 
@@ -138,9 +138,10 @@ def pack_text_corpus(
 
     Does nothing when `out` already holds this corpus packed with this vocabulary and length.
     """
-    if is_packed(source, tokenizer_dir, out, max_tokens):
-        return out
     files = text_files(source)
+    fingerprint = _fingerprint(files, tokenizer_dir, max_tokens)  # before reading the files
+    if _packed(out, fingerprint):
+        return out
     manifest = out / "manifest.json"
     out.mkdir(parents=True, exist_ok=True)
     for stale in [manifest, *out.glob("part-*.parquet")]:
@@ -177,6 +178,6 @@ def pack_text_corpus(
     if not instances:
         raise UserError(f"{source}: no text to train on")
     summary = {"instances": instances, "tokens": tokens, "skipped_lines": len(skipped)}
-    text = json.dumps({**_fingerprint(files, tokenizer_dir, max_tokens), **summary}, indent=1)
+    text = json.dumps({**fingerprint, **summary}, indent=1)
     atomic_write(manifest, lambda p: p.write_text(text, encoding="utf-8"))
     return out
