@@ -91,7 +91,7 @@ def _worker(conn: Connection, tokenizer_dir: str, timeout_s: float) -> None:
     os.setsid()  # its own process group: the parent can kill it with its browser
     from playwright.sync_api import Error as PlaywrightError
 
-    from layoutja.browser import Browser
+    from layoutja.browser import Browser, RenderTimeout
     from layoutja.localize import localize_html
     from layoutja.tokenizer import JapaneseTokenizer
 
@@ -109,7 +109,7 @@ def _worker(conn: Connection, tokenizer_dir: str, timeout_s: float) -> None:
                 record.update(page_id=task.page_id, category=task.category, source=task.source)
                 conn.send(("ok", record))
                 break
-            except PlaywrightError as e:
+            except (PlaywrightError, RenderTimeout) as e:
                 browser.restart()
                 if attempt == 2:
                     conn.send(("failed", f"browser: {_first_line(e)} (after a restart and retry)"))

@@ -126,7 +126,9 @@ def cmd_show(args: argparse.Namespace) -> None:
     from layoutja.tokenizer import JapaneseTokenizer
 
     tokenizer = JapaneseTokenizer.from_pretrained(args.tokenizer)
-    record, paths = show_page(Path(args.page), tokenizer, Path(args.out), tiles=args.tiles)
+    record, paths = show_page(
+        Path(args.page), tokenizer, Path(args.out), tiles=args.tiles, timeout_s=args.timeout
+    )
     print(
         f"{args.page}: {len(record['tokens'])} token boxes drawn; wrote "
         + ", ".join(map(str, paths)),
@@ -207,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard", default="0/1", help="I/N: do only shard I of N (default: 0/1, everything)"
     )
     p.add_argument(
-        "--timeout", type=float, default=60.0, help="seconds per page load (default: 60)"
+        "--timeout", type=float, default=60.0, help="seconds to render a page (default: 60)"
     )
     p.add_argument(
         "--pages-per-part", type=int, default=500, help="pages per Parquet part (default: 500)"
@@ -226,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (or hub name)")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--tiles", action="store_true", help="write 1280x854 tiles, not one image")
+    p.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to render the page (default: 60)"
+    )
     p.set_defaults(func=cmd_show)
 
     add_model_commands(sub, cores)

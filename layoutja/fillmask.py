@@ -41,12 +41,12 @@ def fill_mask(model_dir: str | Path, text: str, top_k: int = 5) -> list[list[tup
 def _fill_layoutlm(model_dir: Path, text: str, top_k: int) -> list[list[tuple[str, float]]]:
     from layoutja.browser import Browser
     from layoutja.data import CLS_BOX, SEP_BOX
-    from layoutja.localize import localize_html
+    from layoutja.localize import localize_html, rendering
     from layoutja.tokenizer import JapaneseTokenizer, load_vocab
 
     tokenizer = JapaneseTokenizer.from_pretrained(model_dir)
     page = f"<!DOCTYPE html><html><body><p>{html.escape(text)}</p></body></html>"
-    with Browser() as browser:
+    with Browser() as browser, rendering("the text to fill"):
         record = localize_html(page.encode("utf-8"), tokenizer, browser)
     vocab = load_vocab(model_dir / "vocab.txt")
     ids = [vocab["[CLS]"], *record["input_ids"], vocab["[SEP]"]]

@@ -152,7 +152,8 @@ def parse_html(source: str, encoding: str = "utf-8") -> HtmlPage:
             continue
         closing = tag.startswith("</")
         opens = not closing and not tag.endswith("/>")
-        if name == "meta" and _REFRESH.search(tag):  # even inside <noscript>: scripts are off
+        # Even inside <noscript> (scripts are off), and in any spelling (`&#114;efresh`).
+        if name == "meta" and _REFRESH.search(html.unescape(tag)):
             edits.append((match.start(), match.end(), "<meta data-layoutja-removed=refresh>"))
         foreign = bool(hidden) and hidden[0] in ("svg", "math")  # no raw text in SVG/MathML
         if not hidden and name not in INLINE:

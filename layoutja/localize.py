@@ -17,11 +17,13 @@ vertical resolution on long pages) can be computed later without rendering again
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
-from layoutja.browser import Browser, RenderResult
+from layoutja.browser import Browser, RenderResult, RenderTimeout
 from layoutja.errors import UserError
 from layoutja.htmlpage import HtmlPage, decode_html, parse_html
 from layoutja.tokenizer import JapaneseTokenizer
@@ -133,6 +135,18 @@ def localize_html(data: bytes, tokenizer: JapaneseTokenizer, browser: Browser) -
     return page_record(page, wrapped, browser.render(wrapped.html, len(wrapped.tokens)))
 
 
+@contextmanager
+def rendering(name: str | Path) -> Iterator[None]:
+    """Browser failures (a crash, a timeout, a page that hangs) as one clear error naming `name`."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    try:
+        yield
+    except (PlaywrightError, RenderTimeout) as e:
+        reason = (str(e).strip().splitlines() or ["the browser failed"])[0]
+        raise UserError(f"{name}: {reason}") from None
+
+
 def localize_file(path: Path, tokenizer: JapaneseTokenizer, browser: Browser) -> dict:
     """Localize one HTML file; its record names it (page id = file name without suffix)."""
     try:
@@ -140,15 +154,17 @@ def localize_file(path: Path, tokenizer: JapaneseTokenizer, browser: Browser) ->
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
     record = {"page_id": path.stem, "category": "", "source": path.name}
-    record.update(localize_html(data, tokenizer, browser))
+    with rendering(path):
+        record.update(localize_html(data, tokenizer, browser))
     return record
 
 
 def show_page(
-    path: Path, tokenizer: JapaneseTokenizer, out: Path, tiles: bool = False
+    path: Path, tokenizer: JapaneseTokenizer, out: Path, tiles: bool = False, timeout_s: float = 60
 ) -> tuple[dict, list[Path]]:
     """Localize a page and save a screenshot with every stored token box drawn on it."""
-    with Browser() as browser:
+    with Browser(timeout_s) as browser:
         record = localize_file(path, tokenizer, browser)  # leaves the page loaded
         tile_height = browser.viewport[1] if tiles else None
-        return record, browser.screenshot(record["px"], out, tile_height)
+        with rendering(path):
+            return record, browser.screenshot(record["px"], out, tile_height)

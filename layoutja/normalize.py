@@ -139,15 +139,30 @@ def _groups(text: str, quick: bool) -> tuple[str, tuple[list[int], ...]]:
         for i in range(begin + 1, run.end() + 1):
             if i < run.end() and _joins_group(text[gstart:i], text[i]):
                 continue
-            group = _nfkc(text[gstart:i])
-            out.append(group)
-            if len(group) != 1 or i - gstart != 1:
-                nstart.append(npos)
-                nend.append(npos + len(group))
-                ostart.append(gstart)
-                oend.append(i)
-            npos += len(group)
+            for start, end, group in _split(text, gstart, i):
+                out.append(group)
+                if len(group) != 1 or end - start != 1:
+                    nstart.append(npos)
+                    nend.append(npos + len(group))
+                    ostart.append(start)
+                    oend.append(end)
+                npos += len(group)
             gstart = i
         done = run.end()
     out.append(text[done:])
     return "".join(out), (nstart, nend, ostart, oend)
+
+
+def _split(text: str, start: int, end: int) -> list[tuple[int, int, str]]:
+    """The group text[start:end] as (start, end, NFKC) pieces: one per character when the
+    group composed nothing, so each character keeps its own span.
+
+    A combining mark always joins the group before it, but not every one composes: NFKC turns
+    ｵﾞ into オ + U+3099 (there is no voiced オ), two characters from two characters.
+    """
+    source = text[start:end]
+    group = _nfkc(source)
+    pieces = [_nfkc(c) for c in source]
+    if len(source) > 1 and "".join(pieces) == group:
+        return [(start + k, start + k + 1, piece) for k, piece in enumerate(pieces)]
+    return [(start, end, group)]

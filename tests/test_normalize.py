@@ -63,7 +63,7 @@ def test_examples():
 
 
 _CHARS = st.one_of(
-    st.sampled_from("あア亜Ａａ１ﾊﾟｶﾞﾞﾟ\u3099\u309a㈱①㍻ ﾞ\u0301\u0316\u0345e\u1100\u1161\u11a8가"),
+    st.sampled_from("あア亜Ａａ１ﾊﾟｶﾞﾞﾟｵﾞｲﾟ\u3099\u309a㈱①㍻ ﾞ\u0301\u0316\u0345e\u1100\u1161\u11a8가"),
     st.characters(codec="utf-8"),
 )
 
