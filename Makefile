@@ -55,6 +55,7 @@ ELECTRA_DATA   ?= $(OUT)/localized
 ELECTRA_ARGS   ?=
 FT_RECIPE  ?= train/finetune-tiny.yaml
 FT_MODEL   ?= $(OUT)/mvlm
+FT_LOCALIZED ?= $(OUT)/localized
 WINDOW     ?= --max-length 128 --margin 32
 GOLD       ?= $(wildcard $(SHINRA)/annotation/*.jsonl)
 MASKED     ?= 東京大学で[MASK]の研究をしています。
@@ -90,7 +91,8 @@ vocab: setup
 	fi
 
 localize: setup
-	$(LJ) localize $(SRC) --tokenizer $(TOKENIZER) --out $(OUT)/localized
+	$(LJ) localize $(SRC) --tokenizer $(TOKENIZER) --out $(OUT)/localized \
+	    --config localize/published.yaml
 
 show: setup
 	$(LJ) show $(firstword $(sort $(wildcard $(SRC)/*/*.html $(SRC)/*.html))) \
@@ -105,22 +107,26 @@ init-model: setup
 # --resume: a re-run continues (or, when finished, just exports) instead of refusing.
 pretrain: setup
 	$(LJ) pretrain --config $(RECIPE) --data $(OUT)/localized --init $(INIT) --out $(OUT)/mvlm \
-	  --resume $(if $(STEPS),--max-steps $(STEPS))
+	  --resume $(if $(STEPS),--schedule.max_steps $(STEPS))
 
 # ELECTRA from scratch: the tokenizer gives the vocabulary. ELECTRA_DATA may be localized pages
-# or, text-only (ELECTRA_ARGS="--layout false"), a plain-text corpus, e.g.
+# or, text-only (ELECTRA_ARGS="--electra.layout false"), a plain-text corpus, e.g.
 #   make electra OUT=runs ELECTRA_DATA=wiki.txt ELECTRA_RECIPE=train/electra-base.yaml
 electra: setup
 	$(LJ) pretrain --config $(ELECTRA_RECIPE) --data $(ELECTRA_DATA) --tokenizer $(TOKENIZER) \
-	  --out $(OUT)/electra --resume $(if $(STEPS),--max-steps $(STEPS)) $(ELECTRA_ARGS)
+	  --out $(OUT)/electra --resume $(if $(STEPS),--schedule.max_steps $(STEPS)) $(ELECTRA_ARGS)
 
+# Localizing is a step of its own, before training: pages already in FT_LOCALIZED are skipped.
 finetune: setup
+	$(LJ) localize $(SHINRA)/html --tokenizer $(FT_MODEL) --out $(FT_LOCALIZED) --quiet
 	$(LJ) finetune --config $(FT_RECIPE) --data $(SHINRA) --model $(FT_MODEL) \
-	  --out $(OUT)/shinra --localized $(OUT)/localized --resume $(if $(EPOCHS),--epochs $(EPOCHS))
+	  --out $(OUT)/shinra --localized $(FT_LOCALIZED) --resume \
+	  $(if $(EPOCHS),--schedule.epochs $(EPOCHS))
 
 predict: setup
+	$(LJ) localize $(SHINRA)/html --tokenizer $(OUT)/shinra --out $(FT_LOCALIZED) --quiet
 	$(LJ) predict --model $(OUT)/shinra --data $(SHINRA) --out $(OUT)/predictions.jsonl \
-	  --localized $(OUT)/localized $(WINDOW)
+	  --localized $(FT_LOCALIZED) $(WINDOW)
 
 score: setup
 	$(LJ) score --gold $(GOLD) --pred $(OUT)/predictions.jsonl --html $(SHINRA)/html \

@@ -41,7 +41,7 @@ def real_pages(count: int) -> list[Path]:
 
 
 def _bare_worker(paths: list[str]) -> int:
-    from layoutja.browser import Browser
+    from layoutja.localize.browser import Browser
 
     with Browser() as browser:
         for path in paths:
@@ -66,11 +66,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
 
-    from layoutja.batch import localize_corpus
-    from layoutja.htmlpage import decode_html, parse_html
-    from layoutja.localize import wrap_tokens
-    from layoutja.tokenizer import JapaneseTokenizer
-    from layoutja.vocab import VocabConfig, train_vocab
+    from layoutja.localize.page import wrap_tokens
+    from layoutja.localize.pool import localize_corpus
+    from layoutja.text.htmlpage import decode_html, parse_html
+    from layoutja.text.tokenizer import JapaneseTokenizer
+    from layoutja.text.vocab import VocabConfig, train_vocab
 
     pages = real_pages(args.pages)
     work = Path(tempfile.mkdtemp(prefix="bench-localize-"))

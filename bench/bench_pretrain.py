@@ -33,8 +33,8 @@ from bench_localize import real_pages  # noqa: E402
 
 def prepare(work: Path, pages: int) -> tuple[Path, Path]:
     """A 32,768 vocabulary and localized Parquet parts for `pages` real pages."""
-    from layoutja.batch import localize_corpus
-    from layoutja.vocab import VocabConfig, train_vocab
+    from layoutja.localize.pool import localize_corpus
+    from layoutja.text.vocab import VocabConfig, train_vocab
 
     src = work / "html"
     src.mkdir()
@@ -47,13 +47,14 @@ def prepare(work: Path, pages: int) -> tuple[Path, Path]:
 
 
 def run_layoutja(args, tokenizer: Path, data: Path, out: Path, **recipe) -> float:
-    from layoutja.config import load_config
-    from layoutja.pretrain import pretrain
+    from layoutja.pretrain.task import pretrain
+    from layoutja.training.config import load_config
 
     settings = {**recipe,
-        "max_steps": args.steps, "global_batch_size": args.batch,
-        "per_device_batch_size": args.batch, "max_length": 512, "warmup_steps": 10,
-        "mixed_precision": args.precision, "log_every": 1, "save_every": 10**9,
+        "schedule.max_steps": args.steps, "schedule.global_batch_size": args.batch,
+        "schedule.per_device_batch_size": args.batch, "data.max_length": 512,
+        "schedule.warmup_steps": 10, "schedule.mixed_precision": args.precision,
+        "checkpoint.log_every": 1, "checkpoint.save_every": 10**9,
         "model": {"hidden_size": args.hidden, "num_hidden_layers": args.layers,
                   "num_attention_heads": args.hidden // 64,
                   "intermediate_size": 4 * args.hidden, "max_position_embeddings": 512},
@@ -70,7 +71,7 @@ def dense_electra(vocab_size: int, hidden: int, layers: int):
     import torch
     from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
-    from layoutja.electra import generator_architecture, gumbel_max_sample, replaced_tokens
+    from layoutja.pretrain.electra import generator_architecture, gumbel_max_sample, replaced_tokens
 
     wide = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": hidden // 64,
             "intermediate_size": 4 * hidden, "embedding_size": hidden}  # fmt: skip
@@ -107,7 +108,7 @@ def run_hf_trainer(args, tokenizer: Path, data: Path, out: Path, objective: str)
         TrainingArguments,
     )
 
-    from layoutja.data import (
+    from layoutja.pretrain.windows import (
         ELECTRA_MASKING,
         MVLM_MASKING,
         SpecialIds,
@@ -116,7 +117,7 @@ def run_hf_trainer(args, tokenizer: Path, data: Path, out: Path, objective: str)
         localized_files,
         mask_tokens,
     )
-    from layoutja.tokenizer import load_vocab
+    from layoutja.text.tokenizer import load_vocab
 
     vocab = load_vocab(tokenizer / "vocab.txt")
     specials = SpecialIds.from_vocab(vocab)
@@ -204,9 +205,11 @@ def main() -> None:
             report("layoutja pretrain, MVLM", ours, baseline)
         if "electra" in objectives:
             baseline = run_hf_trainer(args, tokenizer, data, work / "hf-electra", "electra")
-            electra = {"objective": "electra", "weight_decay": 0.01}
-            text = run_layoutja(args, tokenizer, data, work / "text", **electra, layout=False)
-            layout = run_layoutja(args, tokenizer, data, work / "layout", **electra, layout=True)
+            electra = {"objective": "electra", "optimizer.weight_decay": 0.01}
+            text = run_layoutja(args, tokenizer, data, work / "text",
+                                **electra, **{"electra.layout": False})  # fmt: skip
+            layout = run_layoutja(args, tokenizer, data, work / "layout",
+                                  **electra, **{"electra.layout": True})  # fmt: skip
             report("HF Trainer + dense HF ELECTRA (text)", baseline)
             report("layoutja pretrain, ELECTRA text-only", text, baseline)
             report("layoutja pretrain, ELECTRA layout", layout, baseline)

@@ -29,7 +29,7 @@ DOC_GLOBS = [
 
 
 def corpus_lines(megabytes: float) -> list[str]:
-    from layoutja.textsource import file_texts
+    from layoutja.text.pagetext import file_texts
 
     files = sorted(f for g in DOC_GLOBS for f in glob.glob(g, recursive=True) if os.path.isfile(f))
     if not files:
@@ -77,9 +77,9 @@ def main() -> None:
 
     from transformers import BertJapaneseTokenizer
 
-    from layoutja.mecab import MecabWords
-    from layoutja.tokenizer import JapaneseTokenizer
-    from layoutja.vocab import VocabConfig, train_vocab
+    from layoutja.text.mecab import MecabWords
+    from layoutja.text.tokenizer import JapaneseTokenizer
+    from layoutja.text.vocab import VocabConfig, train_vocab
 
     lines = corpus_lines(args.mb)
     nbytes = sum(len(line.encode("utf-8")) for line in lines)

@@ -9,14 +9,13 @@ layout and tokenizer files, a 64-wide, 2-layer model that trains on a CPU in sec
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertForPreTraining
 
-from layoutja.init_model import TOKENIZER_FILES
-from layoutja.tokenizer import load_vocab
+from layoutja.common import copy_tokenizer
+from layoutja.text.tokenizer import load_vocab
 
 
 def main() -> None:
@@ -37,8 +36,7 @@ def main() -> None:
         max_position_embeddings=512,
     )
     BertForPreTraining(config).save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        shutil.copy(tokenizer / name, out / name)
+    copy_tokenizer(tokenizer, out)
     print(f"wrote a tiny BERT ({args.hidden} wide, {args.layers} layers) to {out}")
 
 

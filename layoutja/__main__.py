@@ -2,6 +2,6 @@
 
 import sys
 
-from layoutja.cli import main
+from layoutja.cli.main import main
 
 sys.exit(main())

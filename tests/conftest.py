@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from layoutja.textsource import file_texts
-from layoutja.vocab import VocabConfig, train_vocab
+from layoutja.text.pagetext import file_texts
+from layoutja.text.vocab import VocabConfig, train_vocab
 
 DATA = Path(__file__).parent / "data"
+TRAIN = Path(__file__).resolve().parents[1] / "train"
 SHINRA = Path(__file__).resolve().parents[2] / "shared" / "shinra-sample"
 
 
@@ -77,7 +78,7 @@ def make_corpus(root: Path, pages: int = 12) -> Path:
 @pytest.fixture(scope="session")
 def localized_dir(tmp_path_factory, unidic_dir) -> Path:
     """A small corpus localized in Chromium: Parquet parts for the training tests."""
-    from layoutja.batch import localize_corpus
+    from layoutja.localize.pool import localize_corpus
 
     root = tmp_path_factory.mktemp("localized")
     corpus = make_corpus(root / "corpus", pages=16)
@@ -149,13 +150,11 @@ def make_shinra(root: Path, pages: int = 12) -> Path:
 
 def tiny_bert(cls, tokenizer_dir: Path, out: Path, hidden: int = 32) -> Path:
     """A tiny BERT checkpoint of class `cls` with the test tokenizer, as a BERT on the hub is."""
-    import shutil
-
     import torch
     from transformers import BertConfig
 
-    from layoutja.init_model import TOKENIZER_FILES
-    from layoutja.tokenizer import load_vocab
+    from layoutja.common import copy_tokenizer
+    from layoutja.text.tokenizer import load_vocab
 
     torch.manual_seed(1)
     vocab_size = len(load_vocab(tokenizer_dir / "vocab.txt"))
@@ -168,6 +167,17 @@ def tiny_bert(cls, tokenizer_dir: Path, out: Path, hidden: int = 32) -> Path:
         max_position_embeddings=128,
     )
     cls(config).save_pretrained(out)
-    for name in TOKENIZER_FILES:
-        shutil.copy(tokenizer_dir / name, out / name)
+    copy_tokenizer(tokenizer_dir, out)
     return out
+
+
+def recipe(name: str, **settings):
+    """A recipe from train/NAME.yaml with settings overridden by their bare names
+    (max_steps=4 is schedule.max_steps), as a test writes them."""
+    import dataclasses
+
+    from layoutja.training.config import SECTIONS, load_config
+
+    where = {f.name: s for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+    overrides = {f"{where[k]}.{k}": str(v) for k, v in settings.items()}
+    return load_config(TRAIN / f"{name}.yaml", overrides)

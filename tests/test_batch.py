@@ -15,9 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from layoutja.batch import PageTask, WorkerPool, find_pages, in_shard, localize_corpus
-from layoutja.errors import UserError
-from layoutja.store import SCHEMA, Store
+from layoutja.common import UserError
+from layoutja.localize.config import LocalizeConfig
+from layoutja.localize.pool import PageTask, WorkerPool, find_pages, in_shard, localize_corpus
+from layoutja.localize.store import SCHEMA, Store
 
 from .conftest import SHINRA, make_corpus
 
@@ -122,7 +123,7 @@ def test_pool_contains_failures_and_replaces_stuck_workers(unidic_dir, tmp_path)
         PageTask(fifo, "stuck.html", "stuck", ""),
         PageTask(good, "good.html", "good", ""),
     ]
-    with WorkerPool(str(unidic_dir), 1, timeout_s=5, hard_limit_s=4) as pool:
+    with WorkerPool(str(unidic_dir), 1, LocalizeConfig(timeout_s=5), hard_limit_s=4) as pool:
         results = {task.source: (record, reason) for task, record, reason in pool.run(tasks)}
     assert "cannot read" in results["missing.html"][1]
     assert "no answer in 4 s" in results["stuck.html"][1]
@@ -174,7 +175,7 @@ def test_a_worker_that_died_while_idle_is_replaced(unidic_dir, tmp_path):
     page = tmp_path / "p.html"
     page.write_text("<p>東京</p>", encoding="utf-8")
     tasks = [PageTask(page, f"p{i}.html", f"p{i}", "") for i in range(3)]
-    with WorkerPool(str(unidic_dir), 1, timeout_s=10) as pool:
+    with WorkerPool(str(unidic_dir), 1, LocalizeConfig(timeout_s=10)) as pool:
         os.killpg(pool.slots[0].process.pid, signal.SIGKILL)  # e.g. the OOM killer
         time.sleep(0.5)
         results = list(pool.run(tasks))
@@ -193,3 +194,24 @@ def test_odd_file_names_and_chromium_version_in_the_manifest(unidic_dir, tmp_pat
     chromium = json.loads((out / "manifest.json").read_text())["chromium"]
     localize_corpus(str(corpus), str(unidic_dir), out, progress=False)  # nothing left to do
     assert json.loads((out / "manifest.json").read_text())["chromium"] == chromium
+
+
+def test_config_file_flags_manifest_and_plain_progress_lines(unidic_dir, tmp_path):
+    corpus = make_corpus(tmp_path / "shinra", pages=4)
+    config = tmp_path / "mine.yaml"
+    config.write_text("timeout_s: 30\npages_per_part: 2\nworkers: 2\n", encoding="utf-8")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "layoutja", "localize", str(corpus), "--tokenizer",
+           str(unidic_dir), "--out", str(out), "--config", str(config), "--workers", "1",
+           "--pages-per-part", "3"]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, timeout=300)  # stderr: a pipe, not a TTY
+    stderr = run.stderr.decode()  # bytes: text mode would turn "\r" into "\n"
+    assert run.returncode == 0, stderr
+    recorded = json.loads((out / "manifest.json").read_text())["config"]
+    # The file's values, with the explicit flags on top; the rest is the published setting.
+    published = LocalizeConfig().as_dict()
+    assert recorded == {**published, "timeout_s": 30.0, "pages_per_part": 3, "workers": 1}
+    assert len(list(out.glob("part-*.parquet"))) == 2  # 4 pages, 3 per part
+    # Not a terminal: plain progress lines (pages/s, ETA), no carriage-return redraws.
+    assert "\r" not in stderr
+    assert "localize: 4/4 page" in stderr and "page/s, ETA" in stderr

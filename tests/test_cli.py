@@ -137,8 +137,8 @@ def test_localize_errors_are_clear(unidic_dir, tmp_path):
 def test_init_model_and_pretrain_commands(unidic_dir, localized_dir, tmp_path):
     from transformers import BertConfig, BertForMaskedLM
 
-    from layoutja.init_model import TOKENIZER_FILES
-    from layoutja.tokenizer import load_vocab
+    from layoutja.common import TOKENIZER_FILES
+    from layoutja.text.tokenizer import load_vocab
 
     bert = tmp_path / "bert"
     size = len(load_vocab(unidic_dir / "vocab.txt"))
@@ -153,12 +153,17 @@ def test_init_model_and_pretrain_commands(unidic_dir, localized_dir, tmp_path):
     out = tmp_path / "run"
     recipe = Path(__file__).resolve().parents[1] / "train" / "mvlm-tiny.yaml"
     args = ["pretrain", "--config", recipe, "--data", localized_dir,
-            "--init", tmp_path / "lm", "--out", out, "--max-steps", "6", "--log_every=3",
-            "--learning_rate", "2e-3", "--quiet"]  # fmt: skip
+            "--init", tmp_path / "lm", "--out", out, "--schedule.max_steps", "6",
+            "--checkpoint.log_every=3",
+            "--optimizer.learning_rate", "2e-3", "--quiet"]  # fmt: skip
     result = layoutja(*args)
     assert result.returncode == 0, result.stderr.decode()
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [3, 6]
     assert metrics[0]["learning_rate"] == pytest.approx(2e-3 * 3 / 10)  # step 3 of 10 warmup
     result = layoutja(*args[:-1], "--bogus", "1")
-    assert result.returncode == 1 and "unknown setting(s) ['bogus']" in result.stderr.decode()
+    assert (
+        result.returncode == 1
+        and "unknown setting 'bogus'; valid: objective, model.*, optimizer.learning_rate"
+        in result.stderr.decode()
+    )

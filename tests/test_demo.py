@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from layoutja.score import read_jsonl
+from layoutja.shinra.score import read_jsonl
 
 from .conftest import DATA
 

@@ -21,18 +21,17 @@ from transformers import (
     pipeline,
 )
 
-from layoutja.config import load_config
-from layoutja.data import ELECTRA_MASKING, SpecialIds, mask_tokens
-from layoutja.electra import gumbel_max_sample, new_electra, replaced_tokens
-from layoutja.errors import UserError
-from layoutja.fillmask import fill_mask
-from layoutja.finetune import load_classifier
-from layoutja.pretrain import pretrain
-from layoutja.textcorpus import pack, pack_text_corpus
-from layoutja.tokenizer import JapaneseTokenizer
-from layoutja.trainer import TrainingStopped
+from layoutja.common import UserError
+from layoutja.pretrain.electra import gumbel_max_sample, new_electra, replaced_tokens
+from layoutja.pretrain.fillmask import fill_mask
+from layoutja.pretrain.task import pretrain
+from layoutja.pretrain.textcorpus import pack, pack_text_corpus
+from layoutja.pretrain.windows import ELECTRA_MASKING, SpecialIds, mask_tokens
+from layoutja.shinra.finetune import load_classifier
+from layoutja.text.tokenizer import JapaneseTokenizer
+from layoutja.training.trainer import TrainingStopped
 
-from .conftest import AIRPORTS
+from .conftest import AIRPORTS, recipe
 
 TRAIN = Path(__file__).resolve().parents[1] / "train"
 SPECIALS = SpecialIds(pad=0, cls=2, sep=3, mask=4)
@@ -40,8 +39,8 @@ ARCHITECTURE = {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads"
                 "intermediate_size": 96, "max_position_embeddings": 64}  # fmt: skip
 
 
-def tiny(**overrides) -> object:
-    return load_config(TRAIN / "electra-tiny.yaml", {k: str(v) for k, v in overrides.items()})
+def tiny(**settings) -> object:
+    return recipe("electra-tiny", **settings)
 
 
 def metrics(out: Path) -> list[dict]:
@@ -314,7 +313,7 @@ def test_resume_warns_when_the_text_changed(unidic_dir, tmp_path, capfd):
     capfd.readouterr()
     with open(tmp_path / "corpus.txt", "a", encoding="utf-8") as f:
         f.write("\n\n新しい文書である。\n")
-    config.max_steps = 6
+    config.schedule.max_steps = 6
     pretrain(config, tmp_path / "corpus.txt", out, tokenizer=str(unidic_dir), resume=True,
              progress=False)  # fmt: skip
     assert "changed since the checkpoint" in capfd.readouterr().err
@@ -327,10 +326,11 @@ def test_two_processes_pack_the_text_once_and_train_as_one_job(unidic_dir, tmp_p
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--nproc_per_node", "2", "-m", "layoutja", "pretrain",
-               "--config", str(TRAIN / "electra-tiny.yaml"), "--layout", "false",
+               "--config", str(TRAIN / "electra-tiny.yaml"), "--electra.layout", "false",
                "--data", str(tmp_path / "corpus.txt"), "--tokenizer", str(unidic_dir),
-               "--out", str(out), "--max-steps", "4", "--per_device_batch_size", "2",
-               "--log_every", "2", "--save_every", "2", "--quiet"]  # fmt: skip
+               "--out", str(out), "--schedule.max_steps", "4",
+               "--schedule.per_device_batch_size", "2", "--checkpoint.log_every", "2",
+               "--checkpoint.save_every", "2", "--quiet"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [m["step"] for m in metrics(out)] == [2, 4]
@@ -365,5 +365,5 @@ def test_electra_settings_errors_are_clear(localized_dir, unidic_dir, tmp_path):
     assert [m.config.hidden_size for m in partial.exports().values()] == [256, 768]
     with pytest.raises(UserError, match="not divisible by generator_factor"):
         new_electra(300, {**ARCHITECTURE, "hidden_size": 50}, layout=True)
-    with pytest.raises(UserError, match="layout must be true or false"):
+    with pytest.raises(UserError, match="electra.layout: expected bool"):
         tiny(layout="sometimes")

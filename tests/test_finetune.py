@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForTokenClassification, BertForMaskedLM
 
-from layoutja.config import load_config
-from layoutja.finetune import finetune
-from layoutja.score import html_mismatches, read_jsonl, score
-from layoutja.shinra import RawLines
-from layoutja.shinra_data import Page, decode, merge_windows
+from layoutja.shinra.data import Page, decode, merge_windows
+from layoutja.shinra.finetune import finetune
+from layoutja.shinra.rawpage import RawPage
+from layoutja.shinra.score import html_mismatches, read_jsonl, score
 
-from .conftest import make_shinra, tiny_bert
+from .conftest import make_shinra, recipe, tiny_bert
 
 TRAIN = Path(__file__).resolve().parents[1] / "train"
 
@@ -41,6 +40,16 @@ def bert(unidic_dir, tmp_path_factory) -> Path:
     return tiny_bert(BertForMaskedLM, unidic_dir, tmp_path_factory.mktemp("bert"), hidden=64)
 
 
+@pytest.fixture(scope="module")
+def localized(shinra, bert, tmp_path_factory) -> Path:
+    """The pages localized beforehand, as `layoutja localize` does before fine-tuning."""
+    from layoutja.localize.pool import localize_corpus
+
+    out = tmp_path_factory.mktemp("localized")
+    localize_corpus(str(shinra / "html"), str(bert), out, workers=2, progress=False)
+    return out
+
+
 def test_merge_windows_keeps_each_token_once_away_from_inner_edges():
     spans = [(0, 510), (382, 892), (764, 1000)]
     keep = merge_windows(1000, spans, 128)
@@ -49,7 +58,7 @@ def test_merge_windows_keeps_each_token_once_away_from_inner_edges():
 
 
 def test_decode_b_i_runs_to_exact_records():
-    raw = RawLines("<td>東京都大田区</td>\n<td>HND</td>")
+    raw = RawPage("<td>東京都大田区</td>\n<td>HND</td>")
     page = Page("1", "1.6.5.3", "t", Path("x"), [0] * 4, [[0] * 4] * 4,
                 [[0, 4, 0, 7], [0, 7, 0, 10], [1, 4, 1, 7], [1, 4, 1, 7]])  # fmt: skip
     names = ["O", "B-所在地", "I-所在地", "B-IATA", "I-IATA"]
@@ -61,10 +70,11 @@ def test_decode_b_i_runs_to_exact_records():
     assert decode(page, [1, 2, 4, 0], names, raw, "1.6.5.3", {"IATA"})[0]["attribute"] == "IATA"
 
 
-def test_finetune_learns_the_attributes_and_predicts_exact_offsets(shinra, bert, tmp_path):
+def test_finetune_learns_the_attributes_and_predicts_exact_offsets(
+    shinra, bert, localized, tmp_path
+):
     out = tmp_path / "ft"
-    config = load_config(TRAIN / "finetune-tiny.yaml")
-    last = finetune(config, shinra, bert, out, progress=False)
+    last = finetune(recipe("finetune-tiny"), shinra, bert, localized, out, progress=False)
     assert last["dev_macro_f1"] >= 0.9, last
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics if "dev_macro_f1" in m] == list(range(1, 31))
@@ -78,8 +88,8 @@ def test_finetune_learns_the_attributes_and_predicts_exact_offsets(shinra, bert,
     assert model.config.model_type == "layoutlm" and "B-所在地" in model.config.label2id
     predictions = tmp_path / "pred.jsonl"
     command = [sys.executable, "-m", "layoutja", "predict", "--model", str(out), "--data",
-               str(shinra), "--out", str(predictions), "--localized", str(out / "localized"),
-               "--max-length", "128", "--margin", "32", "--quiet"]  # fmt: skip
+               str(shinra), "--out", str(predictions), "--localized", str(localized),
+               "--max-length", "128", "--margin", "32"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     pred = read_jsonl(predictions)
@@ -89,16 +99,17 @@ def test_finetune_learns_the_attributes_and_predicts_exact_offsets(shinra, bert,
     assert score(gold, pred)["html_offset"]["micro"]["f1"] >= 0.9
 
 
-def test_text_only_baseline_runs_the_same_pipeline(shinra, bert, tmp_path):
-    config = load_config(TRAIN / "finetune-tiny.yaml", {"epochs": "2"})
-    last = finetune(config, shinra, bert, tmp_path / "bl", text_only=True, progress=False)
-    assert set(last) == {"epoch", "dev_macro_f1", "dev_micro_f1"} and last["epoch"] == 2
+def test_text_only_baseline_runs_the_same_pipeline(shinra, bert, localized, tmp_path):
+    config = recipe("finetune-tiny", epochs=2, text_only="true")
+    last = finetune(config, shinra, bert, localized, tmp_path / "bl", progress=False)
+    assert {"epoch", "dev_macro_f1", "dev_micro_f1", "loss", "tokens_per_s"} <= set(last)
+    assert last["epoch"] == 2
     model = AutoModelForTokenClassification.from_pretrained(tmp_path / "bl")
     assert type(model).__name__ == "BertForTokenClassification"
 
 
 def test_leaderboard_pages_in_any_of_their_shapes(tmp_path):
-    from layoutja.shinra_data import read_leaderboard_pages
+    from layoutja.shinra.data import read_leaderboard_pages
 
     lines = [
         '{"page_id": 1, "title": "A", "ENEs": {"1.1": 0.2, "1.2": 0.8}}',

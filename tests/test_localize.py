@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 import time
 import unicodedata
+from pathlib import Path
 
 import pytest
 
-from layoutja.browser import Browser
-from layoutja.localize import SPAN_CLOSE, SPAN_OPEN, localize_html
-from layoutja.tokenizer import JapaneseTokenizer
+from layoutja.common import UserError
+from layoutja.localize.browser import Browser
+from layoutja.localize.config import LocalizeConfig, load_localize_config
+from layoutja.localize.page import SPAN_CLOSE, SPAN_OPEN, localize_html
+from layoutja.text.tokenizer import JapaneseTokenizer
 
 from .conftest import SHINRA
+
+RECIPES = Path(__file__).parents[1] / "localize"
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +57,7 @@ def raw_slices(source: str, record: dict) -> list[str]:
 def test_real_pages_positions_boxes_and_geometry(tok, browser):
     pages = sorted(SHINRA.glob("Airport_HTML/*.html"))
     if not pages:
-        pytest.skip("no SHINRA sample")
+        pytest.skip(f"the real SHINRA sample is not at {SHINRA} (a clone without ../shared)")
     for path in pages:
         source = path.read_text(encoding="utf-8")
         record = localize(source, tok, browser)
@@ -192,3 +198,45 @@ def test_a_crashed_browser_restarts(tok, browser):
         localize("<p>東京</p>", tok, browser)
     browser.restart()  # what a batch worker does before retrying the page
     assert localize("<p>東京</p>", tok, browser)["tokens"] == ["東京"]
+
+
+def test_published_recipe_is_exactly_the_defaults():
+    assert load_localize_config(RECIPES / "published.yaml") == LocalizeConfig()
+    assert load_localize_config(None) == LocalizeConfig()
+    assert LocalizeConfig().viewport == (1280, 854)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("viewport: [800, 600]\n", "unknown setting 'viewport'; valid: viewport_width, "),
+        ("timeout_s: soon\n", "timeout_s: expected float"),
+        ("chromium_flags: --no-sandbox\n", "chromium_flags: expected a list of strings"),
+        ("normalization: window\n", "normalization must be one of"),
+        ("- 1\n", "a mapping"),
+    ],
+    ids=["unknown-key", "bad-number", "bad-flags", "bad-normalization", "not-a-mapping"],
+)
+def test_bad_recipes_are_clear_errors(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_localize_config(path)
+
+
+def test_viewport_and_scale_come_from_the_config(unidic_dir, tmp_path):
+    # In a subprocess: one process runs one Playwright at a time (the module's browser is open).
+    from .test_cli import layoutja
+
+    config = tmp_path / "small.yaml"
+    config.write_text("viewport_width: 800\nviewport_height: 600\ndevice_scale_factor: 2\n")
+    page = tmp_path / "page.html"
+    page.write_text("<p>東京</p>", encoding="utf-8")
+    png = tmp_path / "page.png"
+    args = ["--tokenizer", unidic_dir, "--config", config]
+    result = layoutja("show", page, *args, "--out", png)
+    assert result.returncode == 0, result.stderr.decode()
+    assert int.from_bytes(png.read_bytes()[16:20], "big") == 1600  # 800 CSS px at scale 2
+    result = layoutja("localize", page, *args)
+    assert result.returncode == 0, result.stderr.decode()
+    assert json.loads(result.stdout)["viewport_width"] == 800

@@ -13,12 +13,13 @@ import time
 import pytest
 from transformers import BertForMaskedLM
 
-from layoutja.batch import localize_corpus
-from layoutja.browser import CHROMIUM, FLAGS, VIEWPORT, Browser, RenderTimeout, script
-from layoutja.errors import UserError
-from layoutja.htmlpage import decode_html, parse_html
-from layoutja.localize import localize_html, wrap_tokens
-from layoutja.tokenizer import JapaneseTokenizer
+from layoutja.common import UserError
+from layoutja.localize.browser import CHROMIUM, Browser, RenderTimeout, script
+from layoutja.localize.config import LocalizeConfig
+from layoutja.localize.page import localize_html, wrap_tokens
+from layoutja.localize.pool import localize_corpus
+from layoutja.text.htmlpage import decode_html, parse_html
+from layoutja.text.tokenizer import JapaneseTokenizer
 
 from .conftest import SHINRA, tiny_bert
 from .hostile import hostile_pages, listeners
@@ -82,8 +83,8 @@ def test_single_page_commands_reach_nothing(unidic_dir, tmp_path):
 
 
 def test_fill_mask_on_a_layout_model_reaches_nothing(unidic_dir, tmp_path):
-    from layoutja.fillmask import fill_mask
-    from layoutja.init_model import init_model
+    from layoutja.pretrain.fillmask import fill_mask
+    from layoutja.pretrain.from_bert import init_model
 
     bert = tiny_bert(BertForMaskedLM, unidic_dir, tmp_path / "bert")
     init_model(bert, tmp_path / "layoutlm")
@@ -116,7 +117,7 @@ def test_a_page_that_hangs_ends_with_a_clear_error(unidic_dir, tmp_path):
         message = result.stderr.decode()
         assert f"{big}: " in message and "Traceback" not in message, message
     with pytest.raises(UserError, match="big.html: "):
-        from layoutja.localize import localize_file
+        from layoutja.localize.page import localize_file
 
         with Browser(timeout_s=0.5) as browser:
             localize_file(big, JapaneseTokenizer.from_pretrained(unidic_dir), browser)
@@ -148,8 +149,11 @@ def test_blocking_does_not_change_the_boxes_of_real_pages(unidic_dir):
         guarded = [browser.render(w.html, len(w.tokens)).boxes for w in wrapped]
     # The reference: the DevTools block on the top page alone, as before.
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        width, height = VIEWPORT
+        published = LocalizeConfig()
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=list(published.chromium_flags)
+        )
+        width, height = published.viewport
         context = chromium.new_context(
             viewport={"width": width, "height": height},
             device_scale_factor=1,

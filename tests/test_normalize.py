@@ -9,7 +9,7 @@ import unicodedata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layoutja.normalize import SAFE_CHARS, nfkc_with_offsets
+from layoutja.text.normalize import SAFE_CHARS, nfkc_with_offsets
 
 
 def test_safe_characters_never_interact_with_their_neighbours():

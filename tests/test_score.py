@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from layoutja.score import html_mismatches, offset_text, read_jsonl, read_targets, score
+from layoutja import common
+from layoutja.common import UserError
+from layoutja.shinra.score import html_mismatches, read_jsonl, read_targets, score
 
 from .conftest import SHINRA
 
@@ -27,7 +29,7 @@ def rounded(scores: dict) -> tuple:
 @pytest.fixture
 def sample():
     if not (SHINRA / "Airport_Mini_Answer.json").exists():
-        pytest.skip("no SHINRA sample")
+        pytest.skip(f"the real SHINRA sample is not at {SHINRA} (a clone without ../shared)")
     gold = read_jsonl(SHINRA / "Airport_Mini_Answer.json")
     pred = read_jsonl(SHINRA / "Airport_Dummy_Result.json")
     return gold, pred
@@ -96,11 +98,33 @@ def test_several_enes_macro_is_the_mean_of_enes_micro_pools_counts():
     assert rounded(result["micro"]) == (1.0, 0.5, 0.667)
 
 
-def test_offset_text_across_lines():
-    lines = ["abc", "def", "ghi"]
-    assert offset_text(lines, (0, 1), (2, 2)) == "bc\ndef\ngh"
-    assert offset_text(lines, (1, 1), (1, 3)) == "ef"
-    assert offset_text(lines, (5, 0), (5, 1)) is None
+def test_jsonl_errors_name_the_file_and_the_line(tmp_path):
+    path = tmp_path / "pred.jsonl"
+    good = json.dumps(record("1", "名前", (0, 0), (0, 2), text="a\u2028b"), ensure_ascii=False)
+    path.write_text(f"\ufeff{good}\n\n  \n{good}\r\n", encoding="utf-8")
+    assert [r["html_offset"]["text"] for r in read_jsonl(path)] == ["a\u2028b"] * 2
+    for third, reason in [("{not json", "line 3: not a SHINRA record"),
+                          ('{"page_id": 1}', "line 3: not a SHINRA record .no 'ENE'"),
+                          ("[1, 2]", "line 3: not a SHINRA record .a JSON list")]:  # fmt: skip
+        path.write_text(f"{good}\n\n{third}\n", encoding="utf-8")
+        with pytest.raises(UserError, match=f"pred.jsonl: {reason}"):
+            read_jsonl(path)
+    path.write_bytes(good.encode() + b"\n\xff\n")
+    with pytest.raises(UserError, match="line 2: not a JSON object .*utf-8"):
+        common.read_jsonl(path)
+    with pytest.raises(UserError, match="missing.jsonl: cannot read"):
+        read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_mismatches_of_a_page_and_of_offsets_off_the_page(tmp_path):
+    (tmp_path / "1.html").write_text("<p>羽田</p>\n<td>HND</td>\n", encoding="utf-8")
+    records = [record("1", "名前", (0, 3), (0, 5), text="羽田"),
+               record("1", "IATA", (1, 4), (1, 7), text="HNX"),
+               record("1", "IATA", (1, 4), (1, 40), text="HND"),
+               record("2", "名前", (0, 0), (0, 1))]  # fmt: skip
+    problems = [(b["attribute"], b["problem"]) for b in html_mismatches(records, tmp_path)]
+    assert problems == [("IATA", "offsets cut out 'HND'"), ("IATA", "offsets not on the page"),
+                        ("名前", "no such page")]  # fmt: skip
 
 
 def test_score_command_writes_the_leaderboard_json(sample, tmp_path):

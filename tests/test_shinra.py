@@ -1,29 +1,50 @@
-"""SHINRA annotations as token labels: real pages and hand-made cases."""
+"""SHINRA annotations as token labels, and raw pages: real pages and hand-made cases."""
 
 from __future__ import annotations
 
 import glob
+import json
 from collections import Counter
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from layoutja.shinra import Annotation, RawLines, label_names, page_labels, read_annotations
+from layoutja.common import UserError
+from layoutja.shinra.data import gold_records, load_pages
+from layoutja.shinra.labels import Annotation, label_names, page_labels, read_annotations
+from layoutja.shinra.predict import records_for
+from layoutja.shinra.rawpage import RawPage
+from layoutja.shinra.score import html_mismatches, score
 
 from .conftest import SHINRA
 
+# A Shift_JIS page (NEC's ① is cp932's, as browsers decode "shift_jis"); tokens per line.
+SJIS_PAGE = (
+    '<html><head><meta charset="shift_jis"><title>東京国際空港 - Wikipedia</title></head>\r\n'
+    "<body><p>東京国際空港</p>\r\n"
+    "<td>羽田①</td><td>HND</td></body></html>\r\n"
+)
+SJIS_SPANS = [[1, 9, 1, 11], [1, 11, 1, 13], [1, 13, 1, 15], [2, 4, 2, 6], [2, 6, 2, 7],
+              [2, 16, 2, 19]]  # fmt: skip
 
-def test_real_annotations_label_exactly_their_tokens(localized_dir):
+
+def annotation(attribute, start, end, text, page="1") -> Annotation:
+    return Annotation(page, "1.6.5.3", attribute, start, end, text)
+
+
+def test_real_annotations_label_exactly_their_tokens(request):
     gold = SHINRA / "Airport_Mini_Answer.json"
     if not gold.exists():
-        pytest.skip("no SHINRA sample")
+        pytest.skip(f"the real SHINRA sample is not at {SHINRA} (a clone without ../shared)")
+    localized_dir = request.getfixturevalue("localized_dir")  # localized only with the sample
     annotations = read_annotations([gold])
     names = label_names({a.attribute for a in annotations})
     rows = pq.read_table(glob.glob(str(localized_dir / "part-*.parquet"))).to_pylist()
     pages = [r for r in rows if (SHINRA / "Airport_HTML" / f"{r['page_id']}.html").exists()]
     assert pages
     for row in pages:
-        raw = RawLines((SHINRA / "Airport_HTML" / f"{row['page_id']}.html").read_text())
+        raw = RawPage.read(SHINRA / "Airport_HTML" / f"{row['page_id']}.html")
         mine = [a for a in annotations if a.page_id == row["page_id"]]
         skipped = []
         labels = page_labels(row["html_span"], raw, mine, names, skipped)
@@ -46,21 +67,18 @@ def test_real_annotations_label_exactly_their_tokens(localized_dir):
 
 def test_hand_made_page():
     source = "<p>東京国際空港</p>\n<td>羽田</td><td>HND</td>"
-    raw = RawLines(source)
+    raw = RawPage(source)
     # Tokens: 東京 / 国際 / 空港 on line 0, 羽田 and HND on line 1.
     spans = [[0, 3, 0, 5], [0, 5, 0, 7], [0, 7, 0, 9], [1, 4, 1, 6], [1, 15, 1, 18]]
 
-    def ann(attribute, start, end, text):
-        return Annotation("1", "1.6.5.3", attribute, start, end, text)
-
     annotations = [
-        ann("名前", (0, 3), (0, 9), "東京国際空港"),
-        ann("別名", (0, 5), (0, 9), "国際空港"),  # overlaps the longer 名前: dropped
-        ann("IATA", (1, 15), (1, 18), "HND"),
-        ann("IATA", (1, 15), (1, 18), "HND"),  # the same annotation twice: once
-        ann("所在地", (1, 4), (1, 6), "大阪"),  # text does not match the offsets
-        ann("所在地", (7, 0), (7, 2), "羽田"),  # outside the page
-        ann("未定義", (1, 4), (1, 6), "羽田"),  # not an extracted attribute
+        annotation("名前", (0, 3), (0, 9), "東京国際空港"),
+        annotation("別名", (0, 5), (0, 9), "国際空港"),  # overlaps the longer 名前: dropped
+        annotation("IATA", (1, 15), (1, 18), "HND"),
+        annotation("IATA", (1, 15), (1, 18), "HND"),  # the same annotation twice: once
+        annotation("所在地", (1, 4), (1, 6), "大阪"),  # text does not match the offsets
+        annotation("所在地", (7, 0), (7, 2), "羽田"),  # outside the page
+        annotation("未定義", (1, 4), (1, 6), "羽田"),  # not an extracted attribute
     ]
     names = label_names({"名前", "別名", "IATA", "所在地"})
     skipped = []
@@ -73,3 +91,75 @@ def test_hand_made_page():
         "offsets outside the page": 1,
         "attribute not extracted": 1,
     }
+
+
+def test_raw_page_positions_and_cuts():
+    raw = RawPage("ab\r\ncd\re\u2028\nf")
+    assert raw.starts == [0, 4, 7, 9, 10]  # \r\n, \r, U+2028, \n: as str.splitlines counts
+    assert raw.text((0, 1), (4, 0)) == "b\ncd\ne\n\n"
+    assert raw.text((1, 1), (1, 2)) == "d" and raw.text((1, 2), (1, 2)) == ""
+    assert raw.index((0, 2)) == 2 and raw.index((0, 3)) is None  # inside the \r\n break
+    assert raw.index((5, 0)) is None and raw.index((0, -1)) is None
+    assert raw.text((1, 2), (1, 1)) is None
+    for index in range(len(raw.source) + 1):
+        if raw.source[index - 1 : index + 1] != "\r\n":  # not between a \r\n's two halves
+            assert raw.index(raw.position(index)) == index
+    with pytest.raises(ValueError):
+        raw.position(len(raw.source) + 1)
+
+
+def test_a_shift_jis_page_is_decoded_as_the_localizer_decodes_it(tmp_path):
+    path = tmp_path / "1.html"
+    path.write_bytes(SJIS_PAGE.encode("cp932"))
+    raw = RawPage.read(path)
+    assert raw.encoding == "cp932" and raw.source == SJIS_PAGE
+    assert raw.text((1, 9), (1, 15)) == "東京国際空港" and raw.text((2, 4), (2, 7)) == "羽田①"
+    start = raw.index((2, 4))
+    assert raw.source[start : start + 3] == "羽田①" and raw.position(start) == (2, 4)
+    names = label_names({"名前", "別名"})
+    annotations = [annotation("名前", (1, 9), (1, 15), "東京国際空港"),
+                   annotation("別名", (2, 4), (2, 7), "羽田①")]  # fmt: skip
+    skipped = []
+    labels = [names[i] for i in page_labels(SJIS_SPANS, raw, annotations, names, skipped)]
+    assert labels == ["B-名前", "I-名前", "I-名前", "B-別名", "I-別名", "O"] and not skipped
+
+
+def test_an_unreadable_page_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="missing.html: cannot read the page"):
+        RawPage.read(tmp_path / "missing.html")
+    with pytest.raises(UserError, match="cannot read the page"):
+        RawPage.read(tmp_path)  # a directory
+
+
+def test_shift_jis_labels_records_and_scores_round_trip(tmp_path):
+    """Labeling, prediction and scoring all read the Shift_JIS page as the localizer does: the
+    gold labels turned back into records are the gold records, exact text included."""
+    shinra = tmp_path / "shinra"
+    (shinra / "html" / "1.6.5.3").mkdir(parents=True)
+    (shinra / "html" / "1.6.5.3" / "1.html").write_bytes(SJIS_PAGE.encode("cp932"))
+    (shinra / "annotation").mkdir()
+    gold = [annotation("名前", (1, 9), (1, 15), "東京国際空港"),
+            annotation("別名", (2, 4), (2, 7), "羽田①"),
+            annotation("IATA", (2, 16), (2, 19), "HND")]  # fmt: skip
+    lines = [json.dumps({"page_id": a.page_id, "ENE": a.ene, "attribute": a.attribute,
+                         **gold_records([a], {"1"})[0]}, ensure_ascii=False)
+             for a in gold]  # fmt: skip
+    (shinra / "annotation" / "1.6.5.3_dist.jsonl").write_text("\n".join(lines) + "\n\n")
+    localized = tmp_path / "localized"
+    localized.mkdir()
+    row = {"page_id": "1", "category": "1.6.5.3", "source": "1.6.5.3/1.html",
+           "input_ids": list(range(10, 16)), "bbox": [[0, 0, 1, 1]] * 6,
+           "html_span": SJIS_SPANS}  # fmt: skip
+    pq.write_table(pa.Table.from_pylist([row]), localized / "part-00000.parquet")
+    data = load_pages(shinra, localized)
+    assert not data.skipped
+    (page,) = data.pages
+    assert page.title == "東京国際空港"
+    records = records_for(data, data.pages, [page.labels])
+    expected = gold_records(data.annotations, {"1"})
+    key = lambda r: r["attribute"]  # noqa: E731
+    assert [r["html_offset"] for r in sorted(records, key=key)] == [
+        r["html_offset"] for r in sorted(expected, key=key)
+    ]
+    assert score(expected, records)["html_offset"]["micro"]["f1"] == 1.0
+    assert html_mismatches(records, shinra / "html") == []

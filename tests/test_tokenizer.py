@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import BertJapaneseTokenizer
 
-from layoutja.errors import UserError
-from layoutja.tokenizer import JapaneseTokenizer
+from layoutja.common import UserError
+from layoutja.text.tokenizer import JapaneseTokenizer
 
 from .conftest import real_lines
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from transformers import AutoTokenizer
 
-from layoutja.errors import UserError
-from layoutja.tokenizer import JapaneseTokenizer
-from layoutja.vocab import VocabConfig, jis_alphabet, train_vocab
+from layoutja.common import UserError
+from layoutja.localize.page import wrap_tokens
+from layoutja.text.htmlpage import decode_html, parse_html
+from layoutja.text.pagetext import file_texts
+from layoutja.text.tokenizer import JapaneseTokenizer
+from layoutja.text.vocab import VocabConfig, jis_alphabet, train_vocab
 
-from .conftest import DATA, shinra_files
+from .conftest import DATA, SHINRA, shinra_files
+
+DEMO_PAGE = Path(__file__).parents[1] / "demo" / "shinra" / "html" / "1.6.5.3" / "100001.html"
 
 HEAD = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"[unused{i}]" for i in range(10)]
 
@@ -74,6 +81,38 @@ def test_html_inputs_contribute_their_visible_text_only(tmp_path):
     vocab = read_vocab(out)
     assert "見える" in vocab
     assert not {"隠れ", "隠", "##れ"} & set(vocab)
+
+
+class _Recorder:
+    """A tokenizer stand-in that records the texts the localizer tokenizes."""
+
+    def __init__(self, tok: JapaneseTokenizer):
+        self.tok, self.texts = tok, []
+
+    def encode(self, text: str):
+        self.texts.append(text)
+        return self.tok.encode(text)
+
+
+def localizer_texts(path: Path, tok: JapaneseTokenizer) -> list[str]:
+    recorder = _Recorder(tok)
+    wrap_tokens(parse_html(*decode_html(path.read_bytes())), recorder)
+    return recorder.texts
+
+
+def test_vocabulary_text_is_the_localizers_block_text(tmp_path, unidic_dir):
+    tok = JapaneseTokenizer.from_pretrained(unidic_dir)
+    small = tmp_path / "small.html"
+    small.write_text("<p>本文</p><noscript>無効</noscript><textarea>入力</textarea>", "utf-8")
+    assert file_texts(small) == localizer_texts(small, tok) == ["本文"]
+    pages = [DEMO_PAGE, *sorted(SHINRA.glob("Airport_HTML/*.html"))[:3]]
+    for page in pages:
+        texts = file_texts(page)
+        assert len(texts) > 20 and texts == localizer_texts(page, tok), page
+    # Non-UTF-8 HTML is decoded as the browser decodes it, not skipped.
+    sjis = tmp_path / "sjis.html"
+    sjis.write_bytes('<meta charset="shift_jis"><p>東京の空港</p>'.encode("cp932"))
+    assert file_texts(sjis) == localizer_texts(sjis, tok) == ["東京の空港"]
 
 
 def test_broken_files_are_skipped_and_reported(tmp_path):

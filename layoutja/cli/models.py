@@ -1,0 +1,240 @@
+"""`layoutja` subcommands of the model stages: init-model, pretrain, finetune, predict,
+fill-mask, plot and score (the data stages are in layoutja.cli.main)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from layoutja.common import UserError
+from layoutja.training.config import add_recipe_arguments
+
+
+def cmd_init_model(args: argparse.Namespace) -> None:
+    from layoutja.pretrain.from_bert import init_model, print_report
+
+    report = init_model(args.bert, Path(args.out), args.tokenizer, args.max_2d_positions)
+    print_report(report, args.bert)
+    print(f"wrote LayoutLMForMaskedLM and its tokenizer to {args.out}", file=sys.stderr)
+
+
+def _recipe(args: argparse.Namespace):
+    from layoutja.training.config import load_config, recipe_overrides
+
+    return load_config(args.config, recipe_overrides(args, args.extra))
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from layoutja.pretrain.task import pretrain
+
+    last = pretrain(
+        _recipe(args),
+        args.data,
+        args.out,
+        init=args.init,
+        tokenizer=args.tokenizer,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    if last:
+        print(f"step {last['step']}: loss {last['loss']}; model in {args.out}", file=sys.stderr)
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from layoutja.shinra.finetune import finetune
+
+    recipe = _recipe(args)
+    if args.config is None and "objective" not in vars(args):
+        raise UserError("give --config RECIPE (e.g. train/finetune-shinra.yaml)")
+    last = finetune(
+        recipe,
+        args.data,
+        args.model,
+        args.localized,
+        args.out,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    if last.get("dev_macro_f1") is not None:
+        print(
+            f"epoch {last['epoch']}: dev macro F1 {last['dev_macro_f1']}, "
+            f"micro F1 {last['dev_micro_f1']}; model in {args.out}",
+            file=sys.stderr,
+        )
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from layoutja.shinra.predict import predict
+
+    count = predict(
+        args.model,
+        args.data,
+        args.localized,
+        args.out,
+        leaderboard=args.pages,
+        max_length=args.max_length,
+        margin=args.margin,
+    )
+    print(f"wrote {count} records to {args.out}", file=sys.stderr)
+
+
+def cmd_fill_mask(args: argparse.Namespace) -> None:
+    from layoutja.pretrain.fillmask import fill_mask
+
+    for n, candidates in enumerate(fill_mask(args.model, args.text, args.top_k), 1):
+        print(f"[MASK] {n}:")
+        for token, probability in candidates:
+            print(f"  {probability:.4f}  {token}")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from layoutja.training.plot import plot_runs
+
+    plot_runs([Path(r) for r in args.runs], Path(args.out))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    from layoutja.shinra.score import format_table, html_mismatches, read_jsonl, read_targets, score
+
+    gold = [record for path in args.gold for record in read_jsonl(path)]
+    pred = read_jsonl(args.pred)
+    targets = read_targets(args.target) if args.target else None
+    result = score(gold, pred, targets)
+    print(format_table(result))
+    if args.html:
+        bad = html_mismatches(pred, args.html)
+        print(f"\npredictions whose html_offset does not cut out their text: {len(bad)}")
+        for record in bad:
+            print(f"  {record['page_id']} {record['attribute']}: {record['problem']}")
+    if args.out:  # html_offset scores at the top (the leaderboard's), the others beside them
+        report = {**result.get("html_offset", {}), **{k: v for k, v in result.items()}}
+        if args.html:
+            report["html_mismatches"] = bad
+        Path(args.out).write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n")
+
+
+def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
+    """The model-stage subcommands: init-model, pretrain, finetune, predict, fill-mask, plot,
+    score."""
+    p = sub.add_parser(
+        "init-model",
+        help="make a LayoutLM (MVLM) from a BERT checkpoint, with fresh 2-D embeddings",
+        description="Copy every weight of a BERT checkpoint (BertForPreTraining, "
+        "BertForMaskedLM or BertModel; a directory or a hub name) into a LayoutLMForMaskedLM "
+        "whose x, y, h and w position embeddings are new, and write it with its tokenizer.",
+    )
+    p.add_argument("--from", dest="bert", required=True, metavar="BERT", help="BERT dir or name")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--tokenizer", help="tokenizer to ship with it (default: the BERT's own)")
+    p.add_argument(
+        "--max-2d-positions", type=int, default=1024, help="2-D embedding rows (default: 1024)"
+    )
+    p.set_defaults(func=cmd_init_model)
+
+    p = sub.add_parser(
+        "pretrain",
+        allow_abbrev=False,
+        help="pretrain LayoutLM (MVLM) or ELECTRA (1 CPU to many GPUs)",
+        description="Train with a recipe from train/ (objective mvlm or electra) on the "
+        "Parquet output of `layoutja localize`, or, for text-only ELECTRA, on a plain-text "
+        "corpus (one sentence per line, a blank line between documents). Runs directly or under "
+        "`accelerate launch`. Every recipe setting can be overridden as --section.key VALUE "
+        "(e.g. --optimizer.learning_rate 1e-4 --schedule.mixed_precision bf16 "
+        "--electra.layout false --model.hidden_size 128). The output directory gets "
+        "checkpoints/, metrics.jsonl, tensorboard/ and, at the end, the Hugging Face model(s) "
+        "with the tokenizer (ELECTRA: generator/ and discriminator/).",
+    )
+    p.add_argument(
+        "--data", required=True, help="localized Parquet directory, or a text file/directory"
+    )
+    p.add_argument("--init", help="MVLM: BERT (converted on the fly) or LayoutLM dir / hub name")
+    p.add_argument(
+        "--tokenizer",
+        help="tokenizer directory (default: the model's or the data's; "
+        "required to train from scratch on text)",
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_recipe_arguments(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser(
+        "finetune",
+        allow_abbrev=False,
+        help="fine-tune for SHINRA attribute extraction (token classification)",
+        description="Label the tokens of a SHINRA directory's pages (annotation/<ENE>_dist.jsonl, "
+        "html/<ENE>/<page_id>.html, optionally an ENE definition JSONL), localized beforehand "
+        "with `layoutja localize DATA/html --tokenizer MODEL --out LOCALIZED`, and train "
+        "LayoutLMForTokenClassification (or, with finetune.text_only, a BERT or text-only "
+        "ELECTRA token classifier: the baseline). The dev F1 (held-out pages, the SHINRA "
+        "scorer) is logged after every epoch. Recipe settings: --section.key VALUE.",
+    )
+    p.add_argument("--data", required=True, help="SHINRA directory")
+    p.add_argument("--model", required=True, help="LayoutLM (pretrained) or BERT directory")
+    p.add_argument(
+        "--localized", required=True, help="the pages localized with the model's tokenizer"
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_recipe_arguments(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser(
+        "predict",
+        help="predict SHINRA attribute values with a fine-tuned model",
+        description="Localize the pages of a SHINRA directory, label their tokens with a "
+        "fine-tuned model (windows merged, margin/2 tokens dropped at inner edges) and write "
+        "SHINRA records (page_id, title, ENE, attribute, html_offset with the exact raw text).",
+    )
+    p.add_argument("--model", required=True, help="fine-tuned model directory")
+    p.add_argument("--data", required=True, help="SHINRA directory (html/<ENE>/<id>.html)")
+    p.add_argument("--out", required=True, help="predictions JSONL")
+    p.add_argument("--localized", required=True, help="the pages, localized beforehand")
+    p.add_argument(
+        "--pages", help="leaderboard input JSONL (page_id, title, ENEs): records per given ENE"
+    )
+    p.add_argument("--max-length", type=int, default=512, help="window length (default: 512)")
+    p.add_argument("--margin", type=int, default=128, help="window overlap (default: 128)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "fill-mask",
+        help="print the top candidates for each [MASK] in a text",
+        description="Text-only masked LMs answer through transformers' fill-mask pipeline; "
+        "a LayoutLM (e.g. an MVLM run) gets the text rendered and localized first.",
+    )
+    p.add_argument("--model", required=True, help="model directory (with its tokenizer)")
+    p.add_argument("text", metavar="TEXT", help="text with one or more [MASK]")
+    p.add_argument("--top-k", type=int, default=5, help="candidates per mask (default: 5)")
+    p.set_defaults(func=cmd_fill_mask)
+
+    p = sub.add_parser(
+        "plot",
+        help="plot the loss (and dev F1) of training runs as a PNG",
+        description="Read each run's metrics.jsonl and draw its loss curve (and the dev "
+        "macro F1 of fine-tuning runs) in one PNG.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (or metrics.jsonl)")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser(
+        "score",
+        help="score SHINRA attribute-extraction output as the official scorer does",
+        description="Per ENE and attribute precision, recall and F1 on exact offset matches "
+        "(html_offset and text_offset separately), macro and micro averages, and the mean over "
+        "ENEs; the official SHINRA scorer's conventions (see layoutja/score.py).",
+    )
+    p.add_argument(
+        "--gold", required=True, nargs="+", help="gold annotations (JSONL; one file per ENE)"
+    )
+    p.add_argument("--pred", required=True, help="system output (JSONL)")
+    p.add_argument("--target", help="page ids to score (CSV/lines; default: the gold pages)")
+    p.add_argument("--out", help="write the scores as JSON here")
+    p.add_argument("--html", help="HTML directory: check that offsets cut out each text")
+    p.set_defaults(func=cmd_score)

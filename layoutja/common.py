@@ -1,0 +1,128 @@
+"""What every stage shares: the error the CLI reports, progress, JSONL, tokenizer files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+class UserError(Exception):
+    """Bad input from the user (a file, a directory, an option): printed as one clear line."""
+
+
+class Progress:
+    """Progress of long work: a tqdm bar on a terminal; elsewhere (make, CI, SLURM logs) one plain
+    line every `interval` seconds and one at the end, instead of thousands of bar redraws."""
+
+    def __init__(self, total: int, unit: str, desc: str, enabled: bool = True,
+                 initial: int = 0, interval: float = 30.0, scale: bool = False):  # fmt: skip
+        self.total, self.unit, self.desc, self.n = total, unit, desc, initial
+        self.enabled, self.interval, self.scale = enabled, interval, scale
+        self.postfix = ""
+        self._bar = None
+        self._start = self._last = time.monotonic()
+        self._initial = initial
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, unit=unit, desc=desc,
+                             unit_scale=scale, dynamic_ncols=True, leave=False)  # fmt: skip
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif self.enabled and time.monotonic() - self._last >= self.interval:
+            self._line()
+
+    def set_postfix(self, **values: object) -> None:
+        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+        if self._bar is not None:
+            self._bar.set_postfix(values, refresh=False)
+
+    def write(self, message: str) -> None:
+        """A message that does not break the bar."""
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def _line(self) -> None:
+        self._last = now = time.monotonic()
+        rate = (self.n - self._initial) / max(now - self._start, 1e-9)
+        left = (self.total - self.n) / rate if rate > 0 and self.total else 0
+        done = f"{self.n}/{self.total}"
+        if self.scale:
+            done = f"{self.n / 1e6:.1f}/{self.total / 1e6:.1f}M"
+        eta = time.strftime("%H:%M:%S", time.gmtime(left)) if rate > 0 else "?"
+        extra = f", {self.postfix}" if self.postfix else ""
+        print(f"{self.desc}: {done} {self.unit}, {rate:.2f} {self.unit}/s, ETA {eta}{extra}",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled and self.n > self._initial:
+            self._line()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_jsonl(
+    path: str | Path, parse: Callable[[dict], Any] | None = None, what: str = "a JSON object"
+) -> list[Any]:
+    """The records of a JSONL file (blank lines skipped), each passed through `parse` if given.
+
+    A file that cannot be read, a line that is not a JSON object, or one `parse` rejects
+    (KeyError, TypeError, ValueError) is a UserError naming the file and the line. Lines end only
+    at `\\n` (a raw U+2028 inside a JSON string does not split a record).
+    """
+    out = []
+    try:
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line.decode("utf-8-sig" if number == 1 else "utf-8"))
+                    if not isinstance(record, dict):
+                        raise TypeError(f"a JSON {type(record).__name__}, not an object")
+                    out.append(parse(record) if parse else record)
+                except KeyError as e:
+                    raise UserError(f"{path}: line {number}: not {what} (no {e})") from None
+                except (TypeError, ValueError) as e:  # JSON and UTF-8 errors are ValueErrors
+                    raise UserError(f"{path}: line {number}: not {what} ({e})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+    return out
+
+
+# The files of a MeCab BertJapaneseTokenizer directory: what every written model carries.
+TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    """Copy the tokenizer files of `src` into `dst`, so AutoTokenizer loads `dst`."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (src / name).exists():
+            shutil.copy(src / name, dst / name)
+
+
+def model_type(name_or_path: str | Path, what: str = "a model config") -> str:
+    """The `model_type` of a model directory or hub name, or a clear error naming it."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(name_or_path)).model_type
+    except (OSError, ValueError) as e:
+        raise UserError(f"{name_or_path}: cannot load {what}: {e}") from None

@@ -1,0 +1,353 @@
+"""Localize a corpus: find the pages, split them into shards, keep N browser workers busy.
+
+Each worker is a process with its own tokenizer and Chromium, started in its own process group so
+that the whole group (Playwright's driver and Chromium included) can be killed. The parent hands
+out one page at a time and stores results as they come (`store`). Failures are contained:
+
+- a Playwright error (crashed or hung browser, per-page timeout) makes the worker restart its
+  browser and try the page once more; a page that fails again is reported as failed;
+- any other error on a page (e.g. it cannot be read) fails that page only;
+- a worker that dies or stops answering (past twice the page timeout plus a margin) is killed
+  and replaced, and its page is tried once more in the new worker before it counts as failed.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from layoutja.common import Progress, UserError
+from layoutja.localize.config import LocalizeConfig
+from layoutja.text.pagetext import HTML_SUFFIXES
+
+if TYPE_CHECKING:
+    from layoutja.localize.store import Store
+
+
+@dataclass(frozen=True)
+class PageTask:
+    path: Path
+    source: str  # path relative to the input root, POSIX style: the page's key in the output
+    page_id: str
+    category: str  # SHINRA category (the directory above the file), "" for flat layouts
+
+
+def find_pages(src: str) -> list[PageTask]:
+    """The HTML pages under SRC: a SHINRA root (with `html/`), a directory, or a glob, sorted."""
+    path = Path(src)
+    if any(c in src for c in "*?["):
+        files = [Path(p) for p in glob.glob(src, recursive=True)]
+        root = Path(os.path.commonpath([p.parent for p in files])) if files else path.parent
+    elif path.is_dir():
+        root = path / "html" if (path / "html").is_dir() else path
+        files = [p for p in root.rglob("*") if p.suffix.lower() in HTML_SUFFIXES]
+    elif path.exists():
+        root, files = path.parent, [path]
+    else:
+        raise UserError(f"{src}: no such file or directory")
+    files = sorted(p for p in files if p.is_file() and p.suffix.lower() in HTML_SUFFIXES)
+    if not files:
+        raise UserError(f"{src}: no .html files found")
+    tasks = []
+    for p in files:
+        rel = p.relative_to(root)
+        category = _printable(rel.parent.as_posix()) if rel.parent != Path(".") else ""
+        tasks.append(PageTask(p, _printable(rel.as_posix()), _printable(p.stem), category))
+    return tasks
+
+
+def _printable(name: str) -> str:
+    """A file name as valid Unicode: undecodable bytes (surrogates from the OS) as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' → (I, N), 0 ≤ I < N."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text!r}: expected I/N, e.g. 0/8") from None
+    if not 0 <= index < count:
+        raise UserError(f"--shard {text!r}: need 0 <= I < N")
+    return index, count
+
+
+def in_shard(task: PageTask, shard: tuple[int, int]) -> bool:
+    """Deterministic split by a hash of the page's relative path (stable when pages are added)."""
+    index, count = shard
+    digest = hashlib.blake2b(task.source.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count == index
+
+
+# --- worker process -------------------------------------------------------------------------
+def _worker(conn: Connection, tokenizer_dir: str, config: LocalizeConfig) -> None:
+    os.setsid()  # its own process group: the parent can kill it with its browser
+    from playwright.sync_api import Error as PlaywrightError
+
+    from layoutja.localize.browser import Browser, RenderTimeout
+    from layoutja.localize.page import localize_html
+    from layoutja.text.tokenizer import JapaneseTokenizer
+
+    try:
+        tokenizer = JapaneseTokenizer.from_pretrained(tokenizer_dir)
+        browser = Browser(config)
+    except Exception as e:  # e.g. no Chromium: nothing can work, tell the parent
+        conn.send(("fatal", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", browser.version))
+    while (task := conn.recv()) is not None:
+        for attempt in (1, 2):
+            try:
+                record = localize_html(task.path.read_bytes(), tokenizer, browser)
+                record.update(page_id=task.page_id, category=task.category, source=task.source)
+                conn.send(("ok", record))
+                break
+            except (PlaywrightError, RenderTimeout) as e:
+                browser.restart()
+                if attempt == 2:
+                    conn.send(("failed", f"browser: {_first_line(e)} (after a restart and retry)"))
+            except OSError as e:
+                conn.send(("failed", f"cannot read: {e.strerror or e}"))
+                break
+            except Exception as e:
+                conn.send(("failed", f"{type(e).__name__}: {_first_line(e)}"))
+                break
+    browser.close()
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
+
+
+@dataclass
+class _Slot:
+    process: multiprocessing.Process
+    conn: Connection
+    task: PageTask | None = None
+    since: float = 0.0
+    ready: bool = False
+
+
+class WorkerPool:
+    """N localizing worker processes; `run` yields (task, record or None, failure reason)."""
+
+    def __init__(
+        self, tokenizer_dir: str, workers: int, config: LocalizeConfig, hard_limit_s: float = 0.0
+    ):
+        self.tokenizer_dir = tokenizer_dir
+        self.config = config
+        # Enough for a soft timeout, a browser restart and a retry, unless given.
+        self.hard_limit_s = hard_limit_s or 2 * config.timeout_s + 30
+        self._context = multiprocessing.get_context("spawn")  # no Playwright state is forked
+        self.slots = [self._spawn() for _ in range(workers)]
+        self.chromium_version = self._wait_ready()
+
+    def _spawn(self) -> _Slot:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(
+            target=_worker, args=(child, self.tokenizer_dir, self.config), daemon=True
+        )
+        process.start()
+        child.close()
+        return _Slot(process, parent)
+
+    def _wait_ready(self) -> str:
+        version = ""
+        for slot in self.slots:
+            if not slot.conn.poll(self.hard_limit_s):
+                raise UserError("the browser worker did not start in time")
+            kind, value = self._recv(slot)
+            if kind != "ready":
+                raise UserError(f"the browser worker could not start: {value}")
+            slot.ready, version = True, value
+        return version
+
+    @staticmethod
+    def _recv(slot: _Slot) -> tuple[str, object]:
+        try:
+            return slot.conn.recv()
+        except (EOFError, OSError):
+            return "died", "the worker process died"
+
+    def _kill(self, slot: _Slot) -> None:
+        try:
+            os.killpg(slot.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        slot.process.join(5)
+        slot.conn.close()
+
+    def run(self, tasks: list[PageTask]) -> Iterator[tuple[PageTask, dict | None, str]]:
+        queue = deque((task, 1) for task in tasks)
+        attempts: dict[str, int] = {}
+        while queue or any(s.task for s in self.slots):
+            for slot in self.slots:
+                if slot.task is None and slot.ready and queue:
+                    slot.task, attempt = queue.popleft()
+                    attempts[slot.task.source] = attempt
+                    slot.since = time.monotonic()
+                    try:
+                        slot.conn.send(slot.task)
+                    except OSError:  # it died while idle (e.g. the OOM killer): the next
+                        slot.since = -math.inf  # check below replaces it; the page goes again
+            busy = [s for s in self.slots if s.task]
+            ready = wait([s.conn for s in busy] + [s.process.sentinel for s in busy], timeout=1.0)
+            now = time.monotonic()
+            for i, slot in enumerate(self.slots):
+                if slot.task is None:
+                    continue
+                task = slot.task
+                if slot.conn in ready:
+                    kind, value = self._recv(slot)
+                    if kind in ("ok", "failed"):
+                        slot.task = None
+                        yield (task, value, "") if kind == "ok" else (task, None, value)
+                        continue
+                    reason = str(value)
+                elif (
+                    slot.process.sentinel in ready
+                    or not slot.process.is_alive()
+                    or now - slot.since > self.hard_limit_s
+                ):
+                    reason = (
+                        "the worker process died"
+                        if not slot.process.is_alive()
+                        else f"no answer in {self.hard_limit_s:.0f} s (killed)"
+                    )
+                else:
+                    continue
+                # The worker is gone or stuck: replace it; try the page once more.
+                self._kill(slot)
+                self.slots[i] = self._spawn()
+                self._wait_one(self.slots[i])
+                if slot.since == -math.inf:  # never reached the dead worker: not an attempt
+                    queue.appendleft((task, attempts[task.source]))
+                elif attempts[task.source] == 1:
+                    queue.appendleft((task, 2))
+                else:
+                    yield task, None, reason
+
+    def _wait_one(self, slot: _Slot) -> None:
+        if slot.conn.poll(self.hard_limit_s) and self._recv(slot)[0] == "ready":
+            slot.ready = True
+        else:
+            raise UserError("a replacement browser worker could not start")
+
+    def close(self) -> None:
+        for slot in self.slots:
+            try:
+                slot.conn.send(None)
+            except OSError:
+                pass
+        for slot in self.slots:
+            slot.process.join(10)
+            if slot.process.is_alive():
+                self._kill(slot)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def localize_corpus(
+    src: str,
+    tokenizer_dir: str,
+    out: Path,
+    config: LocalizeConfig | None = None,
+    *,
+    workers: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+    timeout_s: float | None = None,
+    pages_per_part: int | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Localize every page of SRC in this shard that OUT does not hold yet; returns a summary.
+
+    `config` is the setting (default: the published one); `workers`, `timeout_s` and
+    `pages_per_part`, when given, override it.
+    """
+    from layoutja.localize.store import Store
+    from layoutja.text.tokenizer import resolve_tokenizer_dir, vocab_sha256
+
+    config = (config or LocalizeConfig()).override(
+        workers=workers, timeout_s=timeout_s, pages_per_part=pages_per_part
+    )
+    tasks = [t for t in find_pages(src) if in_shard(t, shard)]
+    tokenizer_path = resolve_tokenizer_dir(tokenizer_dir)
+    settings = {
+        "tokenizer": str(tokenizer_dir),
+        "tokenizer_vocab_sha256": vocab_sha256(tokenizer_path),
+        "viewport": list(config.viewport),
+        "device_scale_factor": config.device_scale_factor,
+        "normalization": config.normalization,
+        "source": str(src),
+        "config": config.as_dict(),
+    }
+    store = Store(out, shard, settings, config.pages_per_part, retry_failed)
+    pending = [t for t in tasks if t.source not in store.done and t.source not in store.failed]
+    summary = {"pages": len(tasks), "skipped": len(tasks) - len(pending), "ok": 0, "failed": 0}
+    summary.update(tokens=0, dropped_tokens=0)
+    start = time.monotonic()
+    if pending:
+        count = max(1, min(config.worker_count, len(pending)))
+        with WorkerPool(str(tokenizer_path), count, config) as pool:
+            _note_chromium(store, pool.chromium_version, out)
+            with Progress(len(pending), "page", "localize", enabled=progress, interval=10) as bar:
+                for task, record, reason in pool.run(pending):
+                    _store(store, task, record, reason, summary)
+                    bar.update()
+                    bar.set_postfix(tokens=summary["tokens"], failed=summary["failed"])
+    store.close()
+    elapsed = time.monotonic() - start
+    summary.update(
+        seconds=round(elapsed, 2),
+        pages_per_s=round(summary["ok"] / elapsed, 2) if elapsed else 0.0,
+        out=str(out),
+        failures=str(store.failures_path) if store.failed else None,
+        totals=store.counts(),
+    )
+    return summary
+
+
+def _note_chromium(store: Store, version: str, out: Path) -> None:
+    """Record the Chromium version in the manifest; note a change from an earlier run."""
+    earlier = store.settings.get("chromium")
+    if earlier and earlier != version:
+        print(
+            f"note: {out} was begun with Chromium {earlier}; this run uses {version} "
+            "(both are in the manifest)",
+            file=sys.stderr,
+        )
+        store.settings.setdefault("chromium_earlier", []).append(earlier)
+    store.settings["chromium"] = version
+
+
+def _store(store: Store, task: PageTask, record: dict | None, reason: str, summary: dict) -> None:
+    """Store one page's result (or its failure) and count it in `summary`."""
+    if record is not None:
+        try:
+            store.add(record)
+        except Exception as e:  # e.g. a value the schema cannot hold
+            record, reason = None, f"cannot store: {type(e).__name__}: {e}"
+    if record is None:
+        store.fail(task.source, reason)
+        summary["failed"] += 1
+        return
+    summary["ok"] += 1
+    summary["tokens"] += len(record["tokens"])
+    summary["dropped_tokens"] += record["dropped"]

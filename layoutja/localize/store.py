@@ -1,0 +1,250 @@
+"""The output of a localization run: Parquet parts, a journal, failures and a manifest.
+
+A run over a million pages must never lose finished work, and a reader must never see a
+half-written file:
+
+- every finished page is appended at once to a journal (an Arrow IPC stream, flushed per page),
+  so `kill -9` loses only the pages in flight; a torn last record is ignored on recovery;
+- every `pages_per_part` pages the journal becomes a Parquet part, written under a temporary
+  name and renamed into place (atomic), and the journal starts again;
+- `failures.jsonl` gets one line per page that could not be localized, with the reason;
+- the manifest records what the data was made with (tokenizer vocabulary hash, Chromium version,
+  viewport, normalization) and the counts, and is rewritten atomically after every part.
+
+A run that starts where another stopped recovers the journal into a part, then skips every page
+found in the parts (and, unless asked to retry them, in failures). Shards of one corpus
+(`--shard I/N`) may share an output directory: each has its own file names.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from layoutja.common import UserError
+
+FORMAT = "layoutja-localized/1"
+SCHEMA = pa.schema(
+    [
+        ("page_id", pa.string()),
+        ("category", pa.string()),
+        ("source", pa.string()),  # path relative to the input root: the key for resuming
+        ("encoding", pa.string()),
+        ("tokens", pa.list_(pa.string())),
+        ("input_ids", pa.list_(pa.int32())),
+        ("bbox", pa.list_(pa.list_(pa.int16(), 4))),  # normalized 0-1000: x0, y0, x1, y1
+        ("px", pa.list_(pa.list_(pa.float32(), 4))),  # CSS pixels in the document
+        ("html_span", pa.list_(pa.list_(pa.int32(), 4))),  # start line, offset, end line, offset
+        ("dropped", pa.int32()),  # tokens not rendered (all-zero box), not stored
+        ("viewport_width", pa.int32()),  # layout width measured
+        ("page_width", pa.float32()),
+        ("page_height", pa.float32()),
+        ("body", pa.list_(pa.float32(), 4)),  # the frame boxes were normalized against
+    ]
+)
+# Run settings that must match for pages to be mixed in one output directory.
+MUST_MATCH = ("format", "tokenizer_vocab_sha256", "viewport", "normalization")
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write to a temporary name, flush it to disk, rename: readers see all of it or nothing."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    write(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _lock(path: Path, shard: tuple[int, int], out: Path):
+    """Hold an exclusive lock on this shard of `out` for the life of the process."""
+    handle = open(path, "w")  # noqa: SIM115 - held open on purpose, released when it closes
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UserError(
+            f"{out}: another run is writing shard {shard[0]}/{shard[1]} here; wait for it or "
+            "use another --out"
+        ) from None
+    return handle
+
+
+class Store:
+    """The files of one shard of a run in `out` (see the module docstring)."""
+
+    def __init__(
+        self,
+        out: Path,
+        shard: tuple[int, int],
+        settings: dict,
+        pages_per_part: int = 500,
+        retry_failed: bool = False,
+    ):
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        index, count = shard
+        tag = "" if count == 1 else f"-{index:05d}-of-{count:05d}"
+        self.tag = f"{index:05d}-of-{count:05d}"
+        self.manifest_path = out / f"manifest{tag}.json"
+        self.failures_path = out / f"failures{tag}.jsonl"
+        self.journal_path = out / f"journal-{self.tag}.arrows"
+        self.pages_per_part = pages_per_part
+        self.settings = {"format": FORMAT, **settings, "shard": [index, count]}
+        self.parts: dict[str, dict] = {}
+        self._lock = _lock(out / f".lock-{self.tag}", shard, out)
+        self._check_settings()
+        for stale in [*out.glob(f".tmp-*{self.tag}*"), out / f".tmp-{self.manifest_path.name}"]:
+            stale.unlink(missing_ok=True)  # a write that was killed before its rename
+        self.failed = self._read_failures(retry_failed)
+        self.done: set[str] = set()
+        self._batches: list[pa.RecordBatch] = []
+        self._journal = None
+        self._recover_journal()
+        self.write_manifest()
+
+    # --- start-up -------------------------------------------------------------------------
+    def _check_settings(self) -> None:
+        if not self.manifest_path.exists():
+            return
+        old = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        for key in MUST_MATCH:
+            if old.get(key) != self.settings.get(key):
+                raise UserError(
+                    f"{self.manifest_path}: this output was made with {key}={old.get(key)!r}, "
+                    f"not {self.settings.get(key)!r}; use another --out"
+                )
+        self.parts = old.get("parts", {})
+        if old.get("chromium"):
+            self.settings.setdefault("chromium", old["chromium"])
+
+    def _read_failures(self, retry: bool) -> dict[str, dict]:
+        failed = {}
+        if self.failures_path.exists():
+            text = self.failures_path.read_text(encoding="utf-8")
+            if text and not text.endswith("\n"):  # a line torn by a kill: end it
+                with open(self.failures_path, "a", encoding="utf-8") as f:
+                    f.write("\n")
+            for line in text.splitlines():
+                try:
+                    entry = json.loads(line)
+                    failed[entry["source"]] = entry
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue  # a line torn by a kill
+        if retry and failed:
+            self.failures_path.unlink()
+            return {}
+        return failed
+
+    def _recover_journal(self) -> None:
+        # Done: every page in any part here (also other shards' and another shard count's).
+        for part in sorted(self.out.glob("part-*.parquet")):
+            sources = pq.read_table(part, columns=["source"]).column("source").to_pylist()
+            self.done.update(sources)
+        # This shard's parts as they are on disk (one may have been written after the last
+        # manifest, or deleted by hand since).
+        known = self.parts
+        self.parts = {
+            part.name: known.get(part.name) or _part_stats(pq.read_table(part))
+            for part in self._part_files()
+        }
+        if not self.journal_path.exists():
+            return
+        batches = []
+        try:
+            with pa.OSFile(str(self.journal_path)) as f, pa.ipc.open_stream(f) as reader:
+                for batch in reader:
+                    batches.append(batch)
+        except (pa.ArrowInvalid, OSError):
+            pass  # a torn tail (the page being written when the run was killed)
+        self._batches = [b for b in batches if _source(b) not in self.done]
+        self.done.update(_source(b) for b in self._batches)
+        self._flush_part()
+        self.journal_path.unlink(missing_ok=True)
+
+    # --- while running --------------------------------------------------------------------
+    def add(self, record: dict) -> None:
+        """Store one localized page durably (journal) and roll a part when enough are in."""
+        batch = pa.RecordBatch.from_pylist([record], schema=SCHEMA)
+        if self._journal is None:
+            self._sink = open(self.journal_path, "wb")  # noqa: SIM115 - closed in _roll
+            self._journal = pa.ipc.new_stream(self._sink, SCHEMA)
+        self._journal.write_batch(batch)
+        self._sink.flush()
+        self._batches.append(batch)
+        self.done.add(record["source"])
+        if len(self._batches) >= self.pages_per_part:
+            self._roll()
+
+    def fail(self, source: str, reason: str) -> None:
+        entry = {"source": source, "reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        with open(self.failures_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self.failed[source] = entry
+
+    def close(self) -> None:
+        """Write what is left as a part and the final manifest; release the shard."""
+        self._roll()
+        self._lock.close()
+
+    def _roll(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._sink.close()
+            self._journal = None
+        self._flush_part()
+        self.journal_path.unlink(missing_ok=True)
+        self.write_manifest()
+
+    def _flush_part(self) -> None:
+        if not self._batches:
+            return
+        seq = 1 + max((int(p.stem.rsplit("-", 1)[1]) for p in self._part_files()), default=-1)
+        path = self.out / f"part-{self.tag}-{seq:05d}.parquet"
+        table = pa.Table.from_batches(self._batches, schema=SCHEMA)
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+        self.parts[path.name] = _part_stats(table)
+        self._batches = []
+
+    def _part_files(self) -> list[Path]:
+        return sorted(self.out.glob(f"part-{self.tag}-*.parquet"))
+
+    def counts(self) -> dict:
+        """Pages, tokens and dropped tokens in the parts, and failed pages, of this shard."""
+        stats = list(self.parts.values())
+        return {
+            "pages": sum(s["pages"] for s in stats) + len(self._batches),
+            "tokens": sum(s["tokens"] for s in stats)
+            + sum(_part_stats(b)["tokens"] for b in self._batches),
+            "dropped_tokens": sum(s["dropped_tokens"] for s in stats)
+            + sum(_part_stats(b)["dropped_tokens"] for b in self._batches),
+            "failed": len(self.failed),
+        }
+
+    def write_manifest(self) -> None:
+        manifest = {
+            **self.settings,
+            "counts": self.counts(),
+            "parts": self.parts,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        text = json.dumps(manifest, ensure_ascii=False, indent=1)
+        atomic_write(self.manifest_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _source(batch: pa.RecordBatch) -> str:
+    return batch.column("source")[0].as_py()
+
+
+def _part_stats(table: pa.Table | pa.RecordBatch) -> dict:
+    return {
+        "pages": table.num_rows,
+        "tokens": pc.sum(pc.list_value_length(table.column("tokens"))).as_py() or 0,
+        "dropped_tokens": pc.sum(table.column("dropped")).as_py() or 0,
+    }

@@ -1,0 +1,1 @@
+"""Pretraining: windows and masking, MVLM, ELECTRA, a LayoutLM made from a BERT."""

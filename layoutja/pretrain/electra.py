@@ -1,0 +1,207 @@
+"""ELECTRA pretraining: a small generator fills the masks, a discriminator spots replaced tokens.
+
+As in the izumi-lab Japanese ELECTRA (and Clark et al. 2020): the generator has the
+discriminator's depth and its hidden size, heads and FFN divided by `factor` (3); the whole
+embedding module is one set of tensors shared by both; the generator's LM head decodes with those
+word embeddings. A step masks 15% of the tokens (85% `[MASK]`, 15% unchanged; masking happens in
+the data loader), the generator predicts them, a token is sampled from its distribution at each
+masked position (Gumbel-max; no gradient flows through the sample), and the discriminator
+labels every real token: 1 where the sample differs from the original. The loss is the
+generator's MLM loss + `discriminator_weight` (50) × the discriminator's BCE.
+
+Two forms share the objective:
+- text-only: transformers' `ElectraForMaskedLM` (generator) and `ElectraForPreTraining`
+  (discriminator), exported as they are;
+- layout-aware: the discriminator is a `LayoutLMModel` with ELECTRA's discriminator head, the
+  generator a `LayoutElectraGenerator` (`layout_electra`); both take the 2-D boxes through
+  the shared LayoutLM embeddings. The discriminator exports as a LayoutLM directory.
+
+As in MVLM, the generator's vocabulary projection is computed only at the masked positions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    ElectraConfig,
+    ElectraForMaskedLM,
+    ElectraForPreTraining,
+    LayoutLMConfig,
+    LayoutLMModel,
+    PreTrainedModel,
+)
+from transformers.models.electra.modeling_electra import ElectraDiscriminatorPredictions
+
+from layoutja.common import UserError
+from layoutja.pretrain.layout_electra import LayoutElectraGenerator, LayoutElectraGeneratorConfig
+from layoutja.training.log import model_flops_per_token
+
+# The discriminator's size where a recipe's model section leaves it out (ELECTRA base).
+BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "intermediate_size": 3072}  # fmt: skip
+
+
+class LayoutDiscriminator(nn.Module):
+    """A LayoutLMModel with ELECTRA's discriminator head (dense, activation, one logit)."""
+
+    def __init__(self, config: LayoutLMConfig):
+        super().__init__()
+        self.layoutlm = LayoutLMModel(config)
+        # The pooler takes no part in ELECTRA: frozen, so DDP does not wait for its gradients.
+        self.layoutlm.pooler.requires_grad_(False)
+        self.head = ElectraDiscriminatorPredictions(config)
+        for layer in (self.head.dense, self.head.dense_prediction):  # as the body's layers
+            nn.init.normal_(layer.weight, std=config.initializer_range)
+            nn.init.zeros_(layer.bias)
+
+    def forward(
+        self, input_ids: torch.Tensor, bbox: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        hidden = self.layoutlm(input_ids=input_ids, bbox=bbox, attention_mask=attention_mask)
+        return self.head(hidden.last_hidden_state)
+
+
+def generator_architecture(architecture: dict, factor: int) -> dict:
+    """The generator's settings: the discriminator's width, heads and FFN divided by `factor`,
+    the same depth; its embeddings stay the discriminator's width (they are shared)."""
+    wide = {**BASE, **architecture}
+    narrow = {**wide, "embedding_size": wide["hidden_size"]}
+    for key in ("hidden_size", "num_attention_heads", "intermediate_size"):
+        if wide[key] % factor:
+            raise UserError(
+                f"model.{key} {wide[key]} is not divisible by generator_factor {factor}"
+            )
+        narrow[key] = wide[key] // factor
+    return narrow
+
+
+def gumbel_max_sample(logits: torch.Tensor) -> torch.Tensor:
+    """One token per row drawn from softmax(logits): argmax(logits + Gumbel noise)."""
+    # In place: at 32 × 512 tokens and a 32k vocabulary each (masked, vocabulary) float32
+    # temporary is about 300 MB.
+    noise = torch.rand(logits.shape, device=logits.device, dtype=torch.float32)
+    noise.add_(1e-9).log_().neg_().add_(1e-9).log_().neg_()  # Gumbel(0, 1)
+    return noise.add_(logits).argmax(-1)
+
+
+def replaced_tokens(
+    input_ids: torch.Tensor, labels: torch.Tensor, sampled: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The discriminator's input and labels.
+
+    `input_ids` is the masked batch, `labels` the original token where a position was selected
+    for masking (-100 elsewhere), `sampled` the generator's token for each selected position in
+    row-major order. Every selected position gets its sample; a position is labeled 1 (replaced)
+    exactly where its token now differs from the original.
+    """
+    selected = labels != -100
+    original = torch.where(selected, labels, input_ids)
+    corrupted = input_ids.clone()
+    corrupted[selected] = sampled
+    return corrupted, (corrupted != original).float()
+
+
+class ElectraPretraining(nn.Module):
+    """Generator and discriminator in one module whose forward returns the step's losses."""
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, layout: bool,
+                 discriminator_weight: float = 50.0):  # fmt: skip
+        super().__init__()
+        self.generator, self.discriminator = generator, discriminator
+        self.layout, self.discriminator_weight = layout, discriminator_weight
+        # One embedding module for both, then the generator's LM head tied to its words.
+        if layout:
+            generator.embeddings = discriminator.layoutlm.embeddings
+        else:
+            generator.electra.embeddings = discriminator.electra.embeddings
+            generator.tie_weights()
+
+    def _generator_logits(
+        self,
+        input_ids: torch.Tensor,
+        bbox: torch.Tensor | None,
+        attention_mask: torch.Tensor,
+        selected: torch.Tensor,
+    ) -> torch.Tensor:
+        """Vocabulary logits at the selected positions only: (selected tokens, vocabulary)."""
+        if self.layout:
+            hidden = self.generator.hidden(input_ids, bbox, attention_mask)
+            return self.generator.lm_logits(hidden[selected])
+        gen = self.generator
+        hidden = gen.electra(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return gen.generator_lm_head(gen.generator_predictions(hidden[selected]))
+
+    def _discriminator_logits(
+        self, input_ids: torch.Tensor, bbox: torch.Tensor | None, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        if self.layout:
+            return self.discriminator(input_ids, bbox, attention_mask)
+        return self.discriminator(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        bbox: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        selected = labels != -100
+        logits = self._generator_logits(input_ids, bbox, attention_mask, selected)
+        if len(logits):
+            generator_loss = F.cross_entropy(logits.float(), labels[selected])
+            with torch.no_grad():
+                sampled = gumbel_max_sample(logits)
+        else:  # nothing masked (short windows): a zero loss that still reaches every
+            # generator weight, so data-parallel ranks all-reduce the same gradients
+            generator_loss = logits.sum() * 0.0
+            sampled = labels[selected]
+        corrupted, replaced = replaced_tokens(input_ids, labels, sampled)
+        disc_logits = self._discriminator_logits(corrupted, bbox, attention_mask)
+        real = attention_mask.bool()
+        discriminator_loss = F.binary_cross_entropy_with_logits(
+            disc_logits[real].float(), replaced[real]
+        )
+        return {
+            "loss": generator_loss + self.discriminator_weight * discriminator_loss,
+            "generator_loss": generator_loss.detach(),
+            "discriminator_loss": discriminator_loss.detach(),
+        }
+
+    def exports(self) -> dict[str, PreTrainedModel]:
+        """What to save where: the generator and the discriminator (for the layout-aware form,
+        its LayoutLM body, which AutoModel loads and fine-tuning starts from)."""
+        discriminator = self.discriminator.layoutlm if self.layout else self.discriminator
+        return {"generator": self.generator, "discriminator": discriminator}
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Both encoders on every token; the LM head only at masked positions (the
+        discriminator's one-logit head is negligible)."""
+        generator, discriminator = (m.config for m in self.exports().values())
+        return model_flops_per_token(generator, seq_len) + model_flops_per_token(
+            discriminator, seq_len, mask_fraction=0.0
+        )
+
+
+def new_electra(vocab_size: int, architecture: dict, *, layout: bool, factor: int = 3,
+                discriminator_weight: float = 50.0) -> ElectraPretraining:  # fmt: skip
+    """A randomly initialized generator/discriminator pair from the recipe's `model` section
+    (the discriminator's settings; ELECTRA base's where it leaves one out)."""
+    narrow = generator_architecture(architecture, factor)
+    architecture = {**BASE, **architecture}
+    try:
+        if layout:
+            discriminator = LayoutDiscriminator(
+                LayoutLMConfig(vocab_size=vocab_size, **architecture)
+            )
+            generator = LayoutElectraGenerator(
+                LayoutElectraGeneratorConfig(vocab_size=vocab_size, **narrow)
+            )
+        else:
+            wide = {"embedding_size": architecture["hidden_size"], **architecture}
+            discriminator = ElectraForPreTraining(ElectraConfig(vocab_size=vocab_size, **wide))
+            generator = ElectraForMaskedLM(ElectraConfig(vocab_size=vocab_size, **narrow))
+    except TypeError as e:
+        raise UserError(f"model settings: {e}") from None
+    return ElectraPretraining(generator, discriminator, layout, discriminator_weight)

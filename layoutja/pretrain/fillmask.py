@@ -1,0 +1,58 @@
+"""`layoutja fill-mask`: the top candidates for each [MASK] of a text.
+
+A text-only masked LM (BERT, an ELECTRA generator) answers through transformers' fill-mask
+pipeline. A layout-aware model (LayoutLM from an MVLM run, a layout-aware ELECTRA generator)
+needs boxes, so the text is first rendered as a small HTML page and localized like any page;
+`[MASK]` stays one token there and gets the box of its rendered text.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForMaskedLM
+
+from layoutja.common import UserError, model_type
+from layoutja.pretrain import layout_electra
+
+LAYOUT_AWARE = ("layoutlm", layout_electra.MODEL_TYPE)
+
+
+def fill_mask(model_dir: str | Path, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+    """For each [MASK] in `text`, the `top_k` (token, probability) pairs."""
+    if "[MASK]" not in text:
+        raise UserError("the text has no [MASK] to fill")
+    if model_type(model_dir) not in LAYOUT_AWARE:
+        from transformers import pipeline
+
+        answers = pipeline("fill-mask", model=str(model_dir), top_k=top_k)(text)
+        answers = [answers] if answers and isinstance(answers[0], dict) else answers
+        return [[(a["token_str"], a["score"]) for a in one] for one in answers]
+    return _fill_layoutlm(Path(model_dir), text, top_k)
+
+
+@torch.no_grad()
+def _fill_layoutlm(model_dir: Path, text: str, top_k: int) -> list[list[tuple[str, float]]]:
+    from layoutja.localize.browser import Browser
+    from layoutja.localize.page import localize_html, rendering
+    from layoutja.pretrain.windows import CLS_BOX, SEP_BOX
+    from layoutja.text.tokenizer import JapaneseTokenizer, load_vocab
+
+    tokenizer = JapaneseTokenizer.from_pretrained(model_dir)
+    page = f"<!DOCTYPE html><html><body><p>{html.escape(text)}</p></body></html>"
+    with Browser() as browser, rendering("the text to fill"):
+        record = localize_html(page.encode("utf-8"), tokenizer, browser)
+    vocab = load_vocab(model_dir / "vocab.txt")
+    ids = [vocab["[CLS]"], *record["input_ids"], vocab["[SEP]"]]
+    boxes = [CLS_BOX, *record["bbox"], SEP_BOX]  # as in training windows
+    model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
+    logits = model(input_ids=torch.tensor([ids]), bbox=torch.tensor([boxes])).logits[0]
+    tokens = {i: t for t, i in vocab.items()}
+    out = []
+    for position in (i for i, t in enumerate(ids) if t == vocab["[MASK]"]):
+        probabilities = logits[position].softmax(-1)
+        best = probabilities.topk(top_k)
+        out.append([(tokens[i], p) for p, i in zip(best.values.tolist(), best.indices.tolist())])
+    return out

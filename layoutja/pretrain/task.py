@@ -1,0 +1,244 @@
+"""The pretraining task (MVLM or ELECTRA), trained by the one Trainer.
+
+The objective comes from the recipe: `mvlm` trains a LayoutLM masked LM on localized pages
+(`mvlm`); `electra` a generator and a discriminator (`electra`), layout-aware on localized pages
+or text-only on localized pages or a plain-text corpus (`textcorpus`). A step is exactly
+reproducible: masking and dropout are seeded from (seed, step, rank) and the data position is
+(epoch, windows taken), so a run that is stopped and resumed takes the same steps as one that
+was not.
+
+Output directory:
+    config.json, model.safetensors, vocab.txt, ...  the exported MVLM model (at the end), or
+    generator/, discriminator/                       the exported ELECTRA models
+    packed/                                          a plain-text corpus, tokenized and packed
+    checkpoints/step-0000100/   model, optimizer, scheduler, scaler, RNG (accelerate) + position
+    metrics.jsonl, tensorboard/, recipe.yaml
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel
+
+from layoutja.common import UserError
+from layoutja.pretrain.electra import ElectraPretraining, new_electra
+from layoutja.pretrain.mvlm import MVLMModel, load_layoutlm, new_layoutlm
+from layoutja.pretrain.textcorpus import pack_text_corpus, wait_until_packed
+from layoutja.pretrain.windows import (
+    ELECTRA_MASKING,
+    MVLM_MASKING,
+    MaskedBatches,
+    SpecialIds,
+    WindowStream,
+    localized_files,
+)
+from layoutja.text.tokenizer import load_vocab, resolve_tokenizer_dir, vocab_sha256
+from layoutja.training.config import Recipe
+from layoutja.training.trainer import Trainer
+
+
+def data_tokenizer(data: Path, init: str | None, tokenizer: str | None) -> Path:
+    """The tokenizer the data was made with; the model's vocabulary must be the same."""
+    manifests = sorted(data.glob("manifest*.json")) if data.is_dir() else []
+    manifest = json.loads(manifests[0].read_text(encoding="utf-8")) if manifests else {}
+    candidates = [c for c in (tokenizer, init, manifest.get("tokenizer")) if c]
+    path = next((Path(c) for c in candidates if (Path(c) / "vocab.txt").exists()), None)
+    if path is None:
+        if not candidates:
+            raise UserError(f"{data}: no manifest names its tokenizer; give --tokenizer")
+        path = resolve_tokenizer_dir(candidates[0])
+    expected = manifest.get("tokenizer_vocab_sha256")
+    if expected and vocab_sha256(path) != expected:
+        raise UserError(
+            f"{path}: not the vocabulary {data} was localized with (vocab.txt hashes differ)"
+        )
+    return path
+
+
+def data_fingerprint(files: list[Path]) -> str:
+    """Names and sizes of the data parts: a resume checks it still reads the same data."""
+    listing = json.dumps([[f.name, f.stat().st_size] for f in files])
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+
+def is_text_corpus(data: Path) -> bool:
+    """A plain-text corpus: a text file, or a directory of .txt files without localized parts."""
+    if not data.exists():
+        raise UserError(f"{data}: no such file or directory")
+    if data.is_dir():
+        return not any(data.glob("part-*.parquet")) and any(data.rglob("*.txt"))
+    return data.suffix != ".parquet"
+
+
+def build_model(
+    recipe: Recipe, vocab_size: int, tokenizer_dir: Path, init: str | None
+) -> MVLMModel | ElectraPretraining:
+    """The training module of the recipe's objective: its forward returns the loss(es), its
+    `exports()` the Hugging Face models to save."""
+    if recipe.objective == "electra":
+        if init:
+            raise UserError("ELECTRA trains from scratch: give --tokenizer DIR, not --init")
+        if not recipe.model:
+            raise UserError("an ELECTRA recipe needs a model section (the discriminator's size)")
+        e = recipe.electra
+        return new_electra(
+            vocab_size,
+            recipe.model,
+            layout=e.layout,
+            factor=e.generator_factor,
+            discriminator_weight=e.discriminator_weight,
+        )
+    if init:
+        mlm = load_layoutlm(init, tokenizer_dir)
+    elif recipe.model:
+        mlm = new_layoutlm(vocab_size, recipe.model)
+    else:
+        raise UserError("give --init MODEL (a BERT or LayoutLM), or a recipe with a model section")
+    if mlm.config.vocab_size != vocab_size:
+        raise UserError(
+            f"{tokenizer_dir}: {vocab_size} tokens, the model has {mlm.config.vocab_size}"
+        )
+    return MVLMModel(mlm)
+
+
+class PretrainTask:
+    """MVLM or ELECTRA on localized pages (or a packed text corpus): windows streamed part by
+    part in a seeded order, each rank reading only its own parts, masked in a DataLoader
+    worker while the model trains."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        trainer: Trainer,
+        data: Path,
+        out: Path,
+        *,
+        init: str | None = None,
+        tokenizer: str | None = None,
+    ):
+        if recipe.objective not in ("mvlm", "electra"):
+            raise UserError(
+                f"objective {recipe.objective!r}: layoutja pretrain trains mvlm or electra"
+            )
+        self.recipe, self.trainer = recipe, trainer
+        self.boxes = recipe.objective == "mvlm" or recipe.electra.layout
+        text = is_text_corpus(data)
+        if text and self.boxes:
+            raise UserError(
+                f"{data}: plain text has no boxes; it trains text-only ELECTRA "
+                "(objective: electra, electra.layout: false), or localize pages first"
+            )
+        if text and not tokenizer:
+            raise UserError(f"{data}: plain text; give --tokenizer DIR (its vocabulary)")
+        self.tokenizer_dir = data_tokenizer(data, init, tokenizer)
+        vocab = load_vocab(self.tokenizer_dir / "vocab.txt")
+        self.vocab_size, self.specials = len(vocab), SpecialIds.from_vocab(vocab)
+        self.model = build_model(recipe, len(vocab), self.tokenizer_dir, init)
+        positions = min(m.config.max_position_embeddings for m in self.model.exports().values())
+        max_length = recipe.data.max_length
+        if max_length > positions:
+            raise UserError(f"data.max_length {max_length} > the model's {positions} positions")
+        if text:  # tokenized once, by the main process; the other ranks wait for it
+            packed = out / "packed"
+            if trainer.is_main:
+                pack_text_corpus(
+                    data,
+                    self.tokenizer_dir,
+                    packed,
+                    max_length - 2,
+                    workers=len(os.sched_getaffinity(0)),
+                    progress=trainer.progress,
+                )
+            else:
+                wait_until_packed(data, self.tokenizer_dir, packed, max_length - 2)
+            data = packed
+        self.files = localized_files(data)
+        if self.boxes and "bbox" not in pq.read_schema(self.files[0]).names:
+            raise UserError(f"{data}: tokens without boxes (packed text): text-only ELECTRA only")
+        self.fingerprint = data_fingerprint(self.files)
+        self.max_steps = recipe.schedule.max_steps
+
+    def batches(self, position: list[int], step: int) -> Iterator[tuple[list[dict], list[int]]]:
+        recipe, trainer = self.recipe, self.trainer
+        stream = WindowStream(
+            self.files,
+            self.specials,
+            seed=recipe.schedule.seed,
+            rank=trainer.rank,
+            world=trainer.world,
+            max_length=recipe.data.max_length,
+            margin=recipe.data.margin,
+        )
+        masking = ELECTRA_MASKING if recipe.objective == "electra" else MVLM_MASKING
+        masking = dataclasses.replace(masking, probability=recipe.data.mask_probability)
+        accumulation = trainer.accumulation
+        masked = MaskedBatches(
+            stream,
+            tuple(position),
+            step,
+            accumulation,
+            recipe.schedule.per_device_batch_size,
+            self.vocab_size,
+            masking,
+            recipe.data.max_length,
+            boxes=self.boxes,
+        )
+        workers = recipe.data.data_workers
+        # Started here, before the trainer seeds its first step: starting a DataLoader draws
+        # from torch's RNG, which would shift dropout in a resumed run.
+        loader = iter(
+            DataLoader(
+                masked,
+                batch_size=None,
+                num_workers=workers,
+                prefetch_factor=4 * accumulation if workers else None,
+            )
+        )
+
+        def steps() -> Iterator[tuple[list[dict], list[int]]]:
+            while True:
+                micro_batches = []
+                for _ in range(accumulation):
+                    batch, position = next(loader)
+                    micro_batches.append(batch)
+                yield micro_batches, list(position)
+
+        return steps()
+
+    def exports(self, model: torch.nn.Module) -> dict[str, PreTrainedModel]:
+        return model.exports()
+
+    def flops_per_token(self) -> float:
+        return self.model.flops_per_token(self.recipe.data.max_length)
+
+    def evaluates(self, step: int) -> bool:
+        return False  # pretraining reports its losses only
+
+    def evaluate(self, model: torch.nn.Module, step: int) -> dict:
+        return {}
+
+
+def pretrain(
+    recipe: Recipe,
+    data: str | Path,
+    out: str | Path,
+    *,
+    init: str | None = None,
+    tokenizer: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Pretrain on localized pages (or, for text-only ELECTRA, a plain-text corpus); returns
+    the last logged metrics (main process)."""
+    trainer = Trainer(recipe, out, resume=resume, progress=progress)
+    task = PretrainTask(recipe, trainer, Path(data), Path(out), init=init, tokenizer=tokenizer)
+    return trainer.fit(task)

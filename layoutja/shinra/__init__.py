@@ -1,0 +1,1 @@
+"""SHINRA attribute extraction: labels, the fine-tuning task, prediction, the scorer."""

@@ -1,0 +1,75 @@
+"""The SHINRA token classifier: a token classification head on a pretrained encoder, and its
+batches of labeled windows."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForTokenClassification,
+    BertForTokenClassification,
+    LayoutLMConfig,
+    LayoutLMForTokenClassification,
+)
+
+from layoutja.common import UserError, model_type
+from layoutja.pretrain.from_bert import layoutlm_from_bert, quiet_loading
+from layoutja.pretrain.windows import collate
+from layoutja.shinra.data import IGNORE
+
+
+class TokenClassifier(nn.Module):
+    """A token classification model whose forward returns the loss (one module for DDP)."""
+
+    def __init__(self, model: nn.Module, text_only: bool):
+        super().__init__()
+        self.model, self.text_only = model, text_only
+
+    def forward(self, input_ids, bbox, attention_mask, labels) -> torch.Tensor:
+        boxes = {} if self.text_only else {"bbox": bbox}
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, labels=labels, **boxes
+        ).loss
+
+    def labels(self, batch: dict) -> torch.Tensor:
+        boxes = {} if self.text_only else {"bbox": batch["bbox"]}
+        logits = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **boxes
+        ).logits
+        return logits.argmax(-1)
+
+
+def load_classifier(model_dir: str, names: list[str], text_only: bool) -> nn.Module:
+    """A token classification head on a pretrained LayoutLM (a BERT is converted), or for
+    `text_only` on a BERT or an ELECTRA discriminator."""
+    labels = {"num_labels": len(names), "id2label": dict(enumerate(names)),
+              "label2id": {n: i for i, n in enumerate(names)}}  # fmt: skip
+    kind = model_type(model_dir)
+    # A new head on a pretrained body: transformers' "newly initialized" report is expected.
+    with quiet_loading():
+        if text_only:  # a BERT, or the discriminator of a text-only ELECTRA run
+            model_class = (
+                BertForTokenClassification
+                if kind == "layoutlm"
+                else AutoModelForTokenClassification
+            )
+            return model_class.from_pretrained(model_dir, **labels, dtype=torch.float32)
+        if kind == "layoutlm":
+            return LayoutLMForTokenClassification.from_pretrained(
+                model_dir, **labels, dtype=torch.float32
+            )
+    if kind == "bert":
+        mlm, _ = layoutlm_from_bert(model_dir)
+        config = LayoutLMConfig(**{**mlm.config.to_dict(), **labels})
+        model = LayoutLMForTokenClassification(config)
+        model.layoutlm.load_state_dict(mlm.layoutlm.state_dict())
+        return model
+    raise UserError(f"{model_dir}: a {kind} model; fine-tuning takes LayoutLM or BERT")
+
+
+def labeled_batch(items: list[dict], pad: int) -> dict:
+    batch = collate([(w["input_ids"], w["bbox"]) for w in items], pad)
+    labels = torch.full_like(batch["input_ids"], IGNORE)
+    for row, w in enumerate(items):
+        labels[row, : len(w["labels"])] = torch.tensor(w["labels"])
+    return {**batch, "labels": labels}

@@ -1,0 +1,182 @@
+"""Score SHINRA attribute-extraction output exactly as the official SHINRA scorer does.
+
+The official scorer's conventions (../shared/shinra-sample/README.md), per ENE:
+- the attributes scored are those in the gold file, names normalized ASCII → full width
+  (`IATA（空港コード）` → `ＩＡＴＡ（空港コード）`) on both sides;
+- only target pages are scored (default: the gold pages); target ids are stripped of
+  whitespace (the official reader keeps the space after each comma of `target.csv`, so every id
+  but the first fails to match: a bug not reproduced here);
+- per attribute, TP/FP/FN count the *sets* of (page, start line, start offset, end line, end
+  offset): exact match, duplicates count once; P/R/F1 are 0 when TP is 0;
+- macro = the mean over attributes of P, of R and of F1, each separately; micro = P/R/F1 of the
+  pooled counts. `html_offset` and `text_offset` are scored separately.
+Over several ENEs (SHINRA 2022) the overall macro is the mean over ENEs of their macro scores and
+the overall micro pools every count.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from layoutja import common
+from layoutja.common import UserError
+from layoutja.shinra.rawpage import RawPage
+
+OFFSET_KINDS = ("html_offset", "text_offset")
+_ASCII_TO_FULL = {c: c + 0xFEE0 for c in range(0x21, 0x7F)} | {0x20: 0x3000}
+
+
+def normalize_attribute(name: str) -> str:
+    """ASCII → full width, as the official scorer compares attribute names."""
+    return name.translate(_ASCII_TO_FULL)
+
+
+def _record(record: dict) -> dict:
+    for key in ("page_id", "ENE", "attribute"):
+        record[key] = str(record[key])
+    return record
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Records of a SHINRA JSONL file (page_id, ENE and attribute as strings); a malformed line
+    is a UserError naming the line."""
+    return common.read_jsonl(path, _record, "a SHINRA record")
+
+
+def read_targets(path: str | Path) -> set[str]:
+    """Page ids from a target file: comma- and/or line-separated, whitespace stripped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+    return {item.strip() for item in re.split(r"[,\n]", text) if item.strip()}
+
+
+def _key(record: dict, kind: str) -> tuple | None:
+    offset = record.get(kind)
+    if not offset:
+        return None
+    try:
+        start, end = offset["start"], offset["end"]
+        return (
+            record["page_id"],
+            int(start["line_id"]),
+            int(start["offset"]),
+            int(end["line_id"]),
+            int(end["offset"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _prf(tp: int, fp: int, fn: int) -> dict:
+    precision = tp / (tp + fp) if tp else 0.0
+    recall = tp / (tp + fn) if tp else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+
+
+def _mean(scores: list[dict]) -> dict:
+    n = len(scores) or 1
+    return {k: sum(s[k] for s in scores) / n for k in ("precision", "recall", "f1")}
+
+
+def score(gold: list[dict], pred: list[dict], targets: set[str] | None = None) -> dict:
+    """{kind: {"macro", "micro", "per_ene": {ENE: {"macro", "micro", "attributes"}}}}."""
+    result = {}
+    for kind in OFFSET_KINDS:
+        if not any(kind in g for g in gold):
+            continue
+        pages = targets if targets is not None else {g["page_id"] for g in gold}
+        gold_sets: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+        for g in gold:
+            key = _key(g, kind)
+            gold_sets[g["ENE"]][normalize_attribute(g["attribute"])]  # the attribute exists
+            if key and g["page_id"] in pages:
+                gold_sets[g["ENE"]][normalize_attribute(g["attribute"])].add(key)
+        pred_sets: dict[str, dict[str, set]] = defaultdict(lambda: defaultdict(set))
+        for p in pred:
+            key = _key(p, kind)
+            if key and p["page_id"] in pages:
+                pred_sets[p["ENE"]][normalize_attribute(p["attribute"])].add(key)
+        per_ene, totals = {}, [0, 0, 0]
+        for ene in sorted(gold_sets):
+            attributes, counts = {}, [0, 0, 0]
+            for attribute in sorted(gold_sets[ene]):
+                g, p = gold_sets[ene][attribute], pred_sets[ene][attribute]
+                tp, fp, fn = len(g & p), len(p - g), len(g - p)
+                attributes[attribute] = _prf(tp, fp, fn)
+                counts = [counts[0] + tp, counts[1] + fp, counts[2] + fn]
+            micro = _prf(*counts)
+            per_ene[ene] = {
+                "macro": _mean(list(attributes.values())),
+                "micro": {k: micro[k] for k in ("precision", "recall", "f1")},
+                "attributes": attributes,
+            }
+            totals = [a + b for a, b in zip(totals, counts, strict=True)]
+        overall = _prf(*totals)
+        result[kind] = {
+            "macro": _mean([e["macro"] for e in per_ene.values()]),
+            "micro": {k: overall[k] for k in ("precision", "recall", "f1")},
+            "per_ene": per_ene,
+        }
+    if not result:
+        raise UserError("the gold file has no html_offset or text_offset annotations")
+    return result
+
+
+def html_mismatches(records: list[dict], html_dir: str | Path) -> list[dict]:
+    """Records whose html_offset does not cut out their text from the raw page (or no page).
+
+    (The official checker's "HTML annotation errors" count includes its CSV header row: 4 for
+    the sample's 3 mismatches.)
+    """
+    html_dir = Path(html_dir)
+    cache: dict[str, RawPage | None] = {}
+    bad = []
+    for r in records:
+        offset = r.get("html_offset")
+        if not offset:
+            continue
+        page = r["page_id"]
+        if page not in cache:
+            paths = [html_dir / f"{page}.html", html_dir / r["ENE"] / f"{page}.html"]
+            found = next((p for p in paths if p.exists()), None)
+            cache[page] = RawPage.read(found) if found else None
+        if cache[page] is None:
+            bad.append({**r, "problem": "no such page"})
+            continue
+        key = _key(r, "html_offset")
+        text = cache[page].text(key[1:3], key[3:5]) if key else None
+        if text is None:
+            bad.append({**r, "problem": "offsets not on the page"})
+        elif text != offset.get("text"):
+            bad.append({**r, "problem": f"offsets cut out {text!r}"})
+    return bad
+
+
+def format_table(result: dict) -> str:
+    """Per attribute, per ENE and overall P/R/F1, one block per offset kind."""
+    rows = []
+    for kind, scores in result.items():
+        rows.append(f"== {kind} ==")
+        rows.append(f"{'':40} {'P':>6} {'R':>6} {'F1':>6} {'TP':>5} {'FP':>5} {'FN':>5}")
+        for ene, e in scores["per_ene"].items():
+            for name, s in e["attributes"].items():
+                rows.append(
+                    f"{ene} {name:<30.30} {s['precision']:6.3f} {s['recall']:6.3f} "
+                    f"{s['f1']:6.3f} {s['tp']:5d} {s['fp']:5d} {s['fn']:5d}"
+                )
+            for avg in ("macro", "micro"):
+                s = e[avg]
+                rows.append(
+                    f"{ene} ({avg}){'':<22} {s['precision']:6.3f} {s['recall']:6.3f} {s['f1']:6.3f}"
+                )
+        for avg in ("macro", "micro"):
+            s = scores[avg]
+            rows.append(
+                f"overall {avg:<32} {s['precision']:6.3f} {s['recall']:6.3f} {s['f1']:6.3f}"
+            )
+    return "\n".join(rows)

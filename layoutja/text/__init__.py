@@ -1,0 +1,1 @@
+"""Text: NFKC with offsets, MeCab, the tokenizer, vocabulary training, the page-text reader."""

@@ -1,0 +1,1 @@
+"""The training machinery every task shares: recipes, the trainer, metrics logs."""

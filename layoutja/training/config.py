@@ -1,0 +1,243 @@
+"""Training recipes: sectioned dataclasses, filled from the YAML files in `train/`.
+
+A recipe has an `objective` and sections; the defaults below are the published MVLM recipe
+(train/mvlm-base.yaml spells them out) and are the only defaults there are:
+
+    objective: mvlm | electra | token-classification
+    model:      the architecture of a model built from scratch (a transformers config mapping)
+    optimizer:  Adam(W) settings, gradient clipping
+    schedule:   steps or epochs, warmup, batch sizes, precision, seed
+    data:       window length and overlap, masking, background batch workers
+    checkpoint: how often to log and save, how many checkpoints to keep
+    electra:    ELECTRA's own settings (layout-aware or not, generator size, loss weight)
+    finetune:   SHINRA fine-tuning's own settings (dev split, text-only baseline)
+
+The command line is derived from the same dataclasses (`add_recipe_arguments`): every setting
+is `--section.key VALUE` (values parsed as YAML, e.g. `--optimizer.learning_rate 1e-4`,
+`--model.hidden_size 128`), and an unknown key is refused with the valid names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from layoutja.common import UserError
+
+OBJECTIVES = ("mvlm", "electra", "token-classification")
+
+
+def setting(default: Any, help: str) -> Any:
+    """A recipe field with its `--help` text."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Optimizer:
+    learning_rate: float = setting(5e-5, "peak learning rate")
+    adam_beta1: float = setting(0.9, "Adam beta1")
+    adam_beta2: float = setting(0.999, "Adam beta2")
+    adam_epsilon: float = setting(1e-8, "Adam epsilon")
+    weight_decay: float = setting(0.0, "decoupled weight decay (0: plain Adam)")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm (0: off)")
+
+
+@dataclass
+class Schedule:
+    max_steps: int = setting(100_000, "optimizer steps (fine-tuning: used when epochs is 0)")
+    epochs: int = setting(0, "fine-tuning: passes over the training windows (0: max_steps)")
+    warmup_steps: int = setting(1000, "linear warmup steps, then linear decay to 0")
+    global_batch_size: int = setting(256, "= per-device batch × devices × accumulation")
+    per_device_batch_size: int = setting(32, "micro-batch size on one device")
+    mixed_precision: str = setting("fp16", "fp16 | bf16 | no (CPU runs without it)")
+    seed: int = setting(42, "seed of data order, masking, dropout and the dev split")
+
+
+@dataclass
+class Data:
+    max_length: int = setting(512, "window length, [CLS] and [SEP] included")
+    margin: int = setting(128, "overlap of consecutive windows")
+    mask_probability: float = setting(0.15, "share of tokens masked (MVLM, ELECTRA)")
+    data_workers: int = setting(1, "background processes preparing batches (0: in the loop)")
+
+
+@dataclass
+class Checkpoint:
+    log_every: int = setting(10, "steps between metrics lines")
+    save_every: int = setting(1000, "steps between checkpoints")
+    keep_checkpoints: int = setting(3, "checkpoints kept (the latest ones)")
+
+
+@dataclass
+class Electra:
+    layout: bool = setting(True, "with boxes (layout-aware) or text-only")
+    generator_factor: int = setting(3, "the generator's width is the discriminator's / this")
+    discriminator_weight: float = setting(50.0, "loss = generator MLM + this × BCE")
+
+
+@dataclass
+class Finetune:
+    dev_fraction: float = setting(0.1, "share of pages held out for the dev F1")
+    text_only: bool = setting(False, "no boxes: a BERT or ELECTRA token classifier (baseline)")
+
+
+@dataclass
+class Recipe:
+    objective: str = "mvlm"
+    model: dict = field(default_factory=dict)
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    schedule: Schedule = field(default_factory=Schedule)
+    data: Data = field(default_factory=Data)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    electra: Electra = field(default_factory=Electra)
+    finetune: Finetune = field(default_factory=Finetune)
+
+    def dump(self) -> str:
+        """The recipe as YAML, sections in order (what `recipe.yaml` of a run holds)."""
+        return yaml.safe_dump(dataclasses.asdict(self), allow_unicode=True, sort_keys=False)
+
+
+SECTIONS = {f.name: get_type_hints(Recipe)[f.name] for f in dataclasses.fields(Recipe)
+            if dataclasses.is_dataclass(get_type_hints(Recipe)[f.name])}  # fmt: skip
+
+
+def valid_keys() -> list[str]:
+    """Every setting's `section.key` name."""
+    keys = ["objective", "model.*"]
+    for section, cls in SECTIONS.items():
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+    """A YAML value as the field's type: YAML reads 5e-5 as a string and a bare `no` as false."""
+    if kind is str and value is False:
+        return "no"
+    if kind is bool and isinstance(value, bool):
+        return value
+    try:
+        if kind in (int, float) and not isinstance(value, bool):
+            number = kind(value)
+            if kind is int and isinstance(value, float) and number != value:
+                raise ValueError
+            return number
+        if kind is str and isinstance(value, str):
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise UserError(f"{name}: expected {kind.__name__}, got {value!r}")
+
+
+def _parse(key: str, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UserError(f"--{key}: cannot parse {text!r}") from None
+
+
+def _read(path: str | Path) -> dict:
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: a recipe is a mapping of sections")
+    return values
+
+
+def _unknown(where: str, key: str) -> UserError:
+    sections = [s for s, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.name == key]
+    hint = f" (did you mean {sections[0]}.{key}?)" if sections else ""
+    return UserError(f"{where}: unknown setting {key!r}{hint}; valid: {', '.join(valid_keys())}")
+
+
+def load_config(path: str | Path | None, overrides: dict[str, str] | None = None) -> Recipe:
+    """A Recipe: its defaults, then a YAML recipe, then `section.key` overrides (YAML text)."""
+    where = str(path or "settings")
+    values = _read(path) if path else {}
+    for key, text in (overrides or {}).items():
+        section, _, name = key.replace("-", "_").partition(".")
+        if not name:
+            values[section] = _parse(key, text)
+        else:
+            if not isinstance(values.setdefault(section, {}), dict):
+                raise UserError(f"{where}: {section} is a section, not a value")
+            values[section][name] = _parse(key, text)
+    recipe = Recipe()
+    for key, value in values.items():
+        if key == "objective":
+            recipe.objective = str(value)
+        elif key == "model":
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: model is a mapping of architecture settings")
+            recipe.model = dict(value)
+        elif key in SECTIONS:
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: {key} is a section (a mapping), not {value!r}")
+            section = getattr(recipe, key)
+            types = get_type_hints(type(section))
+            for name, item in value.items():
+                if name not in types:
+                    raise _unknown(where, f"{key}.{name}")
+                setattr(section, name, _coerce(f"{where}: {key}.{name}", item, types[name]))
+        else:
+            raise _unknown(where, key)
+    _validate(recipe)
+    return recipe
+
+
+def _validate(recipe: Recipe) -> None:
+    if recipe.objective not in OBJECTIVES:
+        raise UserError(f"objective must be one of {OBJECTIVES}, not {recipe.objective!r}")
+    precision = recipe.schedule.mixed_precision
+    if precision not in ("fp16", "bf16", "no"):
+        raise UserError(f"schedule.mixed_precision must be fp16, bf16 or no, not {precision!r}")
+    if recipe.electra.generator_factor < 1:
+        raise UserError("electra.generator_factor must be at least 1")
+    c = recipe.checkpoint
+    if min(c.keep_checkpoints, c.log_every, c.save_every) < 1:
+        raise UserError("checkpoint.keep_checkpoints, log_every and save_every must be at least 1")
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config` and one `--section.key` option per recipe setting, with its help and default.
+
+    Values stay text (parsed as YAML by `load_config`), so a recipe file and the command line
+    read the same way; `recipe_overrides` collects what was given. `--model.KEY` (any
+    architecture setting) is accepted by `recipe_overrides` from the unparsed arguments.
+    """
+    parser.add_argument("--config", help="YAML recipe (train/*.yaml); defaults: mvlm-base")
+    parser.add_argument("--objective", default=argparse.SUPPRESS, help=f"one of {OBJECTIVES}")
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(f"recipe section {section}")
+        for f in dataclasses.fields(cls):
+            kind = get_type_hints(cls)[f.name].__name__
+            group.add_argument(f"--{section}.{f.name}", dest=f"{section}.{f.name}",
+                               default=argparse.SUPPRESS, metavar=kind.upper(),
+                               help=f"{f.metadata['help']} (default: {f.default})")  # fmt: skip
+
+
+def recipe_overrides(args: argparse.Namespace, extra: list[str]) -> dict[str, str]:
+    """The `section.key` settings given on the command line, `--model.KEY VALUE` pairs among
+    the unparsed arguments included; anything else unparsed is refused."""
+    given = {k: v for k, v in vars(args).items() if "." in k or k == "objective"}
+    i = 0
+    while i < len(extra):
+        item = extra[i]
+        key, _, value = item[2:].partition("=")
+        if not item.startswith("--model."):
+            raise _unknown("the command line", item.lstrip("-").split("=")[0])
+        if not value:
+            if i + 1 >= len(extra):
+                raise UserError(f"{item}: needs a value")
+            value, i = extra[i + 1], i + 1
+        given[key] = value
+        i += 1
+    return given
