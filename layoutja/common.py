@@ -1,4 +1,5 @@
-"""What every stage shares: the error the CLI reports, progress, JSONL, tokenizer files."""
+"""What every stage shares: the error the CLI reports, progress, JSONL and YAML reading,
+tokenizer files."""
 
 from __future__ import annotations
 
@@ -104,6 +105,22 @@ def read_jsonl(
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
     return out
+
+
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """A YAML file holding one mapping (a recipe, a setting); an empty file is {}. A file that
+    cannot be read, is not YAML or is not a mapping is a UserError naming it."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: {what}")
+    return values
 
 
 # The files of a MeCab BertJapaneseTokenizer directory: what every written model carries.

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from layoutja.common import UserError
+from layoutja.common import UserError, read_yaml_mapping
 
 NORMALIZATIONS = ("body",)  # relative to document.body's rect, as the published data
 
@@ -104,14 +102,7 @@ def load_localize_config(path: str | Path | None) -> LocalizeConfig:
     """The published setting, with the values of the YAML file `path` (if given) on top."""
     if path is None:
         return LocalizeConfig()
-    try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except OSError as e:
-        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(values, dict):
-        raise UserError(f"{path}: a localization setting is a mapping of names to values")
+    values = read_yaml_mapping(path, "a localization setting is a mapping of names to values")
     names = field_names()
     for key in values:
         if key not in names:

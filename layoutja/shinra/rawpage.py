@@ -8,11 +8,10 @@ and scoring read are the ones the localized tokens carry, whatever the page's en
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from pathlib import Path
 
 from layoutja.common import UserError
-from layoutja.text.htmlpage import NEWLINE, decode_html, line_starts
+from layoutja.text.htmlpage import NEWLINE, decode_html, line_col, line_starts
 
 Position = tuple[int, int]  # (line, offset)
 
@@ -54,8 +53,7 @@ class RawPage:
         """The (line, offset) of a character index (0 ≤ index ≤ len(source))."""
         if not 0 <= index <= len(self.source):
             raise ValueError(f"index {index} outside the page (0–{len(self.source)})")
-        line = bisect_right(self.starts, index) - 1
-        return line, index - self.starts[line]
+        return line_col(self.starts, index)
 
     def text(self, start: Position, end: Position) -> str | None:
         """The raw characters from start to end, each line break as `\\n`; None when a position is

@@ -68,6 +68,12 @@ def line_starts(source: str) -> list[int]:
     return [0] + [m.end() for m in NEWLINE.finditer(source)]
 
 
+def line_col(starts: list[int], offset: int) -> tuple[int, int]:
+    """(0-based line, character column) of a character offset, given the `line_starts`."""
+    line = bisect_right(starts, offset) - 1
+    return line, offset - starts[line]
+
+
 def decode_html(data: bytes) -> tuple[str, str]:
     """(text, encoding): a BOM, else `<meta charset>` in the first 1024 bytes, else UTF-8.
 
@@ -118,8 +124,7 @@ class HtmlPage:
 
     def line_col(self, offset: int) -> tuple[int, int]:
         """(0-based line, character column) of a raw character offset."""
-        line = bisect_right(self.line_starts, offset) - 1
-        return line, offset - self.line_starts[line]
+        return line_col(self.line_starts, offset)
 
     def span(self, start: int, end: int) -> tuple[int, int, int, int]:
         """SHINRA's (start line, start offset, end line, end offset) of raw range [start, end)."""

@@ -27,7 +27,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from layoutja.common import UserError
+from layoutja.common import UserError, read_yaml_mapping
 
 OBJECTIVES = ("mvlm", "electra", "token-classification")
 
@@ -102,8 +102,8 @@ class Recipe:
         return yaml.safe_dump(dataclasses.asdict(self), allow_unicode=True, sort_keys=False)
 
 
-SECTIONS = {f.name: get_type_hints(Recipe)[f.name] for f in dataclasses.fields(Recipe)
-            if dataclasses.is_dataclass(get_type_hints(Recipe)[f.name])}  # fmt: skip
+SECTIONS = {name: kind for name, kind in get_type_hints(Recipe).items()
+            if dataclasses.is_dataclass(kind)}  # fmt: skip
 
 
 def valid_keys() -> list[str]:
@@ -140,18 +140,6 @@ def _parse(key: str, text: str) -> Any:
         raise UserError(f"--{key}: cannot parse {text!r}") from None
 
 
-def _read(path: str | Path) -> dict:
-    try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except OSError as e:
-        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(values, dict):
-        raise UserError(f"{path}: a recipe is a mapping of sections")
-    return values
-
-
 def _unknown(where: str, key: str) -> UserError:
     sections = [s for s, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.name == key]
     hint = f" (did you mean {sections[0]}.{key}?)" if sections else ""
@@ -161,7 +149,7 @@ def _unknown(where: str, key: str) -> UserError:
 def load_config(path: str | Path | None, overrides: dict[str, str] | None = None) -> Recipe:
     """A Recipe: its defaults, then a YAML recipe, then `section.key` overrides (YAML text)."""
     where = str(path or "settings")
-    values = _read(path) if path else {}
+    values = read_yaml_mapping(path, "a recipe is a mapping of sections") if path else {}
     for key, text in (overrides or {}).items():
         section, _, name = key.replace("-", "_").partition(".")
         if not name:
