@@ -148,6 +148,7 @@ bench: setup
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(BENCH_DOCS) >/dev/null; }
 	$(PY) bench/bench_tokenizer.py
 	$(PY) bench/bench_localize.py
+	$(PY) bench/bench_network_guard.py
 	$(PY) bench/bench_pretrain.py
 	$(PY) bench/bench_pretrain.py --objectives mvlm,electra --hidden 384
 
