@@ -9,7 +9,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
 class UserError(Exception):
@@ -143,3 +146,10 @@ def model_type(name_or_path: str | Path, what: str = "a model config") -> str:
         return AutoConfig.from_pretrained(str(name_or_path)).model_type
     except (OSError, ValueError) as e:
         raise UserError(f"{name_or_path}: cannot load {what}: {e}") from None
+
+
+def device() -> torch.device:
+    """Where inference runs: the GPU when there is one (training: the accelerator's device)."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -237,25 +237,48 @@ def test_layout_aware_tiny_recipe_lowers_both_losses_and_exports(
     tokenizer = AutoTokenizer.from_pretrained(out / "discriminator")
     assert type(tokenizer).__name__ == "BertJapaneseTokenizer"
     # Fine-tuning starts from the discriminator's weights.
-    classifier = load_classifier(str(out / "discriminator"), ["O", "B-x", "I-x"], False)
+    classifier = load_classifier(out / "discriminator", ["O", "B-x", "I-x"], False, 0)
     torch.testing.assert_close(
         classifier.layoutlm.embeddings.x_position_embeddings.weight,
         discriminator.embeddings.x_position_embeddings.weight,
     )
-    # Plain transformers loads the generator (its code travels with it) ...
+    # The discriminator's untrained pooler is not exported; its trained RTD head is.
+    saved = load_file(out / "discriminator" / "model.safetensors")
+    assert not any("pooler" in name for name in saved)
+    assert {"discriminator_predictions.dense.weight",
+            "discriminator_predictions.dense_prediction.weight"} <= saved.keys()  # fmt: skip
+    # Plain transformers loads both models with their heads (their code travels with them).
     script = (
-        "import sys, torch; from transformers import AutoModelForMaskedLM as A; "
-        "m = A.from_pretrained(sys.argv[1], trust_remote_code=True); "
-        "print(type(m).__name__, m(torch.tensor([[2, 4, 3]])).logits.shape[-1])"
+        "import sys, torch; from transformers import AutoModelForMaskedLM as G, "
+        "AutoModelForPreTraining as D; "
+        "g = G.from_pretrained(sys.argv[1], trust_remote_code=True); "
+        "d = D.from_pretrained(sys.argv[2], trust_remote_code=True); "
+        "ids = torch.tensor([[2, 4, 3]]); "
+        "print(type(g).__name__, g(ids).logits.shape[-1], type(d).__name__, "
+        "tuple(d(ids).logits.shape))"
     )
-    result = subprocess.run([sys.executable, "-c", script, str(out / "generator")],
+    result = subprocess.run([sys.executable, "-c", script, str(out / "generator"),
+                             str(out / "discriminator")],
                             capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["LayoutElectraGenerator", str(len(tokenizer))]
+    assert result.stdout.split() == [
+        "LayoutElectraGenerator",
+        str(len(tokenizer)),
+        "LayoutElectraDiscriminator",
+        "(1,",
+        "3)",
+    ]
     # ... and `layoutja fill-mask` renders the text and answers for each [MASK].
     answers = fill_mask(out / "generator", "東京国際空港は[MASK]都大田区にある。", top_k=3)
     assert len(answers) == 1 and len(answers[0]) == 3
     assert all(0 < p <= 1 for _, p in answers[0])
+    # Pretraining goes on from the export: both models start where the run ended.
+    again = tmp_path / "again"
+    first = pretrain(tiny(max_steps=1, log_every=1), localized_dir, again, init=str(out),
+                     progress=False)  # fmt: skip
+    assert first["discriminator_loss"] < logged[0]["discriminator_loss"]
+    assert load_file(again / "generator" / "model.safetensors").keys() == load_file(
+        out / "generator" / "model.safetensors").keys()  # fmt: skip
 
 
 def test_text_only_from_a_text_corpus_exports_electra_models(unidic_dir, tmp_path):
@@ -274,7 +297,7 @@ def test_text_only_from_a_text_corpus_exports_electra_models(unidic_dir, tmp_pat
     answers = fill("東京大学で[MASK]の研究をしています。")
     assert len(answers) == 5 and all(a["token_str"] for a in answers)
     # The text-only baseline fine-tunes the discriminator.
-    classifier = load_classifier(str(out / "discriminator"), ["O", "B-x", "I-x"], True)
+    classifier = load_classifier(out / "discriminator", ["O", "B-x", "I-x"], True, 0)
     assert type(classifier).__name__ == "ElectraForTokenClassification"
 
 
@@ -353,7 +376,7 @@ def test_electra_settings_errors_are_clear(localized_dir, unidic_dir, tmp_path):
         pretrain(tiny(), tmp_path / "corpus.txt", tmp_path / "a", tokenizer=str(unidic_dir))
     with pytest.raises(UserError, match="give --tokenizer"):
         pretrain(tiny(layout="false"), tmp_path / "corpus.txt", tmp_path / "b")
-    with pytest.raises(UserError, match="from scratch"):
+    with pytest.raises(UserError, match="not an ELECTRA export"):
         pretrain(tiny(), localized_dir, tmp_path / "c", init=str(unidic_dir))
     with pytest.raises(UserError, match="no such file"):
         pretrain(tiny(), tmp_path / "missing", tmp_path / "d", tokenizer=str(unidic_dir))

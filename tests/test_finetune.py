@@ -106,22 +106,3 @@ def test_text_only_baseline_runs_the_same_pipeline(shinra, bert, localized, tmp_
     assert last["epoch"] == 2
     model = AutoModelForTokenClassification.from_pretrained(tmp_path / "bl")
     assert type(model).__name__ == "BertForTokenClassification"
-
-
-def test_leaderboard_pages_in_any_of_their_shapes(tmp_path):
-    from layoutja.shinra.data import read_leaderboard_pages
-
-    lines = [
-        '{"page_id": 1, "title": "A", "ENEs": {"1.1": 0.2, "1.2": 0.8}}',
-        '{"page_id": "2", "title": "B", "ENEs": [{"ENE": "1.3", "prob": 0.9}]}',
-        '{"page_id": "3", "ENEs": ["1.4", "1.5"]}',
-        '{"page_id": "4", "ENE": "1.6"}',
-    ]
-    path = tmp_path / "pages.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    assert read_leaderboard_pages(path) == {
-        "1": ("A", ["1.2", "1.1"]),
-        "2": ("B", ["1.3"]),
-        "3": ("", ["1.4", "1.5"]),
-        "4": ("", ["1.6"]),
-    }

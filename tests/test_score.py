@@ -9,8 +9,15 @@ import sys
 import pytest
 
 from layoutja import common
+from layoutja.cli.main import main
 from layoutja.common import UserError
-from layoutja.shinra.score import html_mismatches, read_jsonl, read_targets, score
+from layoutja.shinra.score import (
+    html_mismatches,
+    read_jsonl,
+    read_targets,
+    score,
+    score_leaderboard,
+)
 
 from .conftest import SHINRA
 
@@ -140,3 +147,101 @@ def test_score_command_writes_the_leaderboard_json(sample, tmp_path):
     report = json.loads(out.read_text())
     assert {"macro", "micro", "per_ene", "text_offset"} <= set(report)
     assert round(report["macro"]["f1"], 3) == 0.734 and round(report["micro"]["f1"], 3) == 0.760
+
+
+def offset(line: int, start: int, end: int) -> dict:
+    return {"start": {"line_id": line, "offset": start}, "end": {"line_id": line, "offset": end}}
+
+
+def lb(page, attribute, html=None, text=None, ene="A") -> dict:
+    """A record carrying the offsets given, each as (line, start, end)."""
+    r = {"page_id": page, "title": "t", "ENE": ene, "attribute": attribute}
+    for kind, span in (("html_offset", html), ("text_offset", text)):
+        if span:
+            r[kind] = {**offset(*span), "text": "x"}
+    return r
+
+
+def prf(scores: dict) -> tuple:
+    return tuple(scores[k] for k in ("precision", "recall", "f1"))
+
+
+H1, T1, H2, T2, H3, T3 = (0, 0, 2), (0, 5, 7), (1, 0, 3), (1, 4, 7), (2, 0, 3), (2, 1, 4)
+
+
+def test_leaderboard_metric_on_a_hand_computed_case():
+    gold = [lb("1", "名前", H1, T1), lb("1", "名前", H2, T2), lb("1", "IATA", H3, T3),
+            lb("2", "国", H1, T1, ene="B")]  # fmt: skip
+    pred = [
+        lb("1", "名前", html=H1),  # correct: html-only, equal to the first record's
+        lb("1", "名前", html=H1),  # its duplicate: counted once
+        lb("1", "名前", text=T2),  # correct: text-only, equal to the second record's
+        lb("1", "名前", H1, T2),  # wrong: both carried, but of two different records
+        lb("2", "名前", html=H1),  # wrong: page 2 has no 名前 in the gold (counts: the pair exists)
+        lb("1", "IATA", H3, T3),  # correct: both carried, both equal
+        lb("1", "ＩＡＴＡ", H3, T3),  # ignored: no such pair in the gold (names compared as is)
+        lb("9", "名前", html=H1),  # ignored: page 9 is not in the gold
+        lb("2", "国", text=T2, ene="B"),  # wrong
+    ]
+    result = score_leaderboard(gold, pred)
+    a = result["per_ene"]["A"]["attributes"]
+    assert (a["名前"]["correct"], a["名前"]["predicted"], a["名前"]["gold"]) == (2, 4, 2)
+    assert prf(a["名前"]) == pytest.approx((1 / 2, 1, 2 / 3))  # F1 = 2·½·1 / (½ + 1)
+    assert prf(a["IATA"]) == (1, 1, 1)
+    assert prf(result["per_ene"]["B"]["attributes"]["国"]) == (0, 0, 0)
+    # Macro over the 3 pairs (not over the 2 ENEs: that would give P (3/4 + 0) / 2).
+    assert prf(result["macro"]) == pytest.approx((1 / 2, 2 / 3, 5 / 9))  # F1 (2/3 + 1 + 0) / 3
+    # Micro: 3 correct of 6 predicted, 4 gold: F1 = 2·½·¾ / (½ + ¾).
+    assert prf(result["micro"]) == pytest.approx((1 / 2, 3 / 4, 3 / 5))
+    assert prf(result["per_ene"]["A"]["micro"]) == pytest.approx((3 / 5, 1, 3 / 4))
+
+
+def test_leaderboard_metric_edge_cases():
+    gold = [lb("1", "名前", H1, T1), lb("1", "名前", H1, T1), lb("1", "国", html=H2)]
+    # Nothing predicted: P is 0, not undefined.
+    assert prf(score_leaderboard(gold, [])["macro"]) == (0, 0, 0)
+    # Gold records are counted as given: the repeated one is 2 of 名前's gold.
+    row = score_leaderboard(gold, [lb("1", "名前", H1, T1)])["per_ene"]["A"]["attributes"]["名前"]
+    assert (row["correct"], row["predicted"], row["gold"], row["recall"]) == (1, 1, 2, 1 / 2)
+    # A gold record without text_offset matches an html-only prediction, not one carrying both;
+    # a prediction carrying no offset is predicted, never correct.
+    pred = [lb("1", "国", html=H2), lb("1", "国", H2, T2), lb("1", "国")]
+    row = score_leaderboard(gold, pred)["per_ene"]["A"]["attributes"]["国"]
+    assert (row["correct"], row["predicted"], row["gold"]) == (1, 3, 1)
+    # Predictions differing only in the offsets they carry are distinct, and each may match the
+    # same gold record (the statement's reading): recall can pass 1.
+    pred = [lb("1", "名前", html=H1), lb("1", "名前", text=T1), lb("1", "名前", H1, T1)]
+    row = score_leaderboard(gold, pred)["per_ene"]["A"]["attributes"]["名前"]
+    assert (row["correct"], row["predicted"], row["gold"], row["recall"]) == (3, 3, 2, 3 / 2)
+    with pytest.raises(UserError, match="no records"):
+        score_leaderboard([], pred)
+
+
+def write_jsonl(path, records) -> str:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), "utf-8")
+    return str(path)
+
+
+def test_score_command_conventions_put_macro_and_micro_at_the_top(tmp_path, capsys):
+    gold = write_jsonl(tmp_path / "g.jsonl", [lb("1", "名前", text=T1), lb("1", "IATA", text=T2)])
+    pred = write_jsonl(
+        tmp_path / "p.jsonl", [lb("1", "名前", text=T1), lb("1", "ＩＡＴＡ", text=T2)]
+    )
+    out = tmp_path / "score.json"
+    # 2019 (text_offset alone here): ＩＡＴＡ is IATA, both right. leaderboard-2022: ＩＡＴＡ is no
+    # gold pair, so IATA scores 0; micro: 1 correct of 1 predicted, 2 gold.
+    cases = [("2019", (1, 1, 1), (1, 1, 1)),
+             ("leaderboard-2022", (1 / 2, 1 / 2, 1 / 2), (1, 1 / 2, 2 / 3))]  # fmt: skip
+    for convention, macro, micro in cases:
+        argv = ["score", "--gold", gold, "--pred", pred, "--out", str(out)]
+        assert main([*argv, "--convention", convention]) == 0
+        report = json.loads(out.read_text())
+        assert report["convention"] == convention
+        assert prf(report["macro"]) == pytest.approx(macro)
+        assert prf(report["micro"]) == pytest.approx(micro)
+        assert len(report["per_ene"]["A"]["attributes"]) == 2
+    table = capsys.readouterr().out
+    assert "== leaderboard-2022 ==" in table and "Corr  Pred  Gold" in table
+    argv = ["score", "--gold", gold, "--pred", pred, "--target", gold]
+    assert main([*argv, "--convention", "leaderboard-2022"]) == 1
+    assert "--target is for --convention 2019" in capsys.readouterr().err

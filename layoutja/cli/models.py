@@ -15,7 +15,9 @@ from layoutja.training.config import add_recipe_arguments
 def cmd_init_model(args: argparse.Namespace) -> None:
     from layoutja.pretrain.from_bert import init_model, print_report
 
-    report = init_model(args.bert, Path(args.out), args.tokenizer, args.max_2d_positions)
+    report = init_model(
+        args.bert, Path(args.out), args.tokenizer, args.max_2d_positions, args.revision
+    )
     print_report(report, args.bert)
     print(f"wrote LayoutLMForMaskedLM and its tokenizer to {args.out}", file=sys.stderr)
 
@@ -35,6 +37,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         args.out,
         init=args.init,
         tokenizer=args.tokenizer,
+        revision=args.revision,
         resume=args.resume,
         progress=not args.quiet,
     )
@@ -54,6 +57,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         args.model,
         args.localized,
         args.out,
+        tokenizer=args.tokenizer,
+        revision=args.revision,
         resume=args.resume,
         progress=not args.quiet,
     )
@@ -76,6 +81,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         leaderboard=args.pages,
         max_length=args.max_length,
         margin=args.margin,
+        tokenizer=args.tokenizer,
+        revision=args.revision,
     )
     print(f"wrote {count} records to {args.out}", file=sys.stderr)
 
@@ -83,7 +90,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_fill_mask(args: argparse.Namespace) -> None:
     from layoutja.pretrain.fillmask import fill_mask
 
-    for n, candidates in enumerate(fill_mask(args.model, args.text, args.top_k), 1):
+    answers = fill_mask(
+        args.model, args.text, args.top_k, tokenizer=args.tokenizer, revision=args.revision
+    )
+    for n, candidates in enumerate(answers, 1):
         print(f"[MASK] {n}:")
         for token, probability in candidates:
             print(f"  {probability:.4f}  {token}")
@@ -97,23 +107,55 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    from layoutja.shinra.score import format_table, html_mismatches, read_jsonl, read_targets, score
+    from layoutja.shinra.score import (
+        format_table,
+        html_mismatches,
+        read_jsonl,
+        read_targets,
+        score,
+        score_leaderboard,
+    )
 
     gold = [record for path in args.gold for record in read_jsonl(path)]
     pred = read_jsonl(args.pred)
-    targets = read_targets(args.target) if args.target else None
-    result = score(gold, pred, targets)
+    if args.convention == "2019":
+        result = score(gold, pred, read_targets(args.target) if args.target else None)
+        # html_offset scores at the top (the leaderboard's), every kind's beside them
+        report = {**result.get("html_offset", next(iter(result.values()))), **result}
+    elif args.target:
+        raise UserError("--target is for --convention 2019; leaderboard-2022 scores the gold pages")
+    else:
+        report = score_leaderboard(gold, pred)
+        result = {args.convention: report}
     print(format_table(result))
     if args.html:
         bad = html_mismatches(pred, args.html)
         print(f"\npredictions whose html_offset does not cut out their text: {len(bad)}")
         for record in bad:
             print(f"  {record['page_id']} {record['attribute']}: {record['problem']}")
-    if args.out:  # html_offset scores at the top (the leaderboard's), the others beside them
-        report = {**result.get("html_offset", {}), **{k: v for k, v in result.items()}}
+    if args.out:
+        report = {"convention": args.convention, **report}
         if args.html:
             report["html_mismatches"] = bad
         Path(args.out).write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n")
+
+
+def add_revision_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--revision",
+        help="the model's hub revision: a branch, tag or commit (NAME@REVISION works too)",
+    )
+
+
+def add_tokenizer_argument(p: argparse.ArgumentParser) -> None:
+    """--tokenizer and --revision of a command that takes a model."""
+    p.add_argument(
+        "--tokenizer",
+        help="the MeCab tokenizer (directory or hub name) when the model's own files are not "
+        "a MeCab BertJapaneseTokenizer; its vocabulary must be the model's (for "
+        "jri-advtechlab/layoutlm-wikipedia-ja: cl-tohoku/bert-base-japanese-v2)",
+    )
+    add_revision_argument(p)
 
 
 def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
@@ -128,7 +170,8 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
     )
     p.add_argument("--from", dest="bert", required=True, metavar="BERT", help="BERT dir or name")
     p.add_argument("--out", required=True, help="output model directory")
-    p.add_argument("--tokenizer", help="tokenizer to ship with it (default: the BERT's own)")
+    p.add_argument("--tokenizer", help="MeCab tokenizer to ship with it (default: the BERT's own)")
+    add_revision_argument(p)
     p.add_argument(
         "--max-2d-positions", type=int, default=1024, help="2-D embedding rows (default: 1024)"
     )
@@ -150,12 +193,17 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
     p.add_argument(
         "--data", required=True, help="localized Parquet directory, or a text file/directory"
     )
-    p.add_argument("--init", help="MVLM: BERT (converted on the fly) or LayoutLM dir / hub name")
+    p.add_argument(
+        "--init",
+        help="MVLM: a BERT (converted on the fly) or a LayoutLM; ELECTRA: an export (generator/ "
+        "and discriminator/); a directory or a hub name",
+    )
     p.add_argument(
         "--tokenizer",
-        help="tokenizer directory (default: the model's or the data's; "
-        "required to train from scratch on text)",
+        help="MeCab tokenizer, a directory or a hub name (default: the initial model's own, "
+        "else the data's; required to train from scratch on text)",
     )
+    add_revision_argument(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -174,7 +222,12 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
         "scorer) is logged after every epoch. Recipe settings: --section.key VALUE.",
     )
     p.add_argument("--data", required=True, help="SHINRA directory")
-    p.add_argument("--model", required=True, help="LayoutLM (pretrained) or BERT directory")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="LayoutLM (pretrained), BERT or ELECTRA discriminator: a directory or a hub name",
+    )
+    add_tokenizer_argument(p)
     p.add_argument(
         "--localized", required=True, help="the pages localized with the model's tokenizer"
     )
@@ -191,7 +244,8 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
         "fine-tuned model (windows merged, margin/2 tokens dropped at inner edges) and write "
         "SHINRA records (page_id, title, ENE, attribute, html_offset with the exact raw text).",
     )
-    p.add_argument("--model", required=True, help="fine-tuned model directory")
+    p.add_argument("--model", required=True, help="fine-tuned model: a directory or a hub name")
+    add_tokenizer_argument(p)
     p.add_argument("--data", required=True, help="SHINRA directory (html/<ENE>/<id>.html)")
     p.add_argument("--out", required=True, help="predictions JSONL")
     p.add_argument("--localized", required=True, help="the pages, localized beforehand")
@@ -208,7 +262,8 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
         description="Text-only masked LMs answer through transformers' fill-mask pipeline; "
         "a LayoutLM (e.g. an MVLM run) gets the text rendered and localized first.",
     )
-    p.add_argument("--model", required=True, help="model directory (with its tokenizer)")
+    p.add_argument("--model", required=True, help="masked LM: a directory or a hub name")
+    add_tokenizer_argument(p)
     p.add_argument("text", metavar="TEXT", help="text with one or more [MASK]")
     p.add_argument("--top-k", type=int, default=5, help="candidates per mask (default: 5)")
     p.set_defaults(func=cmd_fill_mask)
@@ -225,16 +280,26 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
 
     p = sub.add_parser(
         "score",
-        help="score SHINRA attribute-extraction output as the official scorer does",
-        description="Per ENE and attribute precision, recall and F1 on exact offset matches "
-        "(html_offset and text_offset separately), macro and micro averages, and the mean over "
-        "ENEs; the official SHINRA scorer's conventions (see layoutja/score.py).",
+        help="score SHINRA attribute-extraction output as the official scorer or the 2022 "
+        "leaderboard does",
+        description="Per ENE and attribute precision, recall and F1 on exact offset matches, "
+        "macro and micro averages. --convention 2019 (default): the official SHINRA scorer's "
+        "(html_offset and text_offset separately, attribute names ASCII to full width, overall "
+        "macro = the mean over ENEs); leaderboard-2022: the SHINRA 2022 leaderboard's (both "
+        "offset kinds together, macro = the mean over all gold (ENE, attribute) pairs). See "
+        "layoutja/shinra/score.py.",
     )
     p.add_argument(
         "--gold", required=True, nargs="+", help="gold annotations (JSONL; one file per ENE)"
     )
     p.add_argument("--pred", required=True, help="system output (JSONL)")
-    p.add_argument("--target", help="page ids to score (CSV/lines; default: the gold pages)")
-    p.add_argument("--out", help="write the scores as JSON here")
+    p.add_argument(
+        "--convention",
+        choices=["2019", "leaderboard-2022"],
+        default="2019",
+        help="2019 (default): the official scorer's; leaderboard-2022: the 2022 leaderboard's",
+    )
+    p.add_argument("--target", help="2019: page ids to score (CSV/lines; default: the gold pages)")
+    p.add_argument("--out", help="write the scores as JSON here (macro, micro at the top)")
     p.add_argument("--html", help="HTML directory: check that offsets cut out each text")
     p.set_defaults(func=cmd_score)

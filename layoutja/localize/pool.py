@@ -281,14 +281,15 @@ def localize_corpus(
     `config` is the setting (default: the published one); `workers`, `timeout_s` and
     `pages_per_part`, when given, override it.
     """
+    from layoutja.hub import resolve_tokenizer
     from layoutja.localize.store import Store
-    from layoutja.text.tokenizer import resolve_tokenizer_dir, vocab_sha256
+    from layoutja.text.tokenizer import vocab_sha256
 
     config = (config or LocalizeConfig()).override(
         workers=workers, timeout_s=timeout_s, pages_per_part=pages_per_part
     )
     tasks = [t for t in find_pages(src) if in_shard(t, shard)]
-    tokenizer_path = resolve_tokenizer_dir(tokenizer_dir)
+    tokenizer_path = resolve_tokenizer(tokenizer_dir)
     settings = {
         "tokenizer": str(tokenizer_dir),
         "tokenizer_vocab_sha256": vocab_sha256(tokenizer_path),

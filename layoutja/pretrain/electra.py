@@ -12,14 +12,20 @@ generator's MLM loss + `discriminator_weight` (50) × the discriminator's BCE.
 Two forms share the objective:
 - text-only: transformers' `ElectraForMaskedLM` (generator) and `ElectraForPreTraining`
   (discriminator), exported as they are;
-- layout-aware: the discriminator is a `LayoutLMModel` with ELECTRA's discriminator head, the
-  generator a `LayoutElectraGenerator` (`layout_electra`); both take the 2-D boxes through
-  the shared LayoutLM embeddings. The discriminator exports as a LayoutLM directory.
+- layout-aware: the discriminator is a `LayoutElectraDiscriminator` (a LayoutLM body with
+  ELECTRA's discriminator head), the generator a `LayoutElectraGenerator` (`layout_electra`);
+  both take the 2-D boxes through the shared LayoutLM embeddings.
+
+Both export with their heads (generator/ and discriminator/), so pretraining goes on from an
+export (`--init`) and the discriminator's replaced-token detection can be evaluated; the
+discriminator's body is what fine-tuning starts from.
 
 As in MVLM, the generator's vocabulary projection is computed only at the masked positions.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,38 +35,20 @@ from transformers import (
     ElectraForMaskedLM,
     ElectraForPreTraining,
     LayoutLMConfig,
-    LayoutLMModel,
     PreTrainedModel,
 )
-from transformers.models.electra.modeling_electra import ElectraDiscriminatorPredictions
 
-from layoutja.common import UserError
-from layoutja.pretrain.layout_electra import LayoutElectraGenerator, LayoutElectraGeneratorConfig
+from layoutja.common import UserError, model_type
+from layoutja.pretrain.layout_electra import (
+    LayoutElectraDiscriminator,
+    LayoutElectraGenerator,
+    LayoutElectraGeneratorConfig,
+)
 from layoutja.training.log import model_flops_per_token
 
 # The discriminator's size where a recipe's model section leaves it out (ELECTRA base).
 BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
         "intermediate_size": 3072}  # fmt: skip
-
-
-class LayoutDiscriminator(nn.Module):
-    """A LayoutLMModel with ELECTRA's discriminator head (dense, activation, one logit)."""
-
-    def __init__(self, config: LayoutLMConfig):
-        super().__init__()
-        self.layoutlm = LayoutLMModel(config)
-        # The pooler takes no part in ELECTRA: frozen, so DDP does not wait for its gradients.
-        self.layoutlm.pooler.requires_grad_(False)
-        self.head = ElectraDiscriminatorPredictions(config)
-        for layer in (self.head.dense, self.head.dense_prediction):  # as the body's layers
-            nn.init.normal_(layer.weight, std=config.initializer_range)
-            nn.init.zeros_(layer.bias)
-
-    def forward(
-        self, input_ids: torch.Tensor, bbox: torch.Tensor, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
-        hidden = self.layoutlm(input_ids=input_ids, bbox=bbox, attention_mask=attention_mask)
-        return self.head(hidden.last_hidden_state)
 
 
 def generator_architecture(architecture: dict, factor: int) -> dict:
@@ -133,13 +121,6 @@ class ElectraPretraining(nn.Module):
         hidden = gen.electra(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return gen.generator_lm_head(gen.generator_predictions(hidden[selected]))
 
-    def _discriminator_logits(
-        self, input_ids: torch.Tensor, bbox: torch.Tensor | None, attention_mask: torch.Tensor
-    ) -> torch.Tensor:
-        if self.layout:
-            return self.discriminator(input_ids, bbox, attention_mask)
-        return self.discriminator(input_ids=input_ids, attention_mask=attention_mask).logits
-
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -158,7 +139,10 @@ class ElectraPretraining(nn.Module):
             generator_loss = logits.sum() * 0.0
             sampled = labels[selected]
         corrupted, replaced = replaced_tokens(input_ids, labels, sampled)
-        disc_logits = self._discriminator_logits(corrupted, bbox, attention_mask)
+        boxes = {"bbox": bbox} if self.layout else {}
+        disc_logits = self.discriminator(
+            input_ids=corrupted, attention_mask=attention_mask, **boxes
+        ).logits
         real = attention_mask.bool()
         discriminator_loss = F.binary_cross_entropy_with_logits(
             disc_logits[real].float(), replaced[real]
@@ -170,10 +154,8 @@ class ElectraPretraining(nn.Module):
         }
 
     def exports(self) -> dict[str, PreTrainedModel]:
-        """What to save where: the generator and the discriminator (for the layout-aware form,
-        its LayoutLM body, which AutoModel loads and fine-tuning starts from)."""
-        discriminator = self.discriminator.layoutlm if self.layout else self.discriminator
-        return {"generator": self.generator, "discriminator": discriminator}
+        """What to save where: the generator and the discriminator, each with its head."""
+        return {"generator": self.generator, "discriminator": self.discriminator}
 
     def flops_per_token(self, seq_len: int) -> float:
         """Both encoders on every token; the LM head only at masked positions (the
@@ -185,14 +167,15 @@ class ElectraPretraining(nn.Module):
 
 
 def new_electra(vocab_size: int, architecture: dict, *, layout: bool, factor: int = 3,
-                discriminator_weight: float = 50.0) -> ElectraPretraining:  # fmt: skip
+                discriminator_weight: float = 50.0, pad_token_id: int = 0,
+                ) -> ElectraPretraining:  # fmt: skip
     """A randomly initialized generator/discriminator pair from the recipe's `model` section
     (the discriminator's settings; ELECTRA base's where it leaves one out)."""
-    narrow = generator_architecture(architecture, factor)
-    architecture = {**BASE, **architecture}
+    narrow = {**generator_architecture(architecture, factor), "pad_token_id": pad_token_id}
+    architecture = {**BASE, **architecture, "pad_token_id": pad_token_id}
     try:
         if layout:
-            discriminator = LayoutDiscriminator(
+            discriminator = LayoutElectraDiscriminator(
                 LayoutLMConfig(vocab_size=vocab_size, **architecture)
             )
             generator = LayoutElectraGenerator(
@@ -204,4 +187,25 @@ def new_electra(vocab_size: int, architecture: dict, *, layout: bool, factor: in
             generator = ElectraForMaskedLM(ElectraConfig(vocab_size=vocab_size, **narrow))
     except TypeError as e:
         raise UserError(f"model settings: {e}") from None
+    return ElectraPretraining(generator, discriminator, layout, discriminator_weight)
+
+
+def load_electra(init: Path, *, layout: bool, discriminator_weight: float = 50.0,
+                 pad_token_id: int = 0) -> ElectraPretraining:  # fmt: skip
+    """Generator and discriminator from an ELECTRA export (`generator/`, `discriminator/`: a
+    run's output or a checkpoint's `hf/`), to go on pretraining; fp32 whatever the files hold."""
+    parts = {name: init / name for name in ("generator", "discriminator")}
+    missing = [str(p) for p in parts.values() if not (p / "config.json").is_file()]
+    if missing:
+        raise UserError(f"{init}: not an ELECTRA export (no {', '.join(missing)})")
+    kind = model_type(parts["discriminator"])
+    if (kind == "layoutlm") != layout:
+        form = "layout-aware" if layout else "text-only"
+        raise UserError(f"{init}: a {kind} discriminator; the recipe trains {form} ELECTRA")
+    classes = ((LayoutElectraGenerator, LayoutElectraDiscriminator) if layout
+               else (ElectraForMaskedLM, ElectraForPreTraining))  # fmt: skip
+    generator, discriminator = (
+        cls.from_pretrained(parts[name], dtype=torch.float32, pad_token_id=pad_token_id)
+        for cls, name in zip(classes, parts)
+    )
     return ElectraPretraining(generator, discriminator, layout, discriminator_weight)

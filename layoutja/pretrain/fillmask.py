@@ -14,44 +14,55 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForMaskedLM
 
-from layoutja.common import UserError, model_type
+from layoutja.common import UserError, device, model_type
+from layoutja.hub import resolve, tokenizer_for
 from layoutja.pretrain import layout_electra
 
 LAYOUT_AWARE = ("layoutlm", layout_electra.MODEL_TYPE)
 
 
-def fill_mask(model_dir: str | Path, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
-    """For each [MASK] in `text`, the `top_k` (token, probability) pairs."""
+def fill_mask(model: str | Path, text: str, top_k: int = 5, *, tokenizer: str | None = None,
+              revision: str | None = None) -> list[list[tuple[str, float]]]:  # fmt: skip
+    """For each [MASK] in `text`, the `top_k` (token, probability) pairs of `model` (a directory
+    or a hub name at `revision`; `tokenizer`: the MeCab tokenizer when the model's own is not
+    one), computed on the accelerator when there is one."""
     if "[MASK]" not in text:
         raise UserError("the text has no [MASK] to fill")
+    model_dir = resolve(model, revision)
+    tokenizer_dir = tokenizer_for(model_dir, tokenizer, str(model))
     if model_type(model_dir) not in LAYOUT_AWARE:
-        from transformers import pipeline
+        from transformers import AutoTokenizer, pipeline
 
-        answers = pipeline("fill-mask", model=str(model_dir), top_k=top_k)(text)
+        fill = pipeline("fill-mask", model=str(model_dir), top_k=top_k, device=device(),
+                        tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir))  # fmt: skip
+        answers = fill(text)
         answers = [answers] if answers and isinstance(answers[0], dict) else answers
         return [[(a["token_str"], a["score"]) for a in one] for one in answers]
-    return _fill_layoutlm(Path(model_dir), text, top_k)
+    return _fill_layoutlm(model_dir, tokenizer_dir, text, top_k)
 
 
 @torch.no_grad()
-def _fill_layoutlm(model_dir: Path, text: str, top_k: int) -> list[list[tuple[str, float]]]:
+def _fill_layoutlm(
+    model_dir: Path, tokenizer_dir: Path, text: str, top_k: int
+) -> list[list[tuple[str, float]]]:
     from layoutja.localize.browser import Browser
     from layoutja.localize.page import localize_html, rendering
-    from layoutja.pretrain.windows import CLS_BOX, SEP_BOX
-    from layoutja.text.tokenizer import JapaneseTokenizer, load_vocab
+    from layoutja.pretrain.windows import CLS_BOX, SEP_BOX, SpecialIds
+    from layoutja.text.tokenizer import JapaneseTokenizer
 
-    tokenizer = JapaneseTokenizer.from_pretrained(model_dir)
+    tokenizer = JapaneseTokenizer.from_pretrained(tokenizer_dir)
+    specials = SpecialIds.from_vocab(tokenizer.vocab)
     page = f"<!DOCTYPE html><html><body><p>{html.escape(text)}</p></body></html>"
     with Browser() as browser, rendering("the text to fill"):
         record = localize_html(page.encode("utf-8"), tokenizer, browser)
-    vocab = load_vocab(model_dir / "vocab.txt")
-    ids = [vocab["[CLS]"], *record["input_ids"], vocab["[SEP]"]]
+    ids = [specials.cls, *record["input_ids"], specials.sep]
     boxes = [CLS_BOX, *record["bbox"], SEP_BOX]  # as in training windows
-    model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
-    logits = model(input_ids=torch.tensor([ids]), bbox=torch.tensor([boxes])).logits[0]
-    tokens = {i: t for t, i in vocab.items()}
+    model = AutoModelForMaskedLM.from_pretrained(model_dir).to(device()).eval()
+    inputs = {"input_ids": torch.tensor([ids]), "bbox": torch.tensor([boxes])}
+    logits = model(**{k: v.to(model.device) for k, v in inputs.items()}).logits[0].float()
+    tokens = {i: t for t, i in tokenizer.vocab.items()}
     out = []
-    for position in (i for i, t in enumerate(ids) if t == vocab["[MASK]"]):
+    for position in (i for i, t in enumerate(ids) if t == specials.mask):
         probabilities = logits[position].softmax(-1)
         best = probabilities.topk(top_k)
         out.append([(tokens[i], p) for p, i in zip(best.values.tolist(), best.indices.tolist())])

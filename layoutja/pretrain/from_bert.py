@@ -30,7 +30,9 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from layoutja.common import UserError, copy_tokenizer, model_type
-from layoutja.text.tokenizer import load_vocab, resolve_tokenizer_dir
+from layoutja.hub import resolve, tokenizer_for
+from layoutja.pretrain.windows import SpecialIds
+from layoutja.text.tokenizer import load_vocab
 
 # BERT's parameter prefixes and where they live in LayoutLMForMaskedLM.
 PREFIXES = {"bert.": "layoutlm.", "cls.predictions.": "cls.predictions."}
@@ -56,9 +58,11 @@ class InitReport:
 
 
 def layoutlm_from_bert(
-    bert: str | os.PathLike, max_2d_position_embeddings: int = 1024
-) -> tuple[LayoutLMForMaskedLM, InitReport]:
-    """A LayoutLMForMaskedLM holding every weight of the BERT checkpoint `bert`."""
+    bert: str | os.PathLike, max_2d_position_embeddings: int = 1024,
+    pad_token_id: int | None = None,
+) -> tuple[LayoutLMForMaskedLM, InitReport]:  # fmt: skip
+    """A LayoutLMForMaskedLM holding every weight of the BERT checkpoint directory `bert`
+    (`pad_token_id`: its tokenizer's, when the BERT's config may say otherwise)."""
     if max_2d_position_embeddings <= 1000:
         raise UserError(
             f"max_2d_position_embeddings {max_2d_position_embeddings}: boxes go up to 1000 "
@@ -81,6 +85,8 @@ def layoutlm_from_bert(
         **{k: v for k, v in source.config.to_dict().items() if k in BertConfig().to_dict()},
         max_2d_position_embeddings=max_2d_position_embeddings,
     )
+    if pad_token_id is not None:
+        config.pad_token_id = pad_token_id
     config.architectures = ["LayoutLMForMaskedLM"]
     with torch.random.fork_rng():  # the new 2-D embeddings are reproducible; the caller's RNG
         torch.manual_seed(0)  # is left as it was
@@ -129,41 +135,20 @@ def _is_tied(model: LayoutLMForMaskedLM, name: str) -> bool:
     return name in (getattr(model, "_tied_weights_keys", None) or {})
 
 
-def check_vocabulary(model: LayoutLMForMaskedLM, tokenizer_dir: Path, bert: str) -> None:
-    """Refuse a tokenizer that does not fit the model: another size, or not BERT's own tokens."""
-    vocab = load_vocab(tokenizer_dir / "vocab.txt")
-    if len(vocab) != model.config.vocab_size:
-        raise UserError(
-            f"{tokenizer_dir}: vocabulary of {len(vocab)} tokens, but {bert} has "
-            f"{model.config.vocab_size} word embeddings"
-        )
-    try:
-        own_dir = resolve_tokenizer_dir(bert)
-    except UserError:
-        return  # BERT ships no tokenizer: the size check is all there is
-    if own_dir != tokenizer_dir and (own_dir / "vocab.txt").exists():
-        own = load_vocab(own_dir / "vocab.txt")
-        differ = sum(own.get(token) != i for token, i in vocab.items())
-        if differ:
-            raise UserError(
-                f"{tokenizer_dir}: {differ} of {len(vocab)} tokens differ from {bert}'s own "
-                "vocabulary; its embeddings would mean other tokens"
-            )
-
-
 def init_model(
     bert: str | os.PathLike,
     out: Path,
     tokenizer: str | os.PathLike | None = None,
     max_2d_position_embeddings: int = 1024,
+    revision: str | None = None,
 ) -> InitReport:
-    """Write a LayoutLMForMaskedLM directory made from `bert`, with its tokenizer alongside.
-
-    The tokenizer is `tokenizer` when given (it must have BERT's vocabulary size), else BERT's own.
-    """
-    model, report = layoutlm_from_bert(bert, max_2d_position_embeddings)
-    tokenizer_dir = resolve_tokenizer_dir(tokenizer or bert)
-    check_vocabulary(model, tokenizer_dir, str(bert))
+    """Write a LayoutLMForMaskedLM directory made from `bert` (a directory or a hub name, at
+    `revision`), with its tokenizer alongside: `tokenizer` when given (with BERT's vocabulary),
+    else BERT's own."""
+    bert_dir = resolve(bert, revision, what="BERT checkpoint")
+    tokenizer_dir = tokenizer_for(bert_dir, tokenizer, str(bert))
+    pad = SpecialIds.from_vocab(load_vocab(tokenizer_dir / "vocab.txt")).pad
+    model, report = layoutlm_from_bert(bert_dir, max_2d_position_embeddings, pad)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     copy_tokenizer(tokenizer_dir, out)

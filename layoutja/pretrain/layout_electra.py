@@ -1,4 +1,5 @@
-"""The layout-aware ELECTRA generator: a LayoutLM masked LM with ELECTRA's generator shape.
+"""The layout-aware ELECTRA models: a generator (a LayoutLM masked LM with ELECTRA's generator
+shape) and a discriminator (a LayoutLM body with ELECTRA's replaced-token-detection head).
 
 ELECTRA's generator is narrower than its discriminator (hidden size, heads and FFN divided by a
 factor) but shares the discriminator's whole embedding module. Here that module is LayoutLM's
@@ -6,10 +7,17 @@ factor) but shares the discriminator's whole embedding module. Here that module 
 the generator's width, and the LM head projects back and decodes with the word embeddings
 themselves (tied by construction: there is no separate decoder matrix).
 
+The discriminator is a `LayoutLMModel` (model type `layoutlm`, so `AutoModel` and
+`AutoModelForTokenClassification` load its body for fine-tuning) with ELECTRA's head, one logit
+per token. ELECTRA's discriminator has no pooler: none is trained, so none is exported (an
+identity takes its place in LayoutLMModel's forward); a model loaded from the export for
+sequence classification gets a freshly initialized pooler, and says so.
+
 This file imports only torch and transformers: `save_pretrained` copies it next to the weights,
-so plain transformers loads an exported generator with
-`AutoModelForMaskedLM.from_pretrained(DIR, trust_remote_code=True)`; inside layoutja the classes
-are registered with the Auto* classes and no remote code is needed.
+so plain transformers loads the exports with
+`AutoModelForMaskedLM.from_pretrained(GENERATOR, trust_remote_code=True)` and
+`AutoModelForPreTraining.from_pretrained(DISCRIMINATOR, trust_remote_code=True)`; inside
+layoutja the classes are used directly and no remote code is needed.
 """
 
 from __future__ import annotations
@@ -22,10 +30,15 @@ from transformers import (
     AutoConfig,
     AutoModelForMaskedLM,
     LayoutLMConfig,
+    LayoutLMModel,
     LayoutLMPreTrainedModel,
 )
 from transformers.modeling_outputs import MaskedLMOutput
-from transformers.models.electra.modeling_electra import ElectraGeneratorPredictions
+from transformers.models.electra.modeling_electra import (
+    ElectraDiscriminatorPredictions,
+    ElectraForPreTrainingOutput,
+    ElectraGeneratorPredictions,
+)
 from transformers.models.layoutlm.modeling_layoutlm import LayoutLMEmbeddings, LayoutLMEncoder
 
 MODEL_TYPE = "layout-electra-generator"
@@ -95,6 +108,47 @@ class LayoutElectraGenerator(LayoutLMPreTrainedModel):
         return MaskedLMOutput(loss=loss, logits=logits)
 
 
+class LayoutElectraDiscriminator(LayoutLMPreTrainedModel):
+    """LayoutLMModel (without pooler) → ELECTRA's discriminator head → a logit per token:
+    whether the token was replaced."""
+
+    config_class = LayoutLMConfig
+
+    def __init__(self, config: LayoutLMConfig):
+        super().__init__(config)
+        self.layoutlm = LayoutLMModel(config)
+        self.layoutlm.pooler = nn.Identity()  # no pooler: see the module docstring
+        self.discriminator_predictions = ElectraDiscriminatorPredictions(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.layoutlm.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.layoutlm.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        bbox: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **_: object,
+    ) -> ElectraForPreTrainingOutput:
+        """`labels`: 1 where a token was replaced, 0 where it is the original; the loss is the
+        binary cross-entropy over the attended tokens."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.layoutlm(input_ids=input_ids, bbox=bbox, attention_mask=attention_mask)
+        logits = self.discriminator_predictions(hidden.last_hidden_state)
+        loss = None
+        if labels is not None:
+            real = attention_mask.bool()
+            loss = F.binary_cross_entropy_with_logits(logits[real].float(), labels[real].float())
+        return ElectraForPreTrainingOutput(loss=loss, logits=logits)
+
+
+LayoutElectraDiscriminator.register_for_auto_class("AutoModelForPreTraining")
 LayoutElectraGeneratorConfig.register_for_auto_class()
 LayoutElectraGenerator.register_for_auto_class("AutoModelForMaskedLM")
 AutoConfig.register(MODEL_TYPE, LayoutElectraGeneratorConfig, exist_ok=True)

@@ -53,27 +53,28 @@ class MVLMModel(nn.Module):
         return model_flops_per_token(self.mlm.config, seq_len)
 
 
-def load_layoutlm(init: str | Path, tokenizer_dir: Path) -> LayoutLMForMaskedLM:
+def load_layoutlm(init: Path, pad_token_id: int) -> LayoutLMForMaskedLM:
     """A LayoutLMForMaskedLM from a LayoutLM directory, or converted from a BERT on the fly
-    (with `layoutja init-model`'s checks and report). Weights are fp32 whatever the file holds:
-    mixed precision needs fp32 master weights."""
+    (with `layoutja init-model`'s report). Weights are fp32 whatever the file holds: mixed
+    precision needs fp32 master weights. `pad_token_id` is the tokenizer's."""
     kind = model_type(init)
     if kind == "layoutlm":
-        return LayoutLMForMaskedLM.from_pretrained(str(init), dtype=torch.float32)
+        return LayoutLMForMaskedLM.from_pretrained(
+            init, dtype=torch.float32, pad_token_id=pad_token_id
+        )
     if kind == "bert":
-        from layoutja.pretrain.from_bert import check_vocabulary, layoutlm_from_bert, print_report
+        from layoutja.pretrain.from_bert import layoutlm_from_bert, print_report
 
-        model, report = layoutlm_from_bert(init)
-        check_vocabulary(model, tokenizer_dir, str(init))
+        model, report = layoutlm_from_bert(init, pad_token_id=pad_token_id)
         print_report(report, str(init))
         return model
     raise UserError(f"{init}: a {kind} model; MVLM starts from a BERT or a LayoutLM")
 
 
-def new_layoutlm(vocab_size: int, architecture: dict) -> LayoutLMForMaskedLM:
+def new_layoutlm(vocab_size: int, architecture: dict, pad_token_id: int) -> LayoutLMForMaskedLM:
     """A randomly initialized LayoutLMForMaskedLM (training from scratch, tests, the demo)."""
     try:
-        config = LayoutLMConfig(vocab_size=vocab_size, **architecture)
+        config = LayoutLMConfig(vocab_size=vocab_size, pad_token_id=pad_token_id, **architecture)
     except TypeError as e:
         raise UserError(f"model settings: {e}") from None
     return LayoutLMForMaskedLM(config)

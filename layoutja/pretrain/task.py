@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
 from layoutja.common import UserError
-from layoutja.pretrain.electra import ElectraPretraining, new_electra
+from layoutja.hub import is_mecab_tokenizer, resolve, resolve_tokenizer, tokenizer_for
+from layoutja.pretrain.electra import ElectraPretraining, load_electra, new_electra
 from layoutja.pretrain.mvlm import MVLMModel, load_layoutlm, new_layoutlm
 from layoutja.pretrain.textcorpus import pack_text_corpus, wait_until_packed
 from layoutja.pretrain.windows import (
@@ -41,21 +42,25 @@ from layoutja.pretrain.windows import (
     WindowStream,
     localized_files,
 )
-from layoutja.text.tokenizer import load_vocab, resolve_tokenizer_dir, vocab_sha256
+from layoutja.text.tokenizer import load_vocab, vocab_sha256
 from layoutja.training.config import Recipe
 from layoutja.training.trainer import Trainer
 
 
-def data_tokenizer(data: Path, init: str | None, tokenizer: str | None) -> Path:
-    """The tokenizer the data was made with; the model's vocabulary must be the same."""
+def data_tokenizer(data: Path, init: Path | None, init_name: str | None,
+                   tokenizer: str | None) -> Path:  # fmt: skip
+    """The MeCab tokenizer to train with: `tokenizer`, else the initial model's own, else the
+    one the data was localized with; the data's vocabulary must be the same."""
     manifests = sorted(data.glob("manifest*.json")) if data.is_dir() else []
     manifest = json.loads(manifests[0].read_text(encoding="utf-8")) if manifests else {}
-    candidates = [c for c in (tokenizer, init, manifest.get("tokenizer")) if c]
-    path = next((Path(c) for c in candidates if (Path(c) / "vocab.txt").exists()), None)
-    if path is None:
-        if not candidates:
-            raise UserError(f"{data}: no manifest names its tokenizer; give --tokenizer")
-        path = resolve_tokenizer_dir(candidates[0])
+    if init is not None:
+        if tokenizer is None and not is_mecab_tokenizer(init):  # e.g. the published LayoutLM:
+            tokenizer = manifest.get("tokenizer")  # the data knows the MeCab tokenizer
+        path = tokenizer_for(init, tokenizer, init_name or str(init))
+    elif tokenizer or manifest.get("tokenizer"):
+        path = resolve_tokenizer(tokenizer or manifest["tokenizer"])
+    else:
+        raise UserError(f"{data}: no manifest names its tokenizer; give --tokenizer")
     expected = manifest.get("tokenizer_vocab_sha256")
     if expected and vocab_sha256(path) != expected:
         raise UserError(
@@ -80,34 +85,35 @@ def is_text_corpus(data: Path) -> bool:
 
 
 def build_model(
-    recipe: Recipe, vocab_size: int, tokenizer_dir: Path, init: str | None
+    recipe: Recipe, specials: SpecialIds, vocab_size: int, init: Path | None
 ) -> MVLMModel | ElectraPretraining:
-    """The training module of the recipe's objective: its forward returns the loss(es), its
-    `exports()` the Hugging Face models to save."""
+    """The training module of the recipe's objective, new or from `init` (MVLM: a BERT or a
+    LayoutLM; ELECTRA: an export with generator/ and discriminator/): its forward returns the
+    loss(es), its `exports()` the Hugging Face models to save."""
     if recipe.objective == "electra":
-        if init:
-            raise UserError("ELECTRA trains from scratch: give --tokenizer DIR, not --init")
-        if not recipe.model:
-            raise UserError("an ELECTRA recipe needs a model section (the discriminator's size)")
         e = recipe.electra
-        return new_electra(
-            vocab_size,
-            recipe.model,
-            layout=e.layout,
-            factor=e.generator_factor,
-            discriminator_weight=e.discriminator_weight,
-        )
-    if init:
-        mlm = load_layoutlm(init, tokenizer_dir)
-    elif recipe.model:
-        mlm = new_layoutlm(vocab_size, recipe.model)
+        if init:
+            model = load_electra(init, layout=e.layout, pad_token_id=specials.pad,
+                                 discriminator_weight=e.discriminator_weight)  # fmt: skip
+        elif not recipe.model:
+            raise UserError("an ELECTRA recipe needs a model section (the discriminator's size)")
+        else:
+            model = new_electra(vocab_size, recipe.model, layout=e.layout,
+                                factor=e.generator_factor, pad_token_id=specials.pad,
+                                discriminator_weight=e.discriminator_weight)  # fmt: skip
+        sizes = {m.config.vocab_size for m in model.exports().values()}
     else:
-        raise UserError("give --init MODEL (a BERT or LayoutLM), or a recipe with a model section")
-    if mlm.config.vocab_size != vocab_size:
-        raise UserError(
-            f"{tokenizer_dir}: {vocab_size} tokens, the model has {mlm.config.vocab_size}"
-        )
-    return MVLMModel(mlm)
+        if init:
+            mlm = load_layoutlm(init, specials.pad)
+        elif recipe.model:
+            mlm = new_layoutlm(vocab_size, recipe.model, specials.pad)
+        else:
+            raise UserError("give --init MODEL (a BERT or LayoutLM), or a recipe with a model "
+                            "section")  # fmt: skip
+        model, sizes = MVLMModel(mlm), {mlm.config.vocab_size}
+    if sizes != {vocab_size}:
+        raise UserError(f"the tokenizer has {vocab_size} tokens, the model {sorted(sizes)}")
+    return model
 
 
 class PretrainTask:
@@ -124,6 +130,7 @@ class PretrainTask:
         *,
         init: str | None = None,
         tokenizer: str | None = None,
+        revision: str | None = None,
     ):
         if recipe.objective not in ("mvlm", "electra"):
             raise UserError(
@@ -139,10 +146,13 @@ class PretrainTask:
             )
         if text and not tokenizer:
             raise UserError(f"{data}: plain text; give --tokenizer DIR (its vocabulary)")
-        self.tokenizer_dir = data_tokenizer(data, init, tokenizer)
+        init_dir = resolve(init, revision) if init else None
+        # An ELECTRA export has its tokenizer beside each model: the discriminator's is used.
+        own = init_dir / "discriminator" if init_dir and recipe.objective == "electra" else init_dir
+        self.tokenizer_dir = data_tokenizer(data, own, init, tokenizer)
         vocab = load_vocab(self.tokenizer_dir / "vocab.txt")
         self.vocab_size, self.specials = len(vocab), SpecialIds.from_vocab(vocab)
-        self.model = build_model(recipe, len(vocab), self.tokenizer_dir, init)
+        self.model = build_model(recipe, self.specials, len(vocab), init_dir)
         positions = min(m.config.max_position_embeddings for m in self.model.exports().values())
         max_length = recipe.data.max_length
         if max_length > positions:
@@ -234,11 +244,14 @@ def pretrain(
     *,
     init: str | None = None,
     tokenizer: str | None = None,
+    revision: str | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Pretrain on localized pages (or, for text-only ELECTRA, a plain-text corpus); returns
-    the last logged metrics (main process)."""
+    """Pretrain on localized pages (or, for text-only ELECTRA, a plain-text corpus), from
+    scratch or from `init` (a directory or hub name at `revision`); returns the last logged
+    metrics (main process)."""
     trainer = Trainer(recipe, out, resume=resume, progress=progress)
-    task = PretrainTask(recipe, trainer, Path(data), Path(out), init=init, tokenizer=tokenizer)
+    task = PretrainTask(recipe, trainer, Path(data), Path(out), init=init, tokenizer=tokenizer,
+                        revision=revision)  # fmt: skip
     return trainer.fit(task)

@@ -43,7 +43,13 @@ class SpecialIds:
 
     @classmethod
     def from_vocab(cls, vocab: dict[str, int]) -> SpecialIds:
-        return cls(*(vocab[t] for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")))
+        """The ids the vocabulary gives its special tokens (never assumed: cl-tohoku's has
+        `[PAD]` = 0, izumi-lab's ELECTRA `[UNK]` = 0 and `[PAD]` = 3)."""
+        names = ("[PAD]", "[CLS]", "[SEP]", "[MASK]")
+        missing = [t for t in names if t not in vocab]
+        if missing:
+            raise UserError(f"the vocabulary has no {', '.join(missing)}")
+        return cls(*(vocab[t] for t in names))
 
 
 def window_spans(length: int, max_tokens: int = 510, margin: int = 128) -> list[tuple[int, int]]:

@@ -3,6 +3,8 @@ batches of labeled windows."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from transformers import (
@@ -39,11 +41,14 @@ class TokenClassifier(nn.Module):
         return logits.argmax(-1)
 
 
-def load_classifier(model_dir: str, names: list[str], text_only: bool) -> nn.Module:
+def load_classifier(model_dir: Path, names: list[str], text_only: bool,
+                    pad_token_id: int) -> nn.Module:  # fmt: skip
     """A token classification head on a pretrained LayoutLM (a BERT is converted), or for
-    `text_only` on a BERT or an ELECTRA discriminator."""
+    `text_only` on a BERT or an ELECTRA discriminator. `pad_token_id` is the tokenizer's (a
+    config may say another: the padding row of the embeddings must be the tokenizer's)."""
     labels = {"num_labels": len(names), "id2label": dict(enumerate(names)),
-              "label2id": {n: i for i, n in enumerate(names)}}  # fmt: skip
+              "label2id": {n: i for i, n in enumerate(names)},
+              "pad_token_id": pad_token_id}  # fmt: skip
     kind = model_type(model_dir)
     # A new head on a pretrained body: transformers' "newly initialized" report is expected.
     with quiet_loading():
@@ -59,7 +64,7 @@ def load_classifier(model_dir: str, names: list[str], text_only: bool) -> nn.Mod
                 model_dir, **labels, dtype=torch.float32
             )
     if kind == "bert":
-        mlm, _ = layoutlm_from_bert(model_dir)
+        mlm, _ = layoutlm_from_bert(model_dir, pad_token_id=pad_token_id)
         config = LayoutLMConfig(**{**mlm.config.to_dict(), **labels})
         model = LayoutLMForTokenClassification(config)
         model.layoutlm.load_state_dict(mlm.layoutlm.state_dict())

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from layoutja.common import UserError, read_jsonl
+from layoutja.common import UserError
 from layoutja.pretrain.windows import CLS_BOX, SEP_BOX, SpecialIds, window_spans
 from layoutja.shinra.labels import (
     OUTSIDE,
@@ -32,6 +32,7 @@ from layoutja.shinra.labels import (
     read_annotations,
     read_extraction_attributes,
 )
+from layoutja.shinra.leaderboard import read_leaderboard
 from layoutja.shinra.rawpage import RawPage
 
 IGNORE = -100  # label of [CLS], [SEP] and padding: no loss
@@ -112,30 +113,10 @@ def load_pages(shinra_dir: Path, localized: Path, names: list[str] | None = None
     return ShinraSet(pages, names, annotations, skipped, dict(attributes))
 
 
-def _leaderboard_page(r: dict) -> tuple[str, tuple[str, list[str]]]:
-    given = r.get("ENEs", r.get("ENE"))
-    if isinstance(given, dict):
-        enes = sorted(given, key=lambda e: -float(given[e]))
-    elif isinstance(given, list):
-        pairs = [
-            (g, 1.0)
-            if isinstance(g, str)
-            else (g.get("ENE") or g["ENE_id"], float(g.get("prob", 1.0)))
-            for g in given
-        ]
-        enes = [e for e, _ in sorted(pairs, key=lambda p: -p[1])]
-    else:
-        enes = [str(given)]
-    return str(r["page_id"]), (r.get("title", ""), [str(e) for e in enes])
-
-
 def read_leaderboard_pages(path: Path) -> dict[str, tuple[str, list[str]]]:
-    """page_id → (title, ENEs) from a leaderboard input JSONL.
-
-    ENEs may be given as `"ENEs": {ENE: probability}`, `"ENEs": [{"ENE": ..., "prob": ...}]`,
-    `"ENEs": [ENE, ...]` or `"ENE": ENE`; they are kept in order of decreasing probability.
-    """
-    return dict(read_jsonl(path, _leaderboard_page, "a leaderboard page"))
+    """page_id → (title, [its category]) from a leaderboard input JSONL (format and category
+    choice: layoutja.shinra.leaderboard), in the shape predict.records_for takes."""
+    return {page: (title, [ene]) for page, (title, ene) in read_leaderboard(path).items()}
 
 
 def is_dev(page_id: str, fraction: float, seed: int) -> bool:

@@ -20,6 +20,7 @@ import torch
 from transformers import PreTrainedModel
 
 from layoutja.common import UserError
+from layoutja.hub import resolve, tokenizer_for
 from layoutja.pretrain.windows import SpecialIds
 from layoutja.shinra.classifier import TokenClassifier, labeled_batch, load_classifier
 from layoutja.shinra.data import gold_records, is_dev, load_pages, windows
@@ -38,16 +39,18 @@ class FinetuneTask:
         recipe: Recipe,
         trainer: Trainer,
         shinra_dir: Path,
-        model_dir: Path,
+        model: str,
         localized: Path,
         out: Path,
+        tokenizer: str | None = None,
+        revision: str | None = None,
     ):
         if recipe.objective != "token-classification":
             raise UserError(f"objective {recipe.objective!r}: finetune trains token-classification")
-        if not (model_dir / "vocab.txt").exists():
-            raise UserError(f"{model_dir}: no tokenizer beside the model (vocab.txt)")
-        self.recipe, self.trainer, self.tokenizer_dir = recipe, trainer, model_dir
-        self.specials = SpecialIds.from_vocab(load_vocab(model_dir / "vocab.txt"))
+        model_dir = resolve(model, revision)
+        self.recipe, self.trainer = recipe, trainer
+        self.tokenizer_dir = tokenizer_for(model_dir, tokenizer, model)  # exported with it
+        self.specials = SpecialIds.from_vocab(load_vocab(self.tokenizer_dir / "vocab.txt"))
         self.data = load_pages(shinra_dir, localized)
         split, seed = recipe.finetune.dev_fraction, recipe.schedule.seed
         self.dev = [p for p in self.data.pages if is_dev(p.page_id, split, seed)]
@@ -63,7 +66,7 @@ class FinetuneTask:
         epochs = recipe.schedule.epochs
         self.max_steps = epochs * self.steps_per_epoch if epochs else recipe.schedule.max_steps
         text_only = recipe.finetune.text_only
-        head = load_classifier(str(model_dir), self.data.names, text_only)
+        head = load_classifier(model_dir, self.data.names, text_only, self.specials.pad)
         self.model = TokenClassifier(head, text_only)
         self.fingerprint = f"{len(train)}:{len(self.items)}:{len(self.data.names)}"
         if trainer.is_main:
@@ -118,14 +121,7 @@ class FinetuneTask:
     def evaluate(self, model: torch.nn.Module, step: int) -> dict:
         """Dev F1 (html_offset, the SHINRA scorer)."""
         data = self.recipe.data
-        predicted = predict_labels(
-            model,
-            self.dev,
-            self.specials,
-            data.max_length,
-            data.margin,
-            self.trainer.accelerator.device,
-        )
+        predicted = predict_labels(model, self.dev, self.specials, data.max_length, data.margin)
         pages = {p.page_id for p in self.dev}
         result = score(
             gold_records(self.data.annotations, pages),
@@ -143,17 +139,19 @@ class FinetuneTask:
 def finetune(
     recipe: Recipe,
     shinra_dir: str | Path,
-    model_dir: str | Path,
+    model: str | Path,
     localized: str | Path,
     out: str | Path,
     *,
+    tokenizer: str | None = None,
+    revision: str | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Fine-tune on a SHINRA directory whose pages are localized in `localized`; returns the
-    last logged metrics (main process)."""
+    """Fine-tune `model` (a directory or a hub name at `revision`; `tokenizer`: the MeCab
+    tokenizer when the model's own is not one) on a SHINRA directory whose pages are localized
+    in `localized`; returns the last logged metrics (main process)."""
     trainer = Trainer(recipe, out, resume=resume, progress=progress)
-    task = FinetuneTask(
-        recipe, trainer, Path(shinra_dir), Path(model_dir), Path(localized), Path(out)
-    )
+    task = FinetuneTask(recipe, trainer, Path(shinra_dir), str(model), Path(localized),
+                        Path(out), tokenizer, revision)  # fmt: skip
     return trainer.fit(task)

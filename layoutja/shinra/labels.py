@@ -17,6 +17,7 @@ Nothing is mislabeled silently. An annotation is skipped, and reported with its 
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,3 +112,30 @@ def page_labels(
             for i in hits[1:]:
                 labels[i] = index[f"I-{a.attribute}"]
     return labels
+
+
+def bridge_gaps(labels: Sequence[int], names: Sequence[str], max_gap: int = 5) -> list[int]:
+    """`labels` (ids into `names`) with every run of at most `max_gap` O tokens that lies between
+    two `I-x` tokens of the same attribute x relabeled `I-x`: the published post-processing
+    (`--bridge-gaps 5`); a `max_gap` of 0 turns it off.
+
+    The published rule names two I- tokens, and it is read literally: the token after the run
+    must be `I-x` (a `B-x` there starts a new value, so the run stays O), and so must the token
+    before it (`B-x O I-x` is left as it is; after `B-x I-x O I-x` the run is bridged).
+    """
+    out = list(labels)
+    if max_gap <= 0:
+        return out
+    left = None  # index of the last non-O token
+    for i, label in enumerate(out):
+        if names[label] == OUTSIDE:
+            continue
+        if (
+            left is not None
+            and 0 < i - left - 1 <= max_gap
+            and names[label].startswith("I-")
+            and out[left] == label
+        ):
+            out[left + 1 : i] = [label] * (i - left - 1)
+        left = i
+    return out

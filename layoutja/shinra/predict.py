@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from layoutja.common import UserError
+from layoutja.common import UserError, device
+from layoutja.hub import resolve, tokenizer_for
 from layoutja.pretrain.windows import SpecialIds
 from layoutja.shinra.classifier import TokenClassifier, labeled_batch
 from layoutja.shinra.data import (
@@ -27,9 +28,11 @@ from layoutja.text.tokenizer import load_vocab
 @torch.no_grad()
 def predict_labels(
     classifier: TokenClassifier, pages: list[Page], specials: SpecialIds, max_length: int,
-    margin: int, device: torch.device, batch_size: int = 16,
+    margin: int, batch_size: int = 16,
 ) -> list[list[int]]:  # fmt: skip
-    """A label id per token of each page, windows merged (inner edges lose margin // 2)."""
+    """A label id per token of each page, windows merged (inner edges lose margin // 2); the
+    batches go to the classifier's device."""
+    device = next(classifier.parameters()).device
     classifier.eval()
     out = []
     for page in pages:
@@ -67,30 +70,30 @@ def records_for(
     return records
 
 
-def _specials(tokenizer_dir: Path) -> SpecialIds:
-    return SpecialIds.from_vocab(load_vocab(tokenizer_dir / "vocab.txt"))
-
-
 def predict(
-    model_dir: str | Path, shinra_dir: str | Path, localized: str | Path, out: str | Path, *,
+    model: str | Path, shinra_dir: str | Path, localized: str | Path, out: str | Path, *,
     leaderboard: str | Path | None = None, max_length: int = 512, margin: int = 128,
+    tokenizer: str | None = None, revision: str | None = None,
 ) -> int:  # fmt: skip
-    """Write SHINRA records predicted for every page of `shinra_dir` (localized beforehand into
-    `localized`); returns how many."""
+    """Write SHINRA records predicted by a fine-tuned `model` (a directory or a hub name at
+    `revision`) for every page of `shinra_dir`, localized beforehand into `localized`, on the
+    accelerator when there is one; returns how many."""
     from transformers import AutoModelForTokenClassification
 
-    model_dir, shinra_dir, out = Path(model_dir), Path(shinra_dir), Path(out)
+    shinra_dir, out = Path(shinra_dir), Path(out)
+    model_dir = resolve(model, revision)
+    specials = SpecialIds.from_vocab(load_vocab(tokenizer_for(model_dir, tokenizer, str(model))
+                                                / "vocab.txt"))  # fmt: skip
     try:
-        model = AutoModelForTokenClassification.from_pretrained(model_dir)
+        classifier = AutoModelForTokenClassification.from_pretrained(model_dir)
     except (OSError, ValueError) as e:
-        raise UserError(f"{model_dir}: not a fine-tuned model: {e}") from None
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        raise UserError(f"{model}: not a fine-tuned model: {e}") from None
+    config = classifier.config
+    names = [config.id2label[i] for i in range(config.num_labels)]
     data = load_pages(shinra_dir, Path(localized), names)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    classifier = TokenClassifier(model, text_only=model.config.model_type != "layoutlm")
-    classifier.to(device)  # the model where its batches go
-    specials = _specials(model_dir)
-    predicted = predict_labels(classifier, data.pages, specials, max_length, margin, device)
+    classifier = TokenClassifier(classifier, text_only=config.model_type != "layoutlm")
+    classifier.to(device())
+    predicted = predict_labels(classifier, data.pages, specials, max_length, margin)
     pages = read_leaderboard_pages(Path(leaderboard)) if leaderboard else None
     records = records_for(data, data.pages, predicted, pages)
     with open(out, "w", encoding="utf-8") as f:

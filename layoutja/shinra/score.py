@@ -12,12 +12,16 @@ The official scorer's conventions (../shared/shinra-sample/README.md), per ENE:
   pooled counts. `html_offset` and `text_offset` are scored separately.
 Over several ENEs (SHINRA 2022) the overall macro is the mean over ENEs of their macro scores and
 the overall micro pools every count.
+
+`score_leaderboard` computes the SHINRA 2022 leaderboard's metric instead (its docstring says how
+it differs). Offsets are compared as (start line, start offset, end line, end offset) tuples of
+ints; an offset that is not such a dict counts as absent.
 """
 
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from layoutja import common
@@ -54,14 +58,13 @@ def read_targets(path: str | Path) -> set[str]:
     return {item.strip() for item in re.split(r"[,\n]", text) if item.strip()}
 
 
-def _key(record: dict, kind: str) -> tuple | None:
+def _span(record: dict, kind: str) -> tuple[int, int, int, int] | None:
     offset = record.get(kind)
     if not offset:
         return None
     try:
         start, end = offset["start"], offset["end"]
         return (
-            record["page_id"],
             int(start["line_id"]),
             int(start["offset"]),
             int(end["line_id"]),
@@ -71,11 +74,21 @@ def _key(record: dict, kind: str) -> tuple | None:
         return None
 
 
+def _key(record: dict, kind: str) -> tuple | None:
+    span = _span(record, kind)
+    return (record["page_id"], *span) if span else None
+
+
+def _rates(correct: int, predicted: int, gold: int) -> dict:
+    """P, R and F1; all 0 when nothing is correct."""
+    precision = correct / predicted if correct else 0.0
+    recall = correct / gold if correct else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if correct else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
 def _prf(tp: int, fp: int, fn: int) -> dict:
-    precision = tp / (tp + fp) if tp else 0.0
-    recall = tp / (tp + fn) if tp else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+    return {**_rates(tp, tp + fp, tp + fn), "tp": tp, "fp": fp, "fn": fn}
 
 
 def _mean(scores: list[dict]) -> dict:
@@ -127,6 +140,63 @@ def score(gold: list[dict], pred: list[dict], targets: set[str] | None = None) -
     return result
 
 
+def score_leaderboard(gold: list[dict], pred: list[dict]) -> dict:
+    """The SHINRA 2022 leaderboard's metric, "the macro average over attributes of per-attribute
+    micro F1", as its scoring program computes it:
+
+    - predictions on pages absent from the gold are ignored, and so are those whose (ENE,
+      attribute) pair the gold lacks;
+    - predictions are deduplicated on (page, ENE, attribute, html_offset or none, text_offset or
+      none);
+    - a prediction is correct when the offsets it carries equal those of a gold record of the
+      same page, ENE and attribute: both when it carries both, the one it carries otherwise; one
+      that carries neither counts as predicted, never as correct;
+    - per pair P = correct / predicted (0 when nothing was predicted), R = correct / gold, F1;
+      macro = the mean over the gold's (ENE, attribute) pairs of P, of R and of F1 (not a mean
+      of per-ENE means, as in `score`); micro = P/R/F1 of the pooled counts.
+
+    Unlike `score`: ENE and attribute are compared as the exact strings (no ASCII → full width),
+    as the statement of the metric says; the two offset kinds are scored together; gold records
+    are counted as given, repeats included (the real sample has 8 among its 186). Read
+    literally, the statement lets one gold record match three distinct predictions (html only,
+    text only, both), so a recall can pass 1; that is kept, not corrected.
+
+    Returns {"macro", "micro", "per_ene": {ENE: {"macro", "micro", "attributes": {attribute:
+    {precision, recall, f1, correct, predicted, gold}}}}}; the per-ENE averages are for reading
+    only, the overall ones are over all pairs.
+    """
+    if not gold:
+        raise UserError("the gold file has no records")
+    gold_counts = Counter((g["ENE"], g["attribute"]) for g in gold)
+    pages = {g["page_id"] for g in gold}
+    matches = set()  # (page, ENE, attribute, html, text) as a correct prediction carries them
+    for g in gold:
+        html, text = _span(g, "html_offset"), _span(g, "text_offset")
+        for carried in {(html, text), (html, None), (None, text)} - {(None, None)}:
+            matches.add((g["page_id"], g["ENE"], g["attribute"], *carried))
+    predicted = {
+        (p["page_id"], p["ENE"], p["attribute"], _span(p, "html_offset"), _span(p, "text_offset"))
+        for p in pred
+        if p["page_id"] in pages and (p["ENE"], p["attribute"]) in gold_counts
+    }
+    counts = {pair: [0, 0, n] for pair, n in gold_counts.items()}  # correct, predicted, gold
+    for key in predicted:
+        counts[key[1:3]][0] += key in matches
+        counts[key[1:3]][1] += 1
+    rows: dict[str, dict[str, dict]] = defaultdict(dict)
+    for (ene, attribute), (correct, n_pred, n_gold) in sorted(counts.items()):
+        rows[ene][attribute] = {**_rates(correct, n_pred, n_gold), "correct": correct,
+                                "predicted": n_pred, "gold": n_gold}  # fmt: skip
+    per_ene = {ene: {**_averages(list(a.values())), "attributes": a} for ene, a in rows.items()}
+    return {**_averages([r for a in rows.values() for r in a.values()]), "per_ene": per_ene}
+
+
+def _averages(rows: list[dict]) -> dict:
+    """Macro (mean of the rows' P, R, F1) and micro (pooled counts) of leaderboard rows."""
+    pooled = [sum(r[k] for r in rows) for k in ("correct", "predicted", "gold")]
+    return {"macro": _mean(rows), "micro": _rates(*pooled)}
+
+
 def html_mismatches(records: list[dict], html_dir: str | Path) -> list[dict]:
     """Records whose html_offset does not cut out their text from the raw page (or no page).
 
@@ -157,17 +227,32 @@ def html_mismatches(records: list[dict], html_dir: str | Path) -> list[dict]:
     return bad
 
 
-def format_table(result: dict) -> str:
-    """Per attribute, per ENE and overall P/R/F1, one block per offset kind."""
+_COUNTS = {
+    "tp": "TP",
+    "fp": "FP",
+    "fn": "FN",
+    "correct": "Corr",
+    "predicted": "Pred",
+    "gold": "Gold",
+}
+
+
+def format_table(result: dict[str, dict]) -> str:
+    """Per attribute, per ENE and overall P/R/F1 with the counts, one block per entry of `result`
+    (an offset kind of `score`, or a name for the result of `score_leaderboard`)."""
     rows = []
-    for kind, scores in result.items():
-        rows.append(f"== {kind} ==")
-        rows.append(f"{'':40} {'P':>6} {'R':>6} {'F1':>6} {'TP':>5} {'FP':>5} {'FN':>5}")
+    for title, scores in result.items():
+        first = next(iter(next(iter(scores["per_ene"].values()))["attributes"].values()))
+        counts = [k for k in _COUNTS if k in first]
+        rows.append(f"== {title} ==")
+        rows.append(
+            f"{'':40} {'P':>6} {'R':>6} {'F1':>6} " + " ".join(f"{_COUNTS[k]:>5}" for k in counts)
+        )
         for ene, e in scores["per_ene"].items():
             for name, s in e["attributes"].items():
                 rows.append(
                     f"{ene} {name:<30.30} {s['precision']:6.3f} {s['recall']:6.3f} "
-                    f"{s['f1']:6.3f} {s['tp']:5d} {s['fp']:5d} {s['fn']:5d}"
+                    f"{s['f1']:6.3f} " + " ".join(f"{s[k]:5d}" for k in counts)
                 )
             for avg in ("macro", "micro"):
                 s = e[avg]

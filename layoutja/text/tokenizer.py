@@ -33,6 +33,7 @@ from operator import not_, sub
 from pathlib import Path
 
 from layoutja.common import UserError
+from layoutja.hub import resolve_tokenizer
 from layoutja.text.mecab import DICTIONARIES, MecabWords
 from layoutja.text.normalize import nfkc_with_offsets
 
@@ -70,7 +71,9 @@ class TokenizerConfig:
         if word != "mecab" or sub != "wordpiece" or not data.get("do_word_tokenize", True):
             raise UserError(
                 f"{source}: not a MeCab + WordPiece BertJapaneseTokenizer "
-                f"(word_tokenizer_type={word!r}, subword_tokenizer_type={sub!r})"
+                f"(word_tokenizer_type={word!r}, subword_tokenizer_type={sub!r}); give the "
+                "MeCab tokenizer the model was trained with (for jri-advtechlab/"
+                "layoutlm-wikipedia-ja: cl-tohoku/bert-base-japanese-v2)"
             )
         mecab = dict(data.get("mecab_kwargs") or {})
         dic = mecab.get("mecab_dic", "unidic_lite")
@@ -126,27 +129,6 @@ def load_vocab(path: Path) -> dict[str, int]:
     return {tok: i for i, tok in enumerate(lines)}
 
 
-def resolve_tokenizer_dir(name_or_path: str | os.PathLike) -> Path:
-    """A local tokenizer directory, or the hub snapshot of a model name when a hub is reachable."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise UserError(f"{path}: is a file; a tokenizer directory is expected")
-    name = str(name_or_path)
-    if name.count("/") != 1 or name.startswith((".", "/")):
-        raise UserError(f"{name}: no such tokenizer directory")
-    try:
-        from huggingface_hub import snapshot_download
-
-        patterns = ["vocab.txt", "tokenizer_config.json", "special_tokens_map.json"]
-        return Path(snapshot_download(name, allow_patterns=patterns))
-    except Exception as e:  # offline, unknown repository, ...: one clear line
-        raise UserError(
-            f"{name}: no such directory, and the hub could not provide it ({type(e).__name__})"
-        ) from None
-
-
 class JapaneseTokenizer:
     """Fast BertJapaneseTokenizer-compatible tokenizer that also returns source offsets."""
 
@@ -168,7 +150,7 @@ class JapaneseTokenizer:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike) -> JapaneseTokenizer:
         """Load a BertJapaneseTokenizer directory (vocab.txt + tokenizer_config.json)."""
-        d = resolve_tokenizer_dir(name_or_path)
+        d = resolve_tokenizer(name_or_path)
         cfg_path = d / "tokenizer_config.json"
         if not cfg_path.is_file():
             raise UserError(f"{d}: missing tokenizer_config.json (not a tokenizer directory)")

@@ -11,7 +11,9 @@ holds for every task:
 - a NaN/inf loss stops the run before it changes the model; fp16 overflow steps are counted;
 - checkpoints with everything `--resume` needs (model, optimizer, scheduler, scaler, RNG, data
   position), written under a temporary name and renamed; a resume checks the world size, the
-  batch size and the data fingerprint;
+  batch size and the data fingerprint; each checkpoint also holds its models as Hugging Face
+  directories with their tokenizer (`hf/`), so "the model at step 50k" loads with `Auto*`;
+- on CUDA: fused AdamW and TF32 matmuls (the models use PyTorch's SDPA attention by default);
 - metrics.jsonl and TensorBoard: loss (and parts), learning rate, tokens/s, MFU on known GPUs,
   evaluations; a progress bar on a terminal, plain lines in logs.
 """
@@ -84,6 +86,10 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     precision = recipe.schedule.mixed_precision
     if precision == "fp16" and not torch.cuda.is_available():
         precision = "no"  # fp16 autocast needs a GPU; CPU runs train in fp32
+    if torch.cuda.is_available():
+        # What autocast leaves in fp32 (an fp32 run, the loss's logits) runs on tensor cores.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     # cpu=True without a GPU: otherwise ranks launched by torchrun/accelerate on CPUs would each
     # train alone instead of as one data-parallel job.
     return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
@@ -107,8 +113,11 @@ def build_optimizer(
     """AdamW (Adam when weight_decay is 0) and a linear warmup, then linear decay to 0.
 
     Biases and LayerNorm weights (the 1-D parameters) are not decayed, as in BERT and ELECTRA.
+    On CUDA the fused kernel updates every tensor in one launch (the model must be there
+    already).
     """
     trained = [p for p in model.parameters() if p.requires_grad]
+    fused = bool(trained) and trained[0].device.type == "cuda"
     optimizer = torch.optim.AdamW(
         [
             {"params": [p for p in trained if p.ndim > 1]},
@@ -118,6 +127,7 @@ def build_optimizer(
         betas=(recipe.optimizer.adam_beta1, recipe.optimizer.adam_beta2),
         eps=recipe.optimizer.adam_epsilon,
         weight_decay=recipe.optimizer.weight_decay,
+        fused=fused,
     )
     warmup = recipe.schedule.warmup_steps
 
@@ -209,9 +219,11 @@ def resume(accelerator: Accelerator, out: Path, wanted: bool) -> dict:
     return json.loads((last / STATE).read_text())
 
 
-def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int) -> None:
+def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int,
+                    models: dict[str, PreTrainedModel], tokenizer_dir: Path) -> None:  # fmt: skip
     """Save model, optimizer, scheduler, scaler, RNG and `state` (the data position) as
-    checkpoints/step-N, under a temporary name first so a kill mid-save loses nothing."""
+    checkpoints/step-N, with `models` exported into its `hf/`, under a temporary name first so
+    a kill mid-save loses nothing."""
     final = out / "checkpoints" / f"step-{state['step']:07d}"
     tmp = final.with_name(f".tmp-{final.name}")
     if accelerator.is_main_process:
@@ -222,6 +234,7 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int)
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        export(models, tokenizer_dir, tmp / "hf")
         (tmp / STATE).write_text(json.dumps(state))
         if final.exists():
             shutil.rmtree(final)
@@ -231,19 +244,14 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int)
     accelerator.wait_for_everyone()
 
 
-def export(
-    accelerator: Accelerator, models: dict[str, PreTrainedModel], tokenizer_dir: Path, out: Path
-) -> None:
-    """Save each trained Hugging Face model (`{subdirectory: model}`, "" for `out` itself) with
-    its tokenizer files beside it (AutoModel and AutoTokenizer load the directory), from the
+def export(models: dict[str, PreTrainedModel], tokenizer_dir: Path, out: Path) -> None:
+    """Save each Hugging Face model (`{subdirectory: model}`, "" for `out` itself) with its
+    tokenizer files beside it (AutoModel and AutoTokenizer load the directory); called by the
     main process."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        for subdirectory, model in models.items():
-            target = out / subdirectory
-            model.save_pretrained(target)
-            copy_tokenizer(tokenizer_dir, target)
-    accelerator.wait_for_everyone()
+    for subdirectory, model in models.items():
+        target = out / subdirectory
+        model.save_pretrained(target)
+        copy_tokenizer(tokenizer_dir, target)
 
 
 class Trainer:
@@ -267,6 +275,7 @@ class Trainer:
         logged metrics (main process)."""
         recipe, accelerator, out = self.recipe, self.accelerator, self.out
         # --- build ---------------------------------------------------------------------------
+        task.model.to(accelerator.device)  # before the optimizer: fused AdamW needs it there
         optimizer, scheduler = build_optimizer(task.model, recipe, task.max_steps)
         model, optimizer = accelerator.prepare(task.model, optimizer)
         accelerator.register_for_checkpointing(scheduler)  # ours: stepped once per step
@@ -323,10 +332,15 @@ class Trainer:
             if state["step"] % every.save_every == 0 or done or evaluates:
                 here = torch.tensor(position, device=accelerator.device)
                 state["positions"] = accelerator.gather(here).view(self.world, -1).tolist()
-                save_checkpoint(accelerator, out, dict(state), every.keep_checkpoints)
+                models = task.exports(accelerator.unwrap_model(model))
+                save_checkpoint(accelerator, out, dict(state), every.keep_checkpoints, models,
+                                task.tokenizer_dir)  # fmt: skip
         bar.close()
         log.close()
-        export(accelerator, task.exports(accelerator.unwrap_model(model)), task.tokenizer_dir, out)
+        accelerator.wait_for_everyone()
+        if self.is_main:
+            export(task.exports(accelerator.unwrap_model(model)), task.tokenizer_dir, out)
+        accelerator.wait_for_everyone()
         accelerator.end_training()
         return last if self.is_main else {}
 

@@ -1,0 +1,161 @@
+"""Models and tokenizers named by a local directory or a Hugging Face hub name.
+
+Every option that takes a model or a tokenizer goes through `resolve`: a directory is used as
+it is; a hub name (`owner/name`, optionally `owner/name@REVISION`) becomes the local snapshot
+that `huggingface_hub` keeps in its cache, downloaded when a hub is reachable and read from the
+cache when it is not (`HF_HUB_OFFLINE=1`). From there on every stage works on plain directories
+with the real `transformers` loading code.
+
+`tokenizer_for` decides which MeCab tokenizer goes with a model: its own when its files are a
+MeCab `BertJapaneseTokenizer`, else the one given with `--tokenizer`, whose vocabulary must be
+the model's. The published LayoutLM (jri-advtechlab/layoutlm-wikipedia-ja) ships
+`LayoutLMTokenizer` files (no MeCab) although it was trained on cl-tohoku/bert-base-japanese-v2's
+MeCab tokenizer with the same vocabulary: it needs `--tokenizer cl-tohoku/bert-base-japanese-v2`,
+and what layoutja writes from it carries that tokenizer, never the defective one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from layoutja.common import TOKENIZER_FILES, UserError
+
+# What a model needs beside its weights: configuration, tokenizer, remote code of custom models.
+_MODEL_FILES = ["*.json", "*.py", "vocab.txt"]
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+PUBLISHED_LAYOUTLM_FIX = "--tokenizer cl-tohoku/bert-base-japanese-v2"
+
+
+def resolve(name_or_path: str | os.PathLike, revision: str | None = None, *,
+            what: str = "model", tokenizer_only: bool = False) -> Path:  # fmt: skip
+    """The local directory of a model (or, `tokenizer_only`, just its tokenizer files).
+
+    `revision` (a branch, tag or commit) pins a hub name; `NAME@REVISION` does the same inline
+    and wins. A local directory is returned as it is (a revision does not apply to it).
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UserError(f"{path}: is a file; a {what} directory or a hub name is expected")
+    name, _, inline = str(name_or_path).partition("@")
+    if not _REPO_ID.fullmatch(name) or name.startswith("."):
+        raise UserError(f"{name_or_path}: no such {what} directory (nor a hub name owner/name)")
+    revision = inline or revision
+    files = list(TOKENIZER_FILES) if tokenizer_only else _MODEL_FILES
+    local = _snapshot(name, revision, files, what)
+    if not tokenizer_only and not any(local.glob("*.safetensors")):
+        # Weights: safetensors where the repository has them, else the PyTorch file (older
+        # repositories such as cl-tohoku's) — never both, never TF/Flax.
+        local = _snapshot(name, revision, ["*.safetensors"], what)
+        if not any(local.glob("*.safetensors")):
+            local = _snapshot(name, revision, ["pytorch_model*.bin"], what)
+    return local
+
+
+def _snapshot(name: str, revision: str | None, patterns: list[str], what: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    at = f"{name}@{revision}" if revision else name
+    try:
+        return Path(snapshot_download(name, revision=revision, allow_patterns=patterns))
+    except RevisionNotFoundError:
+        raise UserError(f"{at}: the hub has no revision {revision!r} of this {what}") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"{at}: no such {what} on the hub (nor a local directory)") from None
+    except LocalEntryNotFoundError:
+        cache = os.environ.get("HF_HOME", "~/.cache/huggingface")
+        raise UserError(
+            f"{at}: not in the Hugging Face cache ({cache}) and the hub cannot be reached"
+            + (" (HF_HUB_OFFLINE is set)" if _offline() else "")
+            + "; download it once with network access, or give a local directory"
+        ) from None
+    except Exception as e:  # noqa: BLE001 — connection, permission, ...: one clear line
+        raise UserError(f"{at}: the hub could not provide the {what} ({type(e).__name__}: "
+                        f"{e})") from None  # fmt: skip
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def resolve_tokenizer(name_or_path: str | os.PathLike) -> Path:
+    """A tokenizer directory (local, or its hub snapshot)."""
+    return resolve(name_or_path, what="tokenizer", tokenizer_only=True)
+
+
+def is_mecab_tokenizer(directory: Path) -> bool:
+    """Whether `directory` holds a MeCab + WordPiece BertJapaneseTokenizer (vocab + config)."""
+    config = directory / "tokenizer_config.json"
+    if not (directory / "vocab.txt").is_file() or not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("word_tokenizer_type") == "mecab"
+
+
+def tokenizer_for(model_dir: Path, tokenizer: str | os.PathLike | None, model: str) -> Path:
+    """The MeCab tokenizer directory to use with the model in `model_dir` (named `model`).
+
+    With `tokenizer` given, that one (its vocabulary must equal the model's, token for token,
+    or have the model's size when the model ships no vocabulary); else the model's own, which
+    must be a MeCab BertJapaneseTokenizer: otherwise the error names the fix.
+    """
+    from layoutja.text.tokenizer import load_vocab
+
+    if tokenizer is None:
+        if is_mecab_tokenizer(model_dir):
+            return model_dir
+        found = _tokenizer_class(model_dir)
+        hint = f" (for jri-advtechlab/layoutlm-wikipedia-ja: {PUBLISHED_LAYOUTLM_FIX})"
+        raise UserError(
+            f"{model}: its tokenizer is {found}, not a MeCab BertJapaneseTokenizer; give "
+            f"--tokenizer NAME_OR_DIR, the MeCab tokenizer it was trained with{hint}"
+        )
+    chosen = resolve_tokenizer(tokenizer)
+    if not is_mecab_tokenizer(chosen):
+        raise UserError(f"{tokenizer}: not a MeCab BertJapaneseTokenizer directory "
+                        f"({_tokenizer_class(chosen)})")  # fmt: skip
+    vocab = load_vocab(chosen / "vocab.txt")
+    if (model_dir / "vocab.txt").is_file():
+        own = load_vocab(model_dir / "vocab.txt")
+        differ = sum(own.get(token) != i for token, i in vocab.items()) + abs(len(own) - len(vocab))
+        if differ:
+            raise UserError(
+                f"{tokenizer}: its vocabulary is not {model}'s ({len(vocab)} vs {len(own)} "
+                f"tokens, {differ} differ); the model's embeddings would mean other tokens"
+            )
+    else:
+        size = _vocab_size(model_dir)
+        if size is not None and size != len(vocab):
+            raise UserError(f"{tokenizer}: {len(vocab)} tokens, {model} has {size} embeddings")
+    return chosen
+
+
+def _tokenizer_class(directory: Path) -> str:
+    """How a directory's tokenizer files describe themselves, for error messages."""
+    try:
+        data = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "absent (no tokenizer_config.json)"
+    if not isinstance(data, dict):
+        return "unreadable"
+    kind = data.get("tokenizer_class", "unnamed")
+    return f"{kind} (word_tokenizer_type {data.get('word_tokenizer_type', 'basic')!r})"
+
+
+def _vocab_size(model_dir: Path) -> int | None:
+    try:
+        return int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
