@@ -29,8 +29,9 @@ from transformers import (
 )
 
 from layoutja.cli.main import main
-from layoutja.common import UserError
+from layoutja.common import UserError, device
 from layoutja.hub import resolve
+from layoutja.shinra.classifier import TokenClassifier
 
 from .conftest import TRAIN, make_shinra, tiny_bert
 from .hubcache import add_repo
@@ -207,10 +208,17 @@ def test_the_published_layoutlm_by_name_with_the_mecab_tokenizer(offline, shinra
     assert all(json.loads(line)["html_offset"] for line in predictions.read_text().splitlines())
     # Pretraining goes on from it: the data's tokenizer stands in for the defective one.
     run("pretrain", "--config", TRAIN / "mvlm-tiny.yaml", "--data", localized, "--init", LAYOUTLM,
-        "--out", tmp_path / "mvlm", "--schedule.max_steps", "2", "--quiet")  # fmt: skip
+        "--out", tmp_path / "mvlm", "--schedule.max_steps", "2", "--checkpoint.save_every", "1",
+        "--quiet")  # fmt: skip
     assert type(AutoTokenizer.from_pretrained(tmp_path / "mvlm")).__name__ == (
         "BertJapaneseTokenizer"
     )
+    # An intermediate checkpoint's models load with Auto* classes and fine-tune as they are.
+    step_1 = tmp_path / "mvlm" / "checkpoints" / "step-0000001" / "hf"
+    assert type(AutoModelForMaskedLM.from_pretrained(step_1)).__name__ == "LayoutLMForMaskedLM"
+    assert type(AutoTokenizer.from_pretrained(step_1)).__name__ == "BertJapaneseTokenizer"
+    finetune(shinra, step_1, localized, tmp_path / "ft-step-1", "--schedule.epochs", "1")
+    assert (tmp_path / "ft-step-1" / "config.json").is_file()
 
 
 def test_fill_mask_with_the_published_layoutlm(offline, capsys):
@@ -228,7 +236,9 @@ def test_the_bert_baseline_by_name(offline, shinra, tmp_path):
     assert type(model).__name__ == "BertForTokenClassification"
 
 
-def test_izumi_electra_with_unk_0_and_pad_3_end_to_end(offline, shinra, tmp_path, capsys):
+def test_izumi_electra_with_unk_0_and_pad_3_end_to_end(
+    offline, shinra, tmp_path, capsys, monkeypatch
+):
     from layoutja.pretrain.windows import SpecialIds, collate
     from layoutja.text.tokenizer import load_vocab
 
@@ -244,9 +254,20 @@ def test_izumi_electra_with_unk_0_and_pad_3_end_to_end(offline, shinra, tmp_path
     # The padding row of the embeddings is the vocabulary's [PAD], not the config's default 0.
     assert model.config.pad_token_id == 3
     assert model.electra.embeddings.word_embeddings.padding_idx == 3
+    # predict puts the model where the code chooses (the GPU when there is one) and every
+    # batch where the model is.
+    seen = []
+    labels = TokenClassifier.labels
+
+    def spy(self, batch):
+        seen.append((next(self.parameters()).device, {v.device for v in batch.values()}))
+        return labels(self, batch)
+
+    monkeypatch.setattr(TokenClassifier, "labels", spy)
     predictions = tmp_path / "pred.jsonl"
     run("predict", "--model", out, "--data", shinra, "--localized", localized, "--out",
         predictions)  # fmt: skip
-    assert predictions.exists()
+    assert predictions.exists() and seen
+    assert all(batch == {model} and model == device() for model, batch in seen)
     run("fill-mask", "--model", IZUMI_GENERATOR, "--top-k", "3", "東京は[MASK]の首都である。")
     assert len(capsys.readouterr().out.splitlines()) == 4

@@ -248,10 +248,19 @@ def export(models: dict[str, PreTrainedModel], tokenizer_dir: Path, out: Path) -
     """Save each Hugging Face model (`{subdirectory: model}`, "" for `out` itself) with its
     tokenizer files beside it (AutoModel and AutoTokenizer load the directory); called by the
     main process."""
-    for subdirectory, model in models.items():
-        target = out / subdirectory
-        model.save_pretrained(target)
-        copy_tokenizer(tokenizer_dir, target)
+    from transformers.utils import logging as transformers_logging
+
+    # A "Writing model shards" bar per save, every checkpoint, is noise in a training log.
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        for subdirectory, model in models.items():
+            target = out / subdirectory
+            model.save_pretrained(target)
+            copy_tokenizer(tokenizer_dir, target)
+    finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
 
 
 class Trainer:
