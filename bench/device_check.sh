@@ -89,7 +89,7 @@ echo "== fine-tuning and predict on the device"
 DATA=${DEVICE_CHECK_DATA:-}
 if [ -z "$DATA" ] && [ -x "${LAYOUTJA_CHROMIUM:-/usr/bin/chromium}" ]; then
   DATA="$WORK/demo"
-  bench/device_check.sh --prepare "$DATA" >/dev/null
+  bench/device_check.sh --prepare "$DATA" > "$WORK/prepare.log" 2>&1 || { cat "$WORK/prepare.log"; exit 1; }
 fi
 if [ -z "$DATA" ]; then
   echo "skipped: no browser here and no DEVICE_CHECK_DATA (see --prepare above)"
@@ -97,7 +97,8 @@ if [ -z "$DATA" ]; then
 fi
 start=$(date +%s)
 $LJ finetune --config train/finetune-tiny.yaml --data demo/shinra --model "$DATA/layoutlm-init" \
-  --localized "$DATA/localized" --out "$WORK/shinra" --quiet --schedule.mixed_precision fp16
+  --localized "$DATA/localized" --out "$WORK/shinra" --quiet --schedule.mixed_precision fp16 \
+  --schedule.epochs 10
 $LJ predict --model "$WORK/shinra" --data demo/shinra --localized "$DATA/localized" \
   --out "$WORK/predictions.jsonl" --max-length 128 --margin 32
 tail -n 1 "$WORK/shinra/metrics.jsonl"
