@@ -56,6 +56,9 @@ ELECTRA_ARGS   ?=
 FT_RECIPE  ?= train/finetune-tiny.yaml
 FT_MODEL   ?= $(OUT)/mvlm
 FT_LOCALIZED ?= $(OUT)/localized
+FT_TOKENIZER ?=
+TEXT_MODEL ?= $(OUT)/bert
+TEXT_RECIPE ?= $(FT_RECIPE)
 WINDOW     ?= --max-length 128 --margin 32
 GOLD       ?= $(wildcard $(SHINRA)/annotation/*.jsonl)
 MASKED     ?= 東京大学で[MASK]の研究をしています。
@@ -63,11 +66,15 @@ STEPS      ?=
 EPOCHS     ?=
 LJ         := $(VENV)/bin/layoutja
 
-.PHONY: vocab localize show bert init-model pretrain electra finetune predict score fill-mask plot
+.PHONY: vocab localize show bert init-model pretrain electra finetune finetune-model finetune-text \
+  predict score \
+  compare fill-mask plot
 
+# The demo fine-tunes twice (layout-aware and text-only, for `compare`), DEMO_EPOCHS each.
+DEMO_EPOCHS ?= 15
 demo: setup
 	@$(MAKE) --no-print-directory vocab localize show bert init-model pretrain electra finetune \
-	  predict score fill-mask plot
+	  predict score finetune-text compare fill-mask plot EPOCHS=$(or $(EPOCHS),$(DEMO_EPOCHS))
 	@echo
 	@echo "demo artefacts in $(OUT)/:"
 	@echo "  tokenizer/          the WordPiece vocabulary (AutoTokenizer loads it)"
@@ -78,6 +85,8 @@ demo: setup
 	@echo "  electra/            a layout-aware ELECTRA: generator/ and discriminator/ (LayoutLM)"
 	@echo "  shinra/             the fine-tuned attribute extractor (dev F1 in metrics.jsonl)"
 	@echo "  predictions.jsonl   its SHINRA predictions; score.json their score"
+	@echo "  shinra-text/        the text-only baseline (the BERT), fine-tuned on the same split"
+	@echo "  compare.md          layout-aware vs text-only on the dev pages, by where values sit"
 	@echo "  loss.png            loss curves and dev F1"
 
 # An existing vocabulary is kept: everything after it (localized pages, models) depends on it,
@@ -117,11 +126,22 @@ electra: setup
 	  --out $(OUT)/electra --resume $(if $(STEPS),--schedule.max_steps $(STEPS)) $(ELECTRA_ARGS)
 
 # Localizing is a step of its own, before training: pages already in FT_LOCALIZED are skipped.
+# The export in $(OUT)/shinra is the model best on dev; the last one is in $(OUT)/shinra/last.
 finetune: setup
-	$(LJ) localize $(SHINRA)/html --tokenizer $(FT_MODEL) --out $(FT_LOCALIZED) --quiet
+	$(LJ) localize $(SHINRA)/html --tokenizer $(or $(FT_TOKENIZER),$(FT_MODEL)) \
+	  --out $(FT_LOCALIZED) --quiet
+	@$(MAKE) --no-print-directory finetune-model
+
+finetune-model: setup
 	$(LJ) finetune --config $(FT_RECIPE) --data $(SHINRA) --model $(FT_MODEL) \
 	  --out $(OUT)/shinra --localized $(FT_LOCALIZED) --resume \
-	  $(if $(EPOCHS),--schedule.epochs $(EPOCHS))
+	  $(if $(FT_TOKENIZER),--tokenizer $(FT_TOKENIZER)) $(if $(EPOCHS),--schedule.epochs $(EPOCHS))
+
+# The text-only baseline for `make compare`: TEXT_MODEL (a BERT) on the same pages and split.
+finetune-text: setup
+	$(LJ) finetune --config $(TEXT_RECIPE) --data $(SHINRA) --model $(TEXT_MODEL) \
+	  --out $(OUT)/shinra-text --localized $(FT_LOCALIZED) --resume --finetune.text_only true \
+	  $(if $(FT_TOKENIZER),--tokenizer $(FT_TOKENIZER)) $(if $(EPOCHS),--schedule.epochs $(EPOCHS))
 
 predict: setup
 	$(LJ) localize $(SHINRA)/html --tokenizer $(OUT)/shinra --out $(FT_LOCALIZED) --quiet
@@ -131,6 +151,77 @@ predict: setup
 score: setup
 	$(LJ) score --gold $(GOLD) --pred $(OUT)/predictions.jsonl --html $(SHINRA)/html \
 	  --out $(OUT)/score.json | tail -n 4
+
+# What the layout buys: the layout-aware run (CMP_LAYOUT) and the text-only one (CMP_TEXT),
+# fine-tuned on the same split, predict its dev pages; both are scored under both conventions,
+# per attribute and by where the values sit (infobox, table, list, running text).
+CMP_LAYOUT ?= $(OUT)/shinra
+CMP_TEXT   ?= $(OUT)/shinra-text
+compare: setup
+	@cmp -s $(CMP_LAYOUT)/dev_pages.txt $(CMP_TEXT)/dev_pages.txt || \
+	  { echo "$(CMP_LAYOUT) and $(CMP_TEXT) were not fine-tuned on the same split"; exit 1; }
+	@mkdir -p $(OUT)/compare
+	$(LJ) predict --model $(CMP_LAYOUT) --data $(SHINRA) --localized $(FT_LOCALIZED) \
+	  --target $(CMP_LAYOUT)/dev_pages.txt --out $(OUT)/compare/layout.jsonl $(WINDOW)
+	$(LJ) predict --model $(CMP_TEXT) --data $(SHINRA) --localized $(FT_LOCALIZED) \
+	  --target $(CMP_LAYOUT)/dev_pages.txt --out $(OUT)/compare/text-only.jsonl $(WINDOW)
+	$(LJ) compare --gold $(GOLD) --html $(SHINRA)/html --target $(CMP_LAYOUT)/dev_pages.txt \
+	  --pred layout=$(OUT)/compare/layout.jsonl text-only=$(OUT)/compare/text-only.jsonl \
+	  --out $(OUT)/compare.md
+
+# --- SHINRA 2022 at full size: the published runs -------------------------------------------
+# The training data (annotation/, html/<ENE>/, plain/<ENE>/) in SHINRA2022, the leaderboard
+# input (html/, plain/, the ENE definitions, the input JSONL LB_PAGES) in LEADERBOARD, e.g.
+#   make shinra2022 SHINRA2022=/data/ene-20221116 LEADERBOARD=/data/attribute_extraction
+# LB_SYSTEM chooses a system of a multi-system input; LB_GOLD scores the predictions where the
+# leaderboard's gold is given. The published LayoutLM's own tokenizer files are not MeCab:
+# FT_TOKENIZER gives the one it was trained with.
+SHINRA2022   ?= /data/shinra2022
+LEADERBOARD  ?= /data/shinra2022-leaderboard
+LB_PAGES     ?= $(firstword $(wildcard $(LEADERBOARD)/*leaderboard*.jsonl))
+LB_SYSTEM    ?=
+LB_GOLD      ?=
+RUN          ?= runs/shinra2022
+LAYOUTLM     ?= jri-advtechlab/layoutlm-wikipedia-ja
+BERT         ?= cl-tohoku/bert-base-japanese-v2
+PUBLISHED_TOKENIZER ?= cl-tohoku/bert-base-japanese-v2
+SHINRA2022_RUN := OUT=$(RUN) SHINRA=$(SHINRA2022) FT_LOCALIZED=$(RUN)/localized WINDOW= \
+  FT_TOKENIZER=$(PUBLISHED_TOKENIZER) GOLD="$(wildcard $(SHINRA2022)/annotation/*.jsonl)"
+
+.PHONY: shinra2022 shinra2022-localize shinra2022-finetune shinra2022-predict shinra2022-score \
+  shinra2022-compare
+shinra2022: shinra2022-localize shinra2022-finetune shinra2022-predict shinra2022-score \
+  shinra2022-compare
+
+shinra2022-localize: setup
+	$(LJ) localize $(SHINRA2022)/html --tokenizer $(PUBLISHED_TOKENIZER) --out $(RUN)/localized
+	$(LJ) localize $(LEADERBOARD)/html --tokenizer $(PUBLISHED_TOKENIZER) \
+	  --out $(RUN)/leaderboard-localized
+
+# The layout-aware run is $(RUN)/shinra, the text-only one $(RUN)/shinra-text (as `compare` reads).
+shinra2022-finetune: setup
+	@$(MAKE) --no-print-directory finetune-model finetune-text $(SHINRA2022_RUN) \
+	  FT_MODEL=$(LAYOUTLM) FT_RECIPE=train/finetune-shinra.yaml TEXT_MODEL=$(BERT) \
+	  TEXT_RECIPE=train/finetune-shinra-bert.yaml
+
+shinra2022-predict: setup
+	@for run in shinra shinra-text; do \
+	  $(LJ) predict --model $(RUN)/$$run --data $(LEADERBOARD) --pages $(LB_PAGES) \
+	    $(if $(LB_SYSTEM),--system $(LB_SYSTEM)) --localized $(RUN)/leaderboard-localized \
+	    --out $(RUN)/leaderboard-$$run.jsonl || exit 1; \
+	done
+
+shinra2022-score: setup
+	@if [ -z "$(LB_GOLD)" ]; then echo "no LB_GOLD: the leaderboard predictions are not scored"; \
+	else for run in shinra shinra-text; do for convention in leaderboard-2022 2019; do \
+	  score=$(RUN)/score-$$run-$$convention; \
+	  $(LJ) score --convention $$convention --gold $(LB_GOLD) --html $(LEADERBOARD)/html \
+	    --pred $(RUN)/leaderboard-$$run.jsonl --out $$score.json > $$score.txt || exit 1; \
+	  echo "$$run, $$convention:"; grep '^overall' $$score.txt; \
+	done; done; fi
+
+shinra2022-compare: setup
+	@$(MAKE) --no-print-directory compare $(SHINRA2022_RUN)
 
 fill-mask: setup
 	$(LJ) fill-mask --model $(OUT)/mvlm "$(MASKED)"

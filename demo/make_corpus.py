@@ -3,8 +3,10 @@
 The pages are written for this project (fictional airports, towns and facts) in the shape of
 Japanese Wikipedia articles as SHINRA distributes them: MediaWiki's HTML structure with a title,
 a lead, an infobox table, headings, lists, a route table, links and references. Gold annotations
-(SHINRA's JSONL with exact html_offsets) cover four attributes of the Airport ENE (1.6.5.3),
-and an ENE definition file lists them (plus one with extraction_task false).
+(SHINRA's JSONL with exact html_offsets) cover seven attributes of the Airport ENE (1.6.5.3),
+whose values sit in the infobox, the route table, the history list and the lead's running text
+(so `make compare` has something to show), and an ENE definition file lists them (plus one with
+extraction_task false).
 
     python demo/make_corpus.py demo/shinra     # what `demo/shinra/` in the repository holds
 """
@@ -37,7 +39,7 @@ HISTORY = [
 
 
 def article(i: int, rng: random.Random) -> tuple[list[str], list[tuple]]:
-    """The HTML lines of one article and its annotations (attribute, line, value)."""
+    """The HTML lines of one article and its annotations (attribute, line, value, marker)."""
     prefix = PREFIXES[i]
     name = f"{prefix}{'国際' if i % 4 == 0 else ''}空港"
     town, pref = prefix, PREFECTURES[i % len(PREFECTURES)]
@@ -96,12 +98,21 @@ def article(i: int, rng: random.Random) -> tuple[list[str], list[tuple]]:
         "</body>",
         "</html>",
     ]
+
+    def at(text: str) -> int:
+        return next(n for n, line in enumerate(lines) if text in line)
+
+    # (attribute, line, value, what the value comes after on its line)
     annotations = [
-        ("IATA（空港コード）", 15, iata),
-        ("所在地", 16, f'<a href="/wiki/{pref}">{pref}</a>{town}市'),
-        ("開港年", 17, year),
-        ("運営者", 18, operator),
+        ("IATA（空港コード）", 15, iata, "<td>"),
+        ("所在地", 16, f'<a href="/wiki/{pref}">{pref}</a>{town}市', "<td>"),
+        ("開港年", 17, year, "<td>"),
+        ("運営者", 18, operator, "<td>"),
+        ("沿革", at(f"<li>滑走路を{length}"), f"滑走路を{length}に延長。", "<li>"),  # a list
+        *(("就航路線", at(f'">{c}</a></td></tr>'), c, '">') for c in routes),  # a table
     ]
+    if "（" in lines[21]:  # the lead gives the reading: running text
+        annotations.append(("ふりがな", 21, kana, "（"))
     return lines, annotations
 
 
@@ -116,15 +127,23 @@ def write_corpus(root: Path, pages: int = 24) -> None:
         lines, annotations = article(i, rng)
         (html_dir / f"{page_id}.html").write_text("\n".join(lines) + "\n", encoding="utf-8")
         title = lines[9].split(">")[1].split("<")[0]
-        for attribute, line, value in annotations:
-            start = lines[line].index(value, lines[line].index("<td>"))
+        for attribute, line, value, after in annotations:
+            start = lines[line].index(value, lines[line].index(after))
             end = {"line_id": line, "offset": start + len(value)}
             offset = {"start": {"line_id": line, "offset": start}, "end": end, "text": value}
             records.append({"page_id": page_id, "title": title, "ENE": ENE,
                             "attribute": attribute, "html_offset": offset})  # fmt: skip
     with open(root / "annotation" / f"{ENE}_dist.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    attributes = ["IATA（空港コード）", "所在地", "開港年", "運営者"]
+    attributes = [
+        "IATA（空港コード）",
+        "所在地",
+        "開港年",
+        "運営者",
+        "沿革",
+        "就航路線",
+        "ふりがな",
+    ]
     definition = {"ENE_id": ENE, "title": "空港", "attributes": [
         *({"name": a, "extraction_task": True} for a in attributes),
         {"name": "画像", "extraction_task": False}]}  # fmt: skip

@@ -41,13 +41,24 @@ def test_make_demo_runs_every_step(tmp_path):
     artefacts = ["tokenizer/vocab.txt", "localized/manifest.json", "page.png",
                  "layoutlm-init/config.json", "mvlm/model.safetensors", "shinra/model.safetensors",
                  "electra/generator/model.safetensors", "electra/discriminator/config.json",
-                 "predictions.jsonl", "score.json", "loss.png"]  # fmt: skip
+                 "predictions.jsonl", "score.json", "loss.png", "shinra/best.json",
+                 "shinra/last/model.safetensors", "shinra-text/model.safetensors",
+                 "compare.md", "compare.json"]  # fmt: skip
     for artefact in artefacts:
         assert (out / artefact).exists(), artefact
     score = json.loads((out / "score.json").read_text())
     assert {"macro", "micro", "per_ene"} <= set(score)
     assert score["html_mismatches"] == []
     assert result.stdout.count("[MASK] 1:") == 2 and "demo artefacts in" in result.stdout
+    # the layout-aware run and the text-only one, side by side on the dev pages
+    comparison = json.loads((out / "compare.json").read_text())
+    assert comparison["systems"] == ["layout", "text-only"]
+    assert {r["where"] for r in comparison["attributes"]} == {
+        "infobox", "table", "list", "running text"
+    }  # fmt: skip
+    dev = (out / "shinra" / "dev_pages.txt").read_text().split()
+    assert dev == (out / "shinra-text" / "dev_pages.txt").read_text().split() and len(dev) == 6
+    assert "**overall** (macro)" in (out / "compare.md").read_text().splitlines()[-1]
     assert (out / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Run again, the vocabulary is kept and every page is already localized.
     again = subprocess.run(

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForTokenClassification, BertForMaskedLM
 
-from layoutja.shinra.data import Page, decode, merge_windows
+from layoutja.shinra.data import Page, merge_windows
 from layoutja.shinra.finetune import finetune
 from layoutja.shinra.rawpage import RawPage
+from layoutja.shinra.records import decode
 from layoutja.shinra.score import html_mismatches, read_jsonl, score
 
 from .conftest import make_shinra, recipe, tiny_bert
@@ -59,29 +64,40 @@ def test_merge_windows_keeps_each_token_once_away_from_inner_edges():
 
 def test_decode_b_i_runs_to_exact_records():
     raw = RawPage("<td>東京都大田区</td>\n<td>HND</td>")
-    page = Page("1", "1.6.5.3", "t", Path("x"), [0] * 4, [[0] * 4] * 4,
-                [[0, 4, 0, 7], [0, 7, 0, 10], [1, 4, 1, 7], [1, 4, 1, 7]])  # fmt: skip
+    spans = np.array([[0, 4, 0, 7], [0, 7, 0, 10], [1, 4, 1, 7], [1, 4, 1, 7]], dtype=np.int32)
+    page = Page("1", "1.6.5.3", "t", Path("x"), np.zeros(4, np.int32), np.zeros((4, 4), np.int16),
+                spans)  # fmt: skip
     names = ["O", "B-所在地", "I-所在地", "B-IATA", "I-IATA"]
     records = decode(page, [1, 2, 4, 0], names, raw, "1.6.5.3", None)
     assert [(r["attribute"], r["html_offset"]["text"]) for r in records] == [
         ("所在地", "東京都大田区"),
         ("IATA", "HND"),  # an I- without its B- still starts a value
     ]
-    assert decode(page, [1, 2, 4, 0], names, raw, "1.6.5.3", {"IATA"})[0]["attribute"] == "IATA"
+    only = decode(page, [1, 2, 4, 0], names, raw, "1.6.5.3", {"IATA": "ＩＡＴＡ"})
+    assert [r["attribute"] for r in only] == ["ＩＡＴＡ"]  # the ENE's spelling of the label
+
+
+@pytest.fixture(scope="module")
+def trained(shinra, bert, localized, tmp_path_factory) -> tuple[Path, dict]:
+    """The tiny recipe fine-tuned on the set, every epoch's checkpoint kept: (run, last metrics)."""
+    out = tmp_path_factory.mktemp("ft")
+    config = recipe("finetune-tiny", keep_checkpoints=30)
+    return out, finetune(config, shinra, bert, localized, out, progress=False)
 
 
 def test_finetune_learns_the_attributes_and_predicts_exact_offsets(
-    shinra, bert, localized, tmp_path
+    shinra, localized, trained, tmp_path
 ):
-    out = tmp_path / "ft"
-    last = finetune(recipe("finetune-tiny"), shinra, bert, localized, out, progress=False)
+    out, last = trained
     assert last["dev_macro_f1"] >= 0.9, last
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics if "dev_macro_f1" in m] == list(range(1, 31))
-    assert json.loads((out / "data.json").read_text())["annotations_skipped"] == {
+    summary = json.loads((out / "data.json").read_text())
+    assert summary["annotations_skipped"] == {
         "text does not match the offsets": 1,
         "page not localized": 1,
     }
+    assert (summary["train_pages"], summary["dev_pages"]) == (18, 6)  # int(24 × 0.25) on dev
     reported = [json.loads(x) for x in (out / "skipped_annotations.jsonl").read_text().splitlines()]
     assert sorted(r["page_id"] for r in reported) == ["2000", "9999"]
     model = AutoModelForTokenClassification.from_pretrained(out)
@@ -97,6 +113,34 @@ def test_finetune_learns_the_attributes_and_predicts_exact_offsets(
     gold = [g for g in read_jsonl(shinra / "annotation" / "1.6.5.3_dist.jsonl")
             if g["html_offset"]["text"] != "大阪府"]  # fmt: skip
     assert score(gold, pred)["html_offset"]["micro"]["f1"] >= 0.9
+    # --target: only the pages listed (here, the dev pages)
+    dev = (out / "dev_pages.txt").read_text().split()
+    only = tmp_path / "dev.jsonl"
+    command[command.index(str(predictions))] = str(only)
+    result = subprocess.run([*command, "--target", str(out / "dev_pages.txt")],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert {r["page_id"] for r in read_jsonl(only)} == set(dev)
+    assert f"for {len(dev)} pages" in result.stderr
+
+
+def test_the_export_is_the_best_model_on_dev_and_the_last_is_beside_it(trained):
+    out, _ = trained
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [m for m in metrics if "dev_macro_f1" in m]
+    best = max(evaluations, key=lambda m: m["dev_macro_f1"])  # the first of equal ones
+    saved = json.loads((out / "best.json").read_text())
+    assert (saved["step"], saved["dev_macro_f1"]) == (best["step"], best["dev_macro_f1"])
+    # Every evaluation is checkpointed with the model of its step (hf/last/).
+    at_best = out / "checkpoints" / f"step-{best['step']:07d}" / "hf" / "last"
+    final = out / "checkpoints" / f"step-{evaluations[-1]['step']:07d}" / "hf" / "last"
+    weights = lambda d: load_file(d / "model.safetensors")  # noqa: E731
+    exported, kept_last = weights(out), weights(out / "last")
+    assert all(torch.equal(exported[k], v) for k, v in weights(at_best).items())
+    assert all(torch.equal(kept_last[k], v) for k, v in weights(final).items())
+    assert (out / "vocab.txt").exists() and (out / "last" / "vocab.txt").exists()
+    if best["step"] != evaluations[-1]["step"]:  # the models differ, so the test tells them apart
+        assert any(not torch.equal(exported[k], v) for k, v in kept_last.items())
 
 
 def test_text_only_baseline_runs_the_same_pipeline(shinra, bert, localized, tmp_path):
@@ -106,3 +150,88 @@ def test_text_only_baseline_runs_the_same_pipeline(shinra, bert, localized, tmp_
     assert last["epoch"] == 2
     model = AutoModelForTokenClassification.from_pretrained(tmp_path / "bl")
     assert type(model).__name__ == "BertForTokenClassification"
+
+
+def leaderboard_dir(shinra: Path, root: Path) -> Path:
+    """The fixture's pages as a leaderboard input directory: the same html/, the ENE
+    definitions (IATA spelled full width, 開港年 not extracted, a second ENE with 所在地 only) and
+    SHINRA's plain text for every page but 2001 (whose plain file is another text)."""
+    root.mkdir()
+    (root / "html").symlink_to(shinra / "html")
+    definitions = [
+        {"ENE_id": "1.6.5.3", "attributes": [{"name": "所在地", "extraction_task": True},
+                                             {"name": "ＩＡＴＡ", "extraction_task": True},
+                                             {"name": "開港年", "extraction_task": False}]},
+        {"ENE_id": "1.6.5.2", "attributes": [{"name": "所在地", "extraction_task": True}]},
+    ]  # fmt: skip
+    (root / "ENE_definition.jsonl").write_text(
+        "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in definitions), "utf-8"
+    )
+    for page in (shinra / "html" / "1.6.5.3").glob("*.html"):
+        plain = root / "plain" / "1.6.5.3" / f"{page.stem}.txt"
+        plain.parent.mkdir(parents=True, exist_ok=True)
+        text = re.sub(r"<[^>]*>", "", page.read_text("utf-8"))  # no comments or entities here
+        plain.write_text("another text" if page.stem == "2001" else text, "utf-8")
+    return root
+
+
+def test_predict_takes_the_leaderboard_pages_their_category_and_its_attributes(
+    shinra, localized, trained, tmp_path
+):
+    out, _ = trained
+    data = leaderboard_dir(shinra, tmp_path / "leaderboard")
+    systems = lambda a, b: {"sysA": a, "sysB": b}  # noqa: E731
+    lines = [  # three pages; sysA and sysB disagree on the category of 2000
+        {"page_id": "2000", "title": "T0", "ENEs": systems(
+            [{"prob": 0.2, "ENE": "1.6.5.2"}, {"prob": 0.8, "ENE": "1.6.5.3"}],
+            [{"prob": 0.6, "ENE": "1.6.5.2"}, {"prob": 0.4, "ENE": "1.6.5.3"}])},
+        {"page_id": "2001", "title": "T1", "ENEs": systems([{"prob": 1, "ENE": "1.6.5.3"}],
+                                                           [{"prob": 1, "ENE": "1.6.5.3"}])},
+        {"page_id": "2002", "title": "T2", "ENEs": systems([{"prob": 1, "ENE": "9.9"}],
+                                                           [{"prob": 1, "ENE": "9.9"}])},
+        {"page_id": "4242", "title": "T", "ENEs": systems([{"prob": 1, "ENE": "1.6.5.3"}],
+                                                          [{"prob": 1, "ENE": "1.6.5.3"}])},
+    ]  # fmt: skip
+    pages = tmp_path / "leaderboard.jsonl"
+    pages.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), "utf-8")
+    command = [sys.executable, "-m", "layoutja", "predict", "--model", str(out), "--data",
+               str(data), "--localized", str(localized), "--pages", str(pages),
+               "--max-length", "128", "--margin", "32"]  # fmt: skip
+    two = subprocess.run([*command, "--out", str(tmp_path / "x.jsonl")], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert two.returncode != 0 and "sysA" in two.stderr and "sysB" in two.stderr
+    found = {}
+    for system in ("sysA", "sysB"):
+        path = tmp_path / f"{system}.jsonl"
+        run = subprocess.run([*command, "--system", system, "--out", str(path)],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert "1 pages of" in run.stderr  # 4242 is not localized
+        found[system] = read_jsonl(path)
+        # (html_mismatches finds a page under html/<ENE>/: here, its directory's ENE)
+        in_directory = [{**r, "ENE": "1.6.5.3"} for r in found[system]]
+        assert html_mismatches(in_directory, data / "html") == []
+    kinds = lambda records, page: {(r["ENE"], r["attribute"], r["title"])  # noqa: E731
+                                   for r in records if r["page_id"] == page}  # fmt: skip
+    # Its highest-prob category; only that category's extracted attributes, as it spells them.
+    assert kinds(found["sysA"], "2000") == {
+        ("1.6.5.3", "所在地", "T0"),
+        ("1.6.5.3", "ＩＡＴＡ", "T0"),
+    }
+    assert kinds(found["sysB"], "2000") == {("1.6.5.2", "所在地", "T0")}
+    assert kinds(found["sysA"], "2001") == {
+        ("1.6.5.3", "所在地", "T1"),
+        ("1.6.5.3", "ＩＡＴＡ", "T1"),
+    }
+    assert kinds(found["sysA"], "2002") == set()  # a category the definitions lack keeps none
+    assert {r["page_id"] for r in found["sysA"]} == {"2000", "2001"}  # only the listed pages
+    for r in found["sysA"]:  # text_offset where the plain text is SHINRA's, else none
+        if r["page_id"] == "2001":
+            assert "text_offset" not in r
+            continue
+        t = r["text_offset"]
+        plain = (data / "plain" / "1.6.5.3" / "2000.txt").read_text("utf-8").splitlines()
+        line = plain[t["start"]["line_id"]]
+        assert t["start"]["line_id"] == t["end"]["line_id"]
+        assert line[t["start"]["offset"] : t["end"]["offset"]] == t["text"]
+        assert t["text"] == r["html_offset"]["text"]

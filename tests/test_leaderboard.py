@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from layoutja.common import UserError
-from layoutja.shinra.data import read_leaderboard_pages
 from layoutja.shinra.labels import read_extraction_attributes
 from layoutja.shinra.leaderboard import kept_attributes, read_leaderboard
 
@@ -36,7 +35,6 @@ def test_each_page_takes_the_entry_with_the_highest_prob(tmp_path):
     )
     expected = {"1": ("空港A", "1.2"), "2": ("T", "1.4"), "3": ("T", "1.5"), "4": ("T", "1.7")}
     assert read_leaderboard(path) == expected
-    assert read_leaderboard_pages(path)["1"] == ("空港A", ["1.2"])  # the shape predict takes
 
 
 def two_systems(page_id, sys_ene, other_ene) -> dict:

@@ -1,5 +1,5 @@
 """`layoutja` subcommands of the model stages: init-model, pretrain, finetune, predict,
-fill-mask, plot and score (the data stages are in layoutja.cli.main)."""
+fill-mask, plot, score and compare (the data stages are in layoutja.cli.main)."""
 
 from __future__ import annotations
 
@@ -72,19 +72,28 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from layoutja.shinra.predict import predict
+    from layoutja.shinra.score import read_targets
 
-    count = predict(
+    counts = predict(
         args.model,
         args.data,
         args.localized,
         args.out,
         leaderboard=args.pages,
+        system=args.system,
+        targets=read_targets(args.target) if args.target else None,
+        bridge=args.bridge_gaps,
         max_length=args.max_length,
         margin=args.margin,
+        batch_size=args.batch_size,
         tokenizer=args.tokenizer,
         revision=args.revision,
     )
-    print(f"wrote {count} records to {args.out}", file=sys.stderr)
+    print(f"wrote {counts['records']} records for {counts['pages']} pages to {args.out}",
+          file=sys.stderr)  # fmt: skip
+    if counts["not_localized"]:
+        print(f"warning: {counts['not_localized']} pages of {args.pages} are not localized in "
+              f"{args.localized}: no predictions for them", file=sys.stderr)  # fmt: skip
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
@@ -138,6 +147,28 @@ def cmd_score(args: argparse.Namespace) -> None:
         if args.html:
             report["html_mismatches"] = bad
         Path(args.out).write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from layoutja.shinra.compare import compare, format_comparison
+    from layoutja.shinra.score import read_jsonl, read_targets
+
+    systems = {}
+    for given in args.pred:
+        name, sep, path = given.partition("=")
+        if not sep or not name:
+            raise UserError(f"--pred {given!r}: write NAME=PREDICTIONS.jsonl")
+        systems[name] = read_jsonl(path)
+    gold = [record for path in args.gold for record in read_jsonl(path)]
+    pages = read_targets(args.target) if args.target else None
+    result = compare(gold, systems, Path(args.html), pages)
+    table = format_comparison(result)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n", encoding="utf-8")
+        Path(args.out).with_suffix(".json").write_text(
+            json.dumps(result, ensure_ascii=False, indent=1) + "\n", encoding="utf-8"
+        )
 
 
 def add_revision_argument(p: argparse.ArgumentParser) -> None:
@@ -240,9 +271,12 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
     p = sub.add_parser(
         "predict",
         help="predict SHINRA attribute values with a fine-tuned model",
-        description="Localize the pages of a SHINRA directory, label their tokens with a "
-        "fine-tuned model (windows merged, margin/2 tokens dropped at inner edges) and write "
-        "SHINRA records (page_id, title, ENE, attribute, html_offset with the exact raw text).",
+        description="Label the tokens of a SHINRA directory's pages, localized beforehand, "
+        "with a fine-tuned model (windows merged, margin/2 tokens dropped at inner edges, short "
+        "gaps bridged) and write SHINRA records (page_id, title, ENE, attribute, html_offset "
+        "with the exact raw text, and text_offset where DATA/plain/ gives the page's plain "
+        "text). Each page's category is its directory's or, with --pages, the leaderboard "
+        "input's highest-prob ENE; only that category's attributes are kept.",
     )
     p.add_argument("--model", required=True, help="fine-tuned model: a directory or a hub name")
     add_tokenizer_argument(p)
@@ -250,8 +284,21 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
     p.add_argument("--out", required=True, help="predictions JSONL")
     p.add_argument("--localized", required=True, help="the pages, localized beforehand")
     p.add_argument(
-        "--pages", help="leaderboard input JSONL (page_id, title, ENEs): records per given ENE"
+        "--pages",
+        help="leaderboard input JSONL (page_id, title, ENEs): predict these pages, each as its "
+        "highest-prob ENE (DATA must hold the ENE definitions)",
     )
+    p.add_argument("--system", help="--pages: the system (key of ENEs) to take ENEs from")
+    p.add_argument("--target", help="only these page ids (CSV/lines, e.g. OUT/dev_pages.txt)")
+    p.add_argument(
+        "--bridge-gaps",
+        type=int,
+        default=5,
+        metavar="N",
+        help="relabel runs of up to N O tokens between two I- of one attribute (default: 5, as "
+        "published; 0: off)",
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="windows per batch (default: 16)")
     p.add_argument("--max-length", type=int, default=512, help="window length (default: 512)")
     p.add_argument("--margin", type=int, default=128, help="window overlap (default: 128)")
     p.set_defaults(func=cmd_predict)
@@ -303,3 +350,21 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
     p.add_argument("--out", help="write the scores as JSON here (macro, micro at the top)")
     p.add_argument("--html", help="HTML directory: check that offsets cut out each text")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "compare",
+        help="score two systems side by side per attribute, by where the values sit",
+        description="Score each system (e.g. the layout-aware model and the text-only baseline, "
+        "fine-tuned on the same split) under both conventions (2019 html_offset F1 and the 2022 "
+        "leaderboard's), per attribute, per location of its gold values in the raw HTML "
+        "(infobox, table, list, running text) and overall, as one Markdown table; the "
+        "difference is the first system's F1 minus the second's.",
+    )
+    p.add_argument("--gold", required=True, nargs="+", help="gold annotations (JSONL)")
+    p.add_argument(
+        "--pred", required=True, nargs="+", metavar="NAME=FILE", help="each system's output"
+    )
+    p.add_argument("--html", required=True, help="HTML directory of the pages")
+    p.add_argument("--target", help="page ids to score (CSV/lines; default: the gold pages)")
+    p.add_argument("--out", help="write the table here (and the scores as JSON beside it)")
+    p.set_defaults(func=cmd_compare)

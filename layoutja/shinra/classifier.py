@@ -72,9 +72,11 @@ def load_classifier(model_dir: Path, names: list[str], text_only: bool,
     raise UserError(f"{model_dir}: a {kind} model; fine-tuning takes LayoutLM or BERT")
 
 
-def labeled_batch(items: list[dict], pad: int) -> dict:
-    batch = collate([(w["input_ids"], w["bbox"]) for w in items], pad)
+def labeled_batch(items: list[tuple], pad: int) -> dict:
+    """The tensors of a batch of windows, each (input_ids, bbox, labels) arrays
+    (layoutja.shinra.data.window); labels are IGNORE where padded."""
+    batch = collate([(ids, bbox) for ids, bbox, _ in items], pad)
     labels = torch.full_like(batch["input_ids"], IGNORE)
-    for row, w in enumerate(items):
-        labels[row, : len(w["labels"])] = torch.tensor(w["labels"])
+    for row, (_, _, window_labels) in enumerate(items):
+        labels[row, : len(window_labels)] = torch.as_tensor(window_labels)
     return {**batch, "labels": labels}

@@ -1,41 +1,45 @@
-"""A SHINRA attribute-extraction data set as labeled windows, and predictions back as records.
+"""A SHINRA attribute-extraction data set as labeled pages of arrays, split and cut into windows.
 
     SHINRA_DIR/annotation/<ENE>_dist.jsonl   gold annotations (html_offset)
-    SHINRA_DIR/html/<ENE>/<page_id>.html     pages
+    SHINRA_DIR/html/<ENE>/<page_id>.html     pages (or html/<page_id>.html: the leaderboard's)
+    SHINRA_DIR/plain/<ENE>/<page_id>.txt     optional: SHINRA's plain text (for text_offset)
     SHINRA_DIR/*definition*.jsonl            optional: ENE attributes and extraction_task flags
 
 Pages are localized with the localization stage into a Parquet directory (resumable, so
-already localized pages are reused), labeled through layoutja.shinra.labels, split into train/dev by
-a hash of the page id, and cut into windows as for pretraining. At prediction time a token takes
-its label from the window where it is furthest from an inner edge: `margin // 2` tokens are
-dropped at each inner window edge.
+already localized pages are reused) and read from it a part at a time, each page's tokens as
+numpy arrays (no Python object per token): ids int32, boxes int16, raw spans int32, labels
+int32 (layoutja.shinra.labels), about 32 bytes a token. The dev split is the published one: a
+share of the pages of each category. Pages are cut into windows as for pretraining; at
+prediction time a token takes its label from the window where it is furthest from an inner
+edge: `margin // 2` tokens are dropped at each inner window edge.
 """
 
 from __future__ import annotations
 
-import glob
-import hashlib
+import random
 import re
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from layoutja.common import UserError
-from layoutja.pretrain.windows import CLS_BOX, SEP_BOX, SpecialIds, window_spans
+from layoutja.pretrain.windows import CLS_BOX, SEP_BOX, SpecialIds, localized_files
 from layoutja.shinra.labels import (
-    OUTSIDE,
     Annotation,
     label_names,
     page_labels,
     read_annotations,
     read_extraction_attributes,
 )
-from layoutja.shinra.leaderboard import read_leaderboard
 from layoutja.shinra.rawpage import RawPage
 
 IGNORE = -100  # label of [CLS], [SEP] and padding: no loss
+COLUMNS = ["page_id", "category", "source", "input_ids", "bbox", "html_span"]
 
 
 @dataclass
@@ -44,102 +48,145 @@ class Page:
     ene: str
     title: str
     path: Path  # the raw HTML file
-    input_ids: list[int]
-    bbox: list[list[int]]
-    html_span: list[list[int]]
-    labels: list[int] = field(default_factory=list)
+    input_ids: np.ndarray  # (n,) int32
+    bbox: np.ndarray  # (n, 4) int16
+    html_span: np.ndarray | None  # (n, 4) int32; None where no longer needed (training pages)
+    labels: np.ndarray | None = None  # (n,) int32
+
+
+@dataclass(frozen=True)
+class ShinraDir:
+    """The files of a SHINRA directory."""
+
+    html: Path
+    plain: Path
+    annotations: list[Path]
+    definitions: Path | None
+
+    @classmethod
+    def of(cls, root: Path) -> ShinraDir:
+        html = root / "html"
+        if not html.is_dir():
+            raise UserError(f"{root}: no html/ directory (SHINRA layout html/<ENE>/<id>.html)")
+        definitions = sorted(root.glob("*definition*.jsonl"))
+        return cls(html, root / "plain", sorted((root / "annotation").glob("*.jsonl")),
+                   definitions[0] if definitions else None)  # fmt: skip
+
+    def plain_path(self, page: Page) -> Path:
+        """Where SHINRA's plain text of a page is (beside html/, same relative path)."""
+        return self.plain / page.path.relative_to(self.html).with_suffix(".txt")
+
+    def attributes(self, annotations: list[Annotation]) -> dict[str, set[str]]:
+        """ENE → its attributes as spelled: those with extraction_task in the definitions or,
+        without definitions, those annotated."""
+        if self.definitions:
+            return read_extraction_attributes(self.definitions)
+        attributes = defaultdict(set)
+        for a in annotations:
+            attributes[a.ene].add(a.attribute)
+        return dict(attributes)
 
 
 @dataclass
 class ShinraSet:
+    dirs: ShinraDir
     pages: list[Page]
     names: list[str]  # label names, index = label id
     annotations: list[Annotation]
     skipped: list[tuple[str, Annotation]]  # annotations not placed, with the reason
-    attributes: dict[str, set[str]]  # ENE → attributes that can be predicted for it
+    attributes: dict[str, set[str]]  # ENE → attributes that can be predicted for it, as spelled
 
 
-def layout(shinra_dir: Path) -> tuple[Path, list[Path], Path | None]:
-    """(html directory, annotation files, ENE definition file or None) of a SHINRA directory."""
-    html = shinra_dir / "html"
-    if not html.is_dir():
-        raise UserError(f"{shinra_dir}: no html/ directory (SHINRA layout html/<ENE>/<id>.html)")
-    annotations = sorted((shinra_dir / "annotation").glob("*.jsonl"))
-    definitions = sorted(shinra_dir.glob("*definition*.jsonl"))
-    return html, annotations, definitions[0] if definitions else None
-
-
-def _title(raw: str) -> str:
+def page_title(raw: str) -> str:
     match = re.search(r"<title>(.*?)</title>", raw, re.S | re.I)
     return match.group(1).split(" - ")[0].strip() if match else ""
 
 
+def _values(column: pa.ChunkedArray, dtype: type, width: int | None = None) -> np.ndarray:
+    """The values of a list column (of lists of `width` values) as one numpy array, copied out
+    of Arrow."""
+    values = column.combine_chunks().flatten()
+    if width:
+        return values.flatten().to_numpy().astype(dtype).reshape(-1, width)
+    return values.to_numpy().astype(dtype)
+
+
+def read_parts(localized: Path, html_dir: Path) -> Iterator[list[Page]]:
+    """The localized pages, a Parquet part at a time, their tokens as numpy arrays (views into
+    one array per column and part); titles are left empty, labels None."""
+    for path in localized_files(localized):
+        table = pq.read_table(path, columns=COLUMNS)
+        lengths = table.column("input_ids").combine_chunks().value_lengths().to_numpy()
+        ends = np.cumsum(lengths)
+        ids = _values(table.column("input_ids"), np.int32)
+        boxes = _values(table.column("bbox"), np.int16, 4)
+        spans = _values(table.column("html_span"), np.int32, 4)
+        rows = zip(*(table.column(c).to_pylist() for c in ("page_id", "category", "source")))
+        pages = []
+        for (page_id, category, source), end, n in zip(rows, ends, lengths, strict=True):
+            cut = slice(end - n, end)
+            pages.append(Page(page_id, category, "", html_dir / source, ids[cut], boxes[cut],
+                              spans[cut]))  # fmt: skip
+        yield pages
+
+
 def load_pages(shinra_dir: Path, localized: Path, names: list[str] | None = None) -> ShinraSet:
-    """Localized pages of a SHINRA directory with their labels (from its annotations).
+    """Localized pages of a SHINRA directory with their titles and labels (from its annotations).
 
     `names` fixes the label set (a fine-tuned model's); by default it is built from the ENE
     definitions (attributes with extraction_task) or, without them, the annotated attributes.
     """
-    html_dir, annotation_files, definitions = layout(shinra_dir)
-    annotations = read_annotations(annotation_files)
-    if definitions:
-        attributes = read_extraction_attributes(definitions)
-    else:
-        attributes = defaultdict(set)
-        for a in annotations:
-            attributes[a.ene].add(a.attribute)
+    dirs = ShinraDir.of(shinra_dir)
+    annotations = read_annotations(dirs.annotations)
+    attributes = dirs.attributes(annotations)
     names = names or label_names(set().union(*attributes.values()) if attributes else set())
     by_page = defaultdict(list)
     skipped = []
     for a in annotations:
-        if definitions and a.ene not in attributes:
+        if dirs.definitions and a.ene not in attributes:
             skipped.append(("unknown ENE", a))
         else:
             by_page[a.page_id].append(a)
     pages = []
-    columns = ["page_id", "category", "source", "input_ids", "bbox", "html_span"]
-    parts = sorted(glob.glob(str(localized / "part-*.parquet")))
-    if not parts:
-        raise UserError(f"{localized}: no localized pages")
-    for row in pq.read_table(parts, columns=columns).to_pylist():
-        raw = RawPage.read(html_dir / row["source"])
-        page = Page(row["page_id"], row["category"], _title(raw.source), raw.path,
-                    row["input_ids"], row["bbox"], row["html_span"])  # fmt: skip
-        page.labels = page_labels(
-            page.html_span, raw, by_page.pop(page.page_id, []), names, skipped
-        )
-        pages.append(page)
+    for part in read_parts(localized, dirs.html):
+        for page in part:
+            raw = RawPage.read(page.path)
+            page.title = page_title(raw.source)
+            mine = by_page.pop(page.page_id, [])
+            page.labels = page_labels(page.html_span, raw, mine, names, skipped)
+            pages.append(page)
     skipped += [("page not localized", a) for page in by_page.values() for a in page]
-    return ShinraSet(pages, names, annotations, skipped, dict(attributes))
+    return ShinraSet(dirs, pages, names, annotations, skipped, attributes)
 
 
-def read_leaderboard_pages(path: Path) -> dict[str, tuple[str, list[str]]]:
-    """page_id → (title, [its category]) from a leaderboard input JSONL (format and category
-    choice: layoutja.shinra.leaderboard), in the shape predict.records_for takes."""
-    return {page: (title, [ene]) for page, (title, ene) in read_leaderboard(path).items()}
+def dev_split(pages: list[Page], fraction: float, seed: int) -> set[str]:
+    """The page ids held out for dev, as the published system chose them: of each category's n
+    pages, int(n × fraction), drawn (seeded) among the pages whose labels all occur on another
+    page of the category, so that the dev set has no label its category's training pages lack."""
+    rng = random.Random(seed)
+    by_category = defaultdict(list)
+    for page in pages:
+        by_category[page.ene].append(page)
+    dev = set()
+    for category in sorted(by_category):
+        group = sorted(by_category[category], key=lambda p: p.page_id)
+        tags = [set(np.unique(p.labels).tolist()) - {0} for p in group]
+        counts = Counter(tag for page_tags in tags for tag in page_tags)
+        candidates = [p.page_id for p, t in zip(group, tags) if all(counts[x] > 1 for x in t)]
+        rng.shuffle(candidates)
+        dev.update(candidates[: int(len(group) * fraction)])
+    return dev
 
 
-def is_dev(page_id: str, fraction: float, seed: int) -> bool:
-    """Deterministic train/dev split by page."""
-    digest = hashlib.blake2b(f"{seed}:{page_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < fraction
-
-
-def windows(
-    page: Page, specials: SpecialIds, max_length: int = 512, margin: int = 128
-) -> list[dict]:
-    """Labeled windows of a page: input_ids, bbox, labels and the token range they cover."""
-    out = []
-    for start, end in window_spans(len(page.input_ids), max_length - 2, margin):
-        out.append(
-            {
-                "input_ids": [specials.cls, *page.input_ids[start:end], specials.sep],
-                "bbox": [CLS_BOX, *page.bbox[start:end], SEP_BOX],
-                "labels": [IGNORE, *page.labels[start:end], IGNORE],
-                "span": (start, end),
-            }
-        )
-    return out
+def window(page: Page, start: int, end: int, specials: SpecialIds):
+    """(input_ids, bbox, labels) of the window of tokens start–end of a page, with [CLS] and
+    [SEP] (label IGNORE; a page without labels gets IGNORE everywhere)."""
+    ids = np.concatenate([[specials.cls], page.input_ids[start:end], [specials.sep]])
+    bbox = np.concatenate([[CLS_BOX], page.bbox[start:end], [SEP_BOX]])
+    labels = np.full(len(ids), IGNORE, dtype=np.int64)
+    if page.labels is not None:
+        labels[1:-1] = page.labels[start:end]
+    return ids, bbox, labels
 
 
 def merge_windows(length: int, spans: list[tuple[int, int]], margin: int) -> list[tuple]:
@@ -152,41 +199,3 @@ def merge_windows(length: int, spans: list[tuple[int, int]], margin: int) -> lis
         keep.append((first, last))
     assert not spans or (keep[0][0] == 0 and keep[-1][1] == length)
     return keep
-
-
-def decode(page: Page, labels: list[int], names: list[str], raw: RawPage, ene: str,
-           allowed: set[str] | None) -> list[dict]:  # fmt: skip
-    """SHINRA records for the B-/I- runs of a page's predicted labels."""
-    records, current = [], None
-    for i, label in enumerate([*labels, 0]):
-        name = names[label] if i < len(labels) else OUTSIDE
-        attribute = name[2:]
-        if current and (name == OUTSIDE or name.startswith("B-") or attribute != current[0]):
-            records.append(_record(page, raw, ene, *current))
-            current = None
-        if name != OUTSIDE and current is None:  # B-x, or an I-x with no B-x before it
-            current = [attribute, i, i]
-        elif current:
-            current[2] = i
-    return [r for r in records if r and (allowed is None or r["attribute"] in allowed)]
-
-
-def _record(page: Page, raw: RawPage, ene: str, attribute: str, first: int, last: int):
-    l0, c0 = page.html_span[first][:2]
-    l1, c1 = page.html_span[last][2:]
-    text = raw.text((l0, c0), (l1, c1))
-    if text is None:
-        return None
-    offset = {"start": {"line_id": l0, "offset": c0}, "end": {"line_id": l1, "offset": c1}}
-    return {"page_id": page.page_id, "title": page.title, "ENE": ene, "attribute": attribute,
-            "html_offset": {**offset, "text": text}}  # fmt: skip
-
-
-def gold_records(annotations: list[Annotation], pages: set[str]) -> list[dict]:
-    """Annotations of `pages` as SHINRA records (for scoring)."""
-    return [
-        {"page_id": a.page_id, "ENE": a.ene, "attribute": a.attribute,
-         "html_offset": {"start": {"line_id": a.start[0], "offset": a.start[1]},
-                         "end": {"line_id": a.end[0], "offset": a.end[1]}, "text": a.text}}
-        for a in annotations if a.page_id in pages
-    ]  # fmt: skip

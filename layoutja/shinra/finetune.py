@@ -3,8 +3,13 @@
 It trains `LayoutLMForTokenClassification` (or, `finetune.text_only`, a BERT's or a text-only
 ELECTRA discriminator's token classifier on the same windows without boxes: the baseline) on
 pages localized beforehand (`layoutja localize`), and reports the dev F1 (the SHINRA scorer on
-held-out pages) after every epoch. Epoch e is a seeded permutation of the training windows;
-step s takes its s-th global batch, so the position is a function of the step alone.
+held-out pages, gaps bridged as published) after every epoch. Epoch e is a seeded permutation
+of the training windows; step s takes its s-th global batch, so the position is a function of
+the step alone.
+
+The export in the run directory is the model with the best dev macro F1 (OUT/best.json says
+which epoch); the model of the last step is beside it in OUT/last/. Without dev pages the last
+model is the export.
 """
 
 from __future__ import annotations
@@ -21,14 +26,17 @@ from transformers import PreTrainedModel
 
 from layoutja.common import UserError
 from layoutja.hub import resolve, tokenizer_for
-from layoutja.pretrain.windows import SpecialIds
+from layoutja.pretrain.windows import SpecialIds, window_spans
 from layoutja.shinra.classifier import TokenClassifier, labeled_batch, load_classifier
-from layoutja.shinra.data import gold_records, is_dev, load_pages, windows
-from layoutja.shinra.predict import predict_labels, records_for
+from layoutja.shinra.data import dev_split, load_pages, window
+from layoutja.shinra.predict import predict_pages
+from layoutja.shinra.records import Decoder, gold_records, spelling_for
 from layoutja.shinra.score import score
 from layoutja.text.tokenizer import load_vocab
 from layoutja.training.config import Recipe
-from layoutja.training.trainer import Trainer
+from layoutja.training.trainer import Trainer, export
+
+BEST = "best.json"  # the dev scores and step of the model exported in the run directory
 
 
 class FinetuneTask:
@@ -52,11 +60,20 @@ class FinetuneTask:
         self.tokenizer_dir = tokenizer_for(model_dir, tokenizer, model)  # exported with it
         self.specials = SpecialIds.from_vocab(load_vocab(self.tokenizer_dir / "vocab.txt"))
         self.data = load_pages(shinra_dir, localized)
-        split, seed = recipe.finetune.dev_fraction, recipe.schedule.seed
-        self.dev = [p for p in self.data.pages if is_dev(p.page_id, split, seed)]
-        train = [p for p in self.data.pages if not is_dev(p.page_id, split, seed)]
+        dev = dev_split(self.data.pages, recipe.finetune.dev_fraction, recipe.schedule.seed)
+        self.dev = [p for p in self.data.pages if p.page_id in dev]
+        self.train = [p for p in self.data.pages if p.page_id not in dev]
+        # Only dev pages are decoded: theirs get spans of their own, so that the spans of the
+        # parts (arrays shared by all the pages of a part) are freed.
+        for page in self.data.pages:
+            page.html_span = page.html_span.copy() if page.page_id in dev else None
         length, margin = recipe.data.max_length, recipe.data.margin
-        self.items = [w for page in train for w in windows(page, self.specials, length, margin)]
+        # A window is (training page, first token, end): three ints, its arrays cut when batched.
+        self.items = np.array(
+            [(k, *span) for k, page in enumerate(self.train)
+             for span in window_spans(len(page.input_ids), length - 2, margin)],
+            dtype=np.int64,
+        ).reshape(-1, 3)  # fmt: skip
         batch = recipe.schedule.global_batch_size
         self.steps_per_epoch = len(self.items) // batch
         if not self.steps_per_epoch:
@@ -68,12 +85,16 @@ class FinetuneTask:
         text_only = recipe.finetune.text_only
         head = load_classifier(model_dir, self.data.names, text_only, self.specials.pad)
         self.model = TokenClassifier(head, text_only)
-        self.fingerprint = f"{len(train)}:{len(self.items)}:{len(self.data.names)}"
+        self.fingerprint = f"{len(self.train)}:{len(self.items)}:{len(self.data.names)}"
+        self.out = out
+        saved = out / BEST
+        self.best = json.loads(saved.read_text()) if trainer.wants_resume and saved.exists() else {}
         if trainer.is_main:
-            self._write_summary(out, len(train))
+            self._write_summary(out, len(self.train))
 
     def _write_summary(self, out: Path, train_pages: int) -> None:
-        """OUT/data.json (counts) and OUT/skipped_annotations.jsonl (each with its reason)."""
+        """OUT/data.json (counts), OUT/dev_pages.txt and OUT/skipped_annotations.jsonl (each with
+        its reason)."""
         out.mkdir(parents=True, exist_ok=True)
         skipped = Counter(reason for reason, _ in self.data.skipped)
         summary = {
@@ -84,6 +105,8 @@ class FinetuneTask:
             "annotations_skipped": skipped,
         }
         (out / "data.json").write_text(json.dumps(summary, ensure_ascii=False, indent=1))
+        # the held-out pages, as `score --target` and `compare --target` read them
+        (out / "dev_pages.txt").write_text("".join(f"{p.page_id}\n" for p in self.dev))
         with open(out / "skipped_annotations.jsonl", "w", encoding="utf-8") as f:
             for reason, a in self.data.skipped:
                 record = {"reason": reason, **dataclasses.asdict(a)}
@@ -100,7 +123,8 @@ class FinetuneTask:
             chunk = order[
                 index * schedule.global_batch_size : (index + 1) * schedule.global_batch_size
             ]
-            mine = [self.items[k] for k in chunk[rank::world]]
+            mine = [window(self.train[k], start, end, self.specials)
+                    for k, start, end in self.items[chunk[rank::world]]]  # fmt: skip
             step += 1
             micro = [
                 labeled_batch(mine[i : i + size], self.specials.pad)
@@ -109,7 +133,8 @@ class FinetuneTask:
             yield micro, [step // self.steps_per_epoch, step % self.steps_per_epoch]
 
     def exports(self, model: torch.nn.Module) -> dict[str, PreTrainedModel]:
-        return {"": model.model}
+        """The last model: in last/ when the best on dev is the run directory's export."""
+        return {"last" if self.dev else "": model.model}
 
     def flops_per_token(self) -> float:
         return 0.0  # not reported for fine-tuning
@@ -119,21 +144,27 @@ class FinetuneTask:
         return bool(self.dev) and (step % self.steps_per_epoch == 0 or step == self.max_steps)
 
     def evaluate(self, model: torch.nn.Module, step: int) -> dict:
-        """Dev F1 (html_offset, the SHINRA scorer)."""
-        data = self.recipe.data
-        predicted = predict_labels(model, self.dev, self.specials, data.max_length, data.margin)
+        """Dev F1 (html_offset, the SHINRA scorer; gaps bridged as published); a model better
+        on dev than every earlier one becomes the run directory's export."""
+        data, names = self.recipe.data, self.data.names
+        decoder, labeled = Decoder(self.data.dirs, names), {n[2:] for n in names[1:]}
+        records = []
+        for page, labels in predict_pages(model, self.dev, self.specials, data.max_length,
+                                          data.margin):  # fmt: skip
+            spelling = spelling_for(self.data.attributes, page.ene, labeled)
+            records += decoder.records(page, labels, page.ene, spelling)
         pages = {p.page_id for p in self.dev}
-        result = score(
-            gold_records(self.data.annotations, pages),
-            records_for(self.data, self.dev, predicted),
-            pages,
-        )
-        html = result["html_offset"]
-        return {
+        html = score(gold_records(self.data.annotations, pages), records, pages)["html_offset"]
+        result = {
             "epoch": -(-step // self.steps_per_epoch),
             "dev_macro_f1": round(html["macro"]["f1"], 4),
             "dev_micro_f1": round(html["micro"]["f1"], 4),
         }
+        if result["dev_macro_f1"] > self.best.get("dev_macro_f1", -1.0):
+            self.best = {**result, "step": step}
+            export({"": model.model}, self.tokenizer_dir, self.out)
+            (self.out / BEST).write_text(json.dumps(self.best) + "\n")
+        return result
 
 
 def finetune(

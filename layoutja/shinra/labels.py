@@ -4,7 +4,8 @@ An annotation points into the raw HTML file by (line, offset) positions, counted
 checker counts them (`str.splitlines`, 0-based lines, character columns, end exclusive); every
 localized token carries its raw range the same way (`html_span`). A token is labeled with an
 annotation when their raw ranges overlap: `B-<attribute>` for the first such token, `I-` for
-the rest. One label set covers every ENE (attributes are named, not numbered per ENE).
+the rest. One label set covers every ENE (attributes are named, not numbered per ENE; a name
+is NFKC-normalized and stripped, `attribute_name`).
 
 Nothing is mislabeled silently. An annotation is skipped, and reported with its reason, when:
 - its offsets fall outside the page, or the raw text between them is not its `text`;
@@ -16,10 +17,12 @@ Nothing is mislabeled silently. An annotation is skipped, and reported with its 
 
 from __future__ import annotations
 
-from bisect import bisect_right
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from layoutja.common import read_jsonl
 from layoutja.shinra.rawpage import RawPage
@@ -60,27 +63,36 @@ def read_extraction_attributes(path: Path) -> dict[str, set[str]]:
     return dict(read_jsonl(path, _definition, "an ENE definition"))
 
 
+def attribute_name(attribute: str) -> str:
+    """An attribute as labels name it: NFKC-normalized and stripped, so that one label covers
+    its spellings in every ENE (as in the published system)."""
+    return unicodedata.normalize("NFKC", attribute).strip()
+
+
 def label_names(attributes: set[str]) -> list[str]:
-    """["O", "B-a", "I-a", "B-b", ...] in a fixed order."""
+    """["O", "B-a", "I-a", "B-b", ...] in a fixed order, attributes named by `attribute_name`."""
     names = [OUTSIDE]
-    for attribute in sorted(attributes):
+    for attribute in sorted({attribute_name(a) for a in attributes}):
         names += [f"B-{attribute}", f"I-{attribute}"]
     return names
 
 
 def page_labels(
-    spans: list[list[int]],
+    spans: np.ndarray,
     raw: RawPage,
     annotations: list[Annotation],
     names: list[str],
     skipped: list[tuple[str, Annotation]],
-) -> list[int]:
-    """Label ids for the tokens of one page (their `html_span`s), given its annotations;
-    annotations that cannot be placed go to `skipped` as (reason, annotation)."""
+) -> np.ndarray:
+    """Label ids (int32) for the tokens of one page (their `html_span`s, an (n, 4) array),
+    given its annotations; annotations that cannot be placed go to `skipped` as (reason,
+    annotation)."""
+    spans = np.asarray(spans, dtype=np.int64).reshape(-1, 4)
     index = {name: i for i, name in enumerate(names)}
-    starts = [raw.index((l0, c0)) for l0, c0, _, _ in spans]
-    ends = [raw.index((l1, c1)) for _, _, l1, c1 in spans]
-    labels = [0] * len(spans)
+    starts = raw.indexes(spans[:, 0], spans[:, 1])
+    ends = raw.indexes(spans[:, 2], spans[:, 3])
+    on_page = (starts >= 0) & (ends >= 0)
+    labels = np.zeros(len(spans), dtype=np.int32)
     placed = []
     for a in dict.fromkeys(annotations):  # an annotation given twice is placed once
         start, end = raw.index(a.start), raw.index(a.end)
@@ -88,29 +100,25 @@ def page_labels(
             skipped.append(("offsets outside the page", a))
         elif raw.text(a.start, a.end) != a.text:
             skipped.append(("text does not match the offsets", a))
-        elif f"B-{a.attribute}" not in index:
+        elif f"B-{attribute_name(a.attribute)}" not in index:
             skipped.append(("attribute not extracted", a))
         else:
             placed.append((start, end, a))
     placed.sort(key=lambda p: (-(p[1] - p[0]), p[0], p[2].attribute))
-    on_page = [i for i in range(len(spans)) if starts[i] is not None and ends[i] is not None]
-    order = sorted(on_page, key=lambda i: starts[i])
-    sorted_starts = [starts[i] for i in order]
     for start, end, a in placed:
-        # Tokens whose raw range overlaps [start, end), in reading order of the raw file.
-        hits = [
-            i
-            for i in order[: bisect_right(sorted_starts, end - 1)]
-            if ends[i] > start and (ends[i] > starts[i] or start <= starts[i] < end)
-        ]
-        if not hits:
+        # Tokens whose raw range overlaps [start, end) (an empty one: starts inside it), in
+        # reading order of the raw file.
+        overlap = on_page & (starts < end) & (ends > start) & ((ends > starts) | (starts >= start))
+        hits = np.flatnonzero(overlap)
+        hits = hits[np.argsort(starts[hits], kind="stable")]
+        if not len(hits):
             skipped.append(("no rendered token", a))
-        elif any(labels[i] for i in hits):
+        elif labels[hits].any():
             skipped.append(("overlaps another annotation", a))
         else:
-            labels[hits[0]] = index[f"B-{a.attribute}"]
-            for i in hits[1:]:
-                labels[i] = index[f"I-{a.attribute}"]
+            name = attribute_name(a.attribute)
+            labels[hits] = index[f"I-{name}"]
+            labels[hits[0]] = index[f"B-{name}"]
     return labels
 
 

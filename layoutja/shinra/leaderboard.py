@@ -11,11 +11,11 @@ only that category's attributes (`kept_attributes`).
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from layoutja.common import read_jsonl
+from layoutja.shinra.labels import attribute_name
 
 
 def _page(record: dict, system: str | None) -> tuple[str, str, str]:
@@ -53,10 +53,6 @@ def read_leaderboard(path: str | Path, system: str | None = None) -> dict[str, t
     return pages
 
 
-def _name(attribute: str) -> str:
-    return unicodedata.normalize("NFKC", attribute).strip()
-
-
 def kept_attributes(
     definitions: Mapping[str, Iterable[str]], ene: str, attributes: Iterable[str]
 ) -> set[str]:
@@ -65,5 +61,5 @@ def kept_attributes(
     labels.read_extraction_attributes reads them), names compared NFKC-normalized and stripped,
     as labels name attributes. An ENE the definitions lack keeps none: the published system kept
     only the chosen category's attributes."""
-    wanted = {_name(a) for a in definitions.get(ene, ())}
-    return {a for a in attributes if _name(a) in wanted}
+    wanted = {attribute_name(a) for a in definitions.get(ene, ())}
+    return {a for a in attributes if attribute_name(a) in wanted}

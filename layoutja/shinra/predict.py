@@ -1,102 +1,127 @@
-"""Prediction: a fine-tuned model's labels back into SHINRA records whose `html_offset.text` is
-exactly the raw HTML between the offsets."""
+"""Prediction: a fine-tuned model's labels for localized pages, streamed, and SHINRA records.
+
+Pages are read a Parquet part at a time and their windows batched across pages, so memory
+does not grow with the number of pages and the accelerator gets full batches; each page is
+decoded (its raw HTML read once) as soon as its last window is labeled, then dropped.
+"""
 
 from __future__ import annotations
 
-import json
+from collections import deque
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from layoutja.common import UserError, device
 from layoutja.hub import resolve, tokenizer_for
-from layoutja.pretrain.windows import SpecialIds
+from layoutja.pretrain.windows import SpecialIds, window_spans
 from layoutja.shinra.classifier import TokenClassifier, labeled_batch
-from layoutja.shinra.data import (
-    Page,
-    ShinraSet,
-    decode,
-    load_pages,
-    merge_windows,
-    read_leaderboard_pages,
-    windows,
-)
-from layoutja.shinra.rawpage import RawPage
+from layoutja.shinra.data import Page, ShinraDir, merge_windows, read_parts, window
+from layoutja.shinra.labels import read_annotations
+from layoutja.shinra.leaderboard import read_leaderboard
+from layoutja.shinra.records import BRIDGE_GAPS, Decoder, spelling_for, write_jsonl
 from layoutja.text.tokenizer import load_vocab
 
 
 @torch.no_grad()
-def predict_labels(
-    classifier: TokenClassifier, pages: list[Page], specials: SpecialIds, max_length: int,
+def predict_pages(
+    classifier: TokenClassifier, pages: Iterable[Page], specials: SpecialIds, max_length: int,
     margin: int, batch_size: int = 16,
-) -> list[list[int]]:  # fmt: skip
-    """A label id per token of each page, windows merged (inner edges lose margin // 2); the
-    batches go to the classifier's device."""
+) -> Iterator[tuple[Page, np.ndarray]]:  # fmt: skip
+    """(page, a label id per token) for each page in order, windows merged (inner edges lose
+    margin // 2); batches of `batch_size` windows, from one page or several, go to the
+    classifier's device."""
     device = next(classifier.parameters()).device
+    pending: deque = deque()  # [page, labels, windows not labeled yet], in page order
+    batch: list = []  # (pending entry, window span, the range it decides)
+
+    def run() -> None:
+        items = [window(entry[0], *span, specials) for entry, span, _ in batch]
+        tensors = {k: v.to(device) for k, v in labeled_batch(items, specials.pad).items()}
+        predicted = classifier.labels(tensors).cpu().numpy()
+        for (entry, (start, _), (first, last)), row in zip(batch, predicted):
+            entry[1][first:last] = row[1 + first - start : 1 + last - start]
+            entry[2] -= 1
+        batch.clear()
+
     classifier.eval()
-    out = []
-    for page in pages:
-        items = windows(page, specials, max_length, margin)
-        labels = [0] * len(page.input_ids)
-        keep = merge_windows(len(labels), [w["span"] for w in items], margin)
-        for i in range(0, len(items), batch_size):
-            chunk = items[i : i + batch_size]
-            batch = {k: v.to(device) for k, v in labeled_batch(chunk, specials.pad).items()}
-            predicted = classifier.labels(batch).tolist()
-            for w, row, (first, last) in zip(chunk, predicted, keep[i : i + batch_size]):
-                start = w["span"][0]
-                labels[first:last] = row[1 + first - start : 1 + last - start]
-        out.append(labels)
-    classifier.train()
-    return out
-
-
-def records_for(
-    data: ShinraSet, pages: list[Page], predicted: list[list[int]],
-    leaderboard: dict[str, tuple[str, list[str]]] | None = None,
-) -> list[dict]:  # fmt: skip
-    """SHINRA records of the predicted labels, for each ENE of a page (its directory's, or
-    those a leaderboard input gives), keeping the attributes of that ENE when known."""
-    records = []
-    for page, labels in zip(pages, predicted, strict=True):
-        raw = RawPage.read(page.path)
-        enes = [page.ene]
-        if leaderboard and page.page_id in leaderboard:
-            title, enes = leaderboard[page.page_id]
-            page.title = title or page.title
-        for ene in enes:
-            allowed = data.attributes.get(ene)
-            records += decode(page, labels, data.names, raw, ene, allowed)
-    return records
+    try:
+        for page in pages:
+            spans = window_spans(len(page.input_ids), max_length - 2, margin)
+            entry = [page, np.zeros(len(page.input_ids), dtype=np.int32), len(spans)]
+            pending.append(entry)
+            for span, decides in zip(spans, merge_windows(len(entry[1]), spans, margin)):
+                batch.append((entry, span, decides))
+                if len(batch) == batch_size:
+                    run()
+            while pending and pending[0][2] == 0:
+                yield pending.popleft()[:2]
+        if batch:
+            run()
+        while pending:
+            yield pending.popleft()[:2]
+    finally:
+        classifier.train()
 
 
 def predict(
     model: str | Path, shinra_dir: str | Path, localized: str | Path, out: str | Path, *,
-    leaderboard: str | Path | None = None, max_length: int = 512, margin: int = 128,
-    tokenizer: str | None = None, revision: str | None = None,
-) -> int:  # fmt: skip
+    leaderboard: str | Path | None = None, system: str | None = None,
+    targets: set[str] | None = None, bridge: int = BRIDGE_GAPS, max_length: int = 512,
+    margin: int = 128, batch_size: int = 16, tokenizer: str | None = None,
+    revision: str | None = None,
+) -> dict:  # fmt: skip
     """Write SHINRA records predicted by a fine-tuned `model` (a directory or a hub name at
-    `revision`) for every page of `shinra_dir`, localized beforehand into `localized`, on the
-    accelerator when there is one; returns how many."""
+    `revision`) for the pages of `shinra_dir`, localized beforehand into `localized`, on the
+    accelerator when there is one. Each page's category is its directory's, or with a
+    `leaderboard` input (system `system`) the one given there, and only the pages it lists are
+    predicted; only that category's attributes are kept (the ENE definitions', which a
+    leaderboard input needs; without them, the annotated ones). Returns the counts: records,
+    pages, and leaderboard pages not localized."""
     from transformers import AutoModelForTokenClassification
 
-    shinra_dir, out = Path(shinra_dir), Path(out)
+    dirs = ShinraDir.of(Path(shinra_dir))
     model_dir = resolve(model, revision)
-    specials = SpecialIds.from_vocab(load_vocab(tokenizer_for(model_dir, tokenizer, str(model))
-                                                / "vocab.txt"))  # fmt: skip
+    vocab = load_vocab(tokenizer_for(model_dir, tokenizer, str(model)) / "vocab.txt")
+    specials = SpecialIds.from_vocab(vocab)
     try:
         classifier = AutoModelForTokenClassification.from_pretrained(model_dir)
     except (OSError, ValueError) as e:
         raise UserError(f"{model}: not a fine-tuned model: {e}") from None
     config = classifier.config
     names = [config.id2label[i] for i in range(config.num_labels)]
-    data = load_pages(shinra_dir, Path(localized), names)
     classifier = TokenClassifier(classifier, text_only=config.model_type != "layoutlm")
     classifier.to(device())
-    predicted = predict_labels(classifier, data.pages, specials, max_length, margin)
-    pages = read_leaderboard_pages(Path(leaderboard)) if leaderboard else None
-    records = records_for(data, data.pages, predicted, pages)
-    with open(out, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return len(records)
+    attributes = dirs.attributes(read_annotations(dirs.annotations))
+    given = read_leaderboard(leaderboard, system) if leaderboard else None
+    if given is not None and dirs.definitions is None:
+        raise UserError(f"{shinra_dir}: --pages needs the ENE definitions (*definition*.jsonl)")
+    labeled = {name[2:] for name in names[1:]}
+    seen = set()
+
+    def pages() -> Iterator[Page]:
+        for part in read_parts(Path(localized), dirs.html):
+            for page in part:
+                listed = given is None or page.page_id in given
+                if listed and (targets is None or page.page_id in targets):
+                    seen.add(page.page_id)
+                    yield page
+
+    def records() -> Iterator[dict]:
+        decoder = Decoder(dirs, names, bridge)
+        for page, labels in predict_pages(classifier, pages(), specials, max_length, margin,
+                                          batch_size):  # fmt: skip
+            ene = page.ene
+            if given is not None:
+                page.title, ene = given[page.page_id]
+            # A category that no attribute list names keeps every attribute, unless it is
+            # the leaderboard's choice (the published system kept only the category's).
+            known = given is not None or ene in attributes
+            spelling = spelling_for(attributes, ene, labeled) if known else None
+            yield from decoder.records(page, labels, ene, spelling)
+
+    count = write_jsonl(records(), Path(out))
+    missing = len(set(given) - seen) if given is not None else 0
+    return {"records": count, "pages": len(seen), "not_localized": missing}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from layoutja.common import UserError
 from layoutja.text.htmlpage import NEWLINE, decode_html, line_col, line_starts
 
@@ -22,6 +24,9 @@ class RawPage:
     def __init__(self, source: str, encoding: str = "utf-8", path: Path | None = None):
         self.source, self.encoding, self.path = source, encoding, path
         self.starts = line_starts(source)
+        ends = np.array([*self.starts[1:], len(source)])
+        breaks = [len(m.group()) for m in NEWLINE.finditer(source)]
+        self._lengths = ends - np.array(self.starts) - np.array([*breaks, 0])
 
     @classmethod
     def read(cls, path: str | Path) -> RawPage:
@@ -35,11 +40,7 @@ class RawPage:
 
     def line_length(self, line: int) -> int:
         """Characters of a line, its break excluded."""
-        start = self.starts[line]
-        if line + 1 == len(self.starts):
-            return len(self.source) - start
-        end = self.starts[line + 1]
-        return end - start - (2 if self.source[max(start, end - 2) : end] == "\r\n" else 1)
+        return int(self._lengths[line])
 
     def index(self, position: Position) -> int | None:
         """The character index of a (line, offset) position, None if it is not on the page (an
@@ -48,6 +49,15 @@ class RawPage:
         if not 0 <= line < len(self.starts) or not 0 <= offset <= self.line_length(line):
             return None
         return self.starts[line] + offset
+
+    def indexes(self, lines: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """`index` of many positions at once (arrays of lines and offsets): -1 where a position
+        is not on the page."""
+        lines, offsets = np.asarray(lines, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
+        on_page = (lines >= 0) & (lines < len(self.starts))
+        line = np.where(on_page, lines, 0)
+        on_page &= (offsets >= 0) & (offsets <= self._lengths[line])
+        return np.where(on_page, np.asarray(self.starts)[line] + offsets, -1)
 
     def position(self, index: int) -> Position:
         """The (line, offset) of a character index (0 ≤ index ≤ len(source))."""
