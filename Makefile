@@ -233,12 +233,12 @@ plot: setup
 # Tokenizer speed against transformers' BertJapaneseTokenizer, localization speed against a bare
 # Chromium loop, pretraining speed (MVLM, ELECTRA) against HF Trainer, on real Japanese text (Debian's Japanese documentation; installed if missing).
 BENCH_DOCS := debian-reference-ja developers-reference-ja debian-faq-ja maint-guide-ja \
-              debian-policy-ja gimp-help-ja
+              debian-policy-ja gimp-help-ja aptitude-doc-ja
 bench: setup
 	@dpkg -s $(BENCH_DOCS) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(BENCH_DOCS) >/dev/null; }
 	$(PY) bench/bench_tokenizer.py
-	$(PY) bench/bench_localize.py
+	$(PY) bench/bench_localize.py --rounds 2
 	$(PY) bench/bench_network_guard.py
 	$(PY) bench/bench_pretrain.py
 	$(PY) bench/bench_pretrain.py --objectives mvlm,electra --hidden 384

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -215,3 +216,38 @@ def test_config_file_flags_manifest_and_plain_progress_lines(unidic_dir, tmp_pat
     # Not a terminal: plain progress lines (pages/s, ETA), no carriage-return redraws.
     assert "\r" not in stderr
     assert "localize: 4/4 page" in stderr and "page/s, ETA" in stderr
+
+
+def test_record_batches_from_arrays_equal_from_pylist():
+    from layoutja.localize.store import record_batch
+
+    for tokens in (3, 0):
+        record = fake_record("a.html", tokens)
+        expected = pa.RecordBatch.from_pylist([record], schema=SCHEMA)
+        assert record_batch(record).equals(expected)
+        arrays = dict(record, input_ids=np.array(record["input_ids"], np.int32))
+        for key, dtype in (("bbox", np.int16), ("px", np.float64), ("html_span", np.int32)):
+            arrays[key] = np.array(record[key], dtype).reshape(-1, 4)
+        assert record_batch(arrays).equals(expected)
+
+
+def test_stored_records_are_the_single_page_records(unidic_dir, tmp_path):
+    """The corpus path (arrays through the pool into Parquet) stores what `localize FILE` gives."""
+    from layoutja.localize.browser import Browser
+    from layoutja.localize.page import localize_file
+    from layoutja.text.tokenizer import JapaneseTokenizer
+
+    corpus = make_corpus(tmp_path / "shinra", pages=4)
+    for page in sorted(SHINRA.glob("Airport_HTML/*.html"))[:2]:  # real pages when available
+        shutil.copy(page, corpus / "html" / "Airport" / page.name)
+    out = tmp_path / "out"
+    localize_corpus(str(corpus), str(unidic_dir), out, workers=2, progress=False)
+    stored = {row["source"]: row for row in read_parts(out).to_pylist()}
+    tok = JapaneseTokenizer.from_pretrained(unidic_dir)
+    with Browser() as browser:
+        for task in find_pages(str(corpus)):
+            record = localize_file(task.path, tok, browser)
+            row = stored[task.source]
+            for key in ("tokens", "input_ids", "bbox", "html_span", "dropped", "page_height"):
+                assert row[key] == record[key], (task.source, key)
+            assert row["px"] == [[float(np.float32(v)) for v in box] for box in record["px"]]

@@ -240,3 +240,155 @@ def test_viewport_and_scale_come_from_the_config(unidic_dir, tmp_path):
     result = layoutja("localize", page, *args)
     assert result.returncode == 0, result.stderr.decode()
     assert json.loads(result.stdout)["viewport_width"] == 800
+
+
+# --- the fast path against a straightforward one ---------------------------------------------
+# The previous implementation, kept as the reference: per-token Python loops, the wrapped HTML
+# loaded with Playwright's set_content, each span's getBoundingClientRect read one by one.
+def reference_wrap(page, tokenizer) -> tuple[str, list[str], list[int], list[tuple[int, int]]]:
+    from bisect import bisect_left, bisect_right
+    from itertools import pairwise
+
+    tokens, ids, raw = [], [], []
+    edits = [(s, e, 0, (0, -1), text) for s, e, text in page.edits]
+    for block, text in zip(page.blocks, page.texts()):
+        enc = tokenizer.encode(text)
+        for token, token_id, s, e in zip(enc.tokens, enc.ids, enc.starts, enc.ends):
+            index = len(tokens)
+            tokens.append(token)
+            ids.append(token_id)
+            if e <= s:
+                at = block.starts[s] if s < len(block.starts) else block.ends[-1]
+                raw.append((at, at))
+                edits.append((at, at, 1, (-at, index), SPAN_OPEN.format(index) + SPAN_CLOSE))
+                continue
+            raw.append((block.starts[s], block.ends[e - 1]))
+            cuts = block.runs[bisect_right(block.runs, s) : bisect_left(block.runs, e)]
+            for a, b in pairwise([s, *cuts, e]):
+                start, end = block.starts[a], block.ends[b - 1]
+                edits.append((start, start, 1, (-end, index), SPAN_OPEN.format(index)))
+                edits.append((end, end, 0, (0, index), SPAN_CLOSE))
+    edits.sort(key=lambda edit: edit[:4])
+    out, done = [], 0
+    for start, end, _, _, text in edits:
+        out.append(page.source[done:start])
+        out.append(text)
+        done = max(done, end)
+    out.append(page.source[done:])
+    return "".join(out).removeprefix("\ufeff"), tokens, ids, raw
+
+
+PLAIN_BOXES = """(count) => {
+  const boxes = Array.from({ length: count }, () => null);
+  for (const span of document.querySelectorAll("span[data-layoutja]")) {
+    const r = span.getBoundingClientRect();
+    if (r.width === 0 && r.height === 0 && r.x === 0 && r.y === 0) continue;
+    const i = Number(span.getAttribute("data-layoutja")), b = boxes[i];
+    const box = [r.left + scrollX, r.top + scrollY, r.right + scrollX, r.bottom + scrollY];
+    boxes[i] = b ? [Math.min(b[0], box[0]), Math.min(b[1], box[1]),
+                    Math.max(b[2], box[2]), Math.max(b[3], box[3])] : box;
+  }
+  const body = document.body && document.body.getBoundingClientRect();
+  const root = document.documentElement;
+  return [boxes, body && [body.left + scrollX, body.top + scrollY, body.right + scrollX,
+          body.bottom + scrollY], [root.clientWidth, root.scrollWidth, root.scrollHeight]];
+}"""
+
+
+def reference_record(data: bytes, tok, browser) -> dict:
+    from layoutja.text.htmlpage import decode_html, parse_html
+
+    page = parse_html(*decode_html(data))
+    html_text, tokens, ids, raw = reference_wrap(page, tok)
+    browser._page.set_content(html_text, wait_until="load")
+    boxes, body, (width, doc_width, doc_height) = browser._page.evaluate(PLAIN_BOXES, len(tokens))
+    if body is None or body[2] <= body[0] or body[3] <= body[1]:
+        body = [0.0, 0.0, max(doc_width, 1.0), max(doc_height, 1.0)]
+    keep = [i for i, box in enumerate(boxes) if box is not None and any(box)]
+
+    def scale(v, origin, size):
+        return min(1000, max(0, int(1000 * (v - origin) / size)))
+
+    def normalized(box):
+        x0, y0, x1, y1 = box
+        w, h = body[2] - body[0], body[3] - body[1]
+        return [scale(x0, body[0], w), scale(y0, body[1], h), scale(x1, body[0], w),
+                scale(y1, body[1], h)]  # fmt: skip
+
+    return {
+        "tokens": [tokens[i] for i in keep],
+        "input_ids": [ids[i] for i in keep],
+        "bbox": [normalized(boxes[i]) for i in keep],
+        "px": [[float(v) for v in boxes[i]] for i in keep],
+        "html_span": [list(page.span(*raw[i])) for i in keep],
+        "dropped": len(tokens) - len(keep),
+        "viewport_width": width,
+        "page_width": float(doc_width),
+        "page_height": float(doc_height),
+        "body": [float(v) for v in body],
+    }
+
+
+# Generated pages for what the fast path does differently: the wrapping (pieces across markup,
+# tokens from one character, entities, NULs, a BOM, CRLF, edits the page needs), and loading
+# (images, stylesheets, fonts and plugins that fail, frames, hidden and foster-parented text).
+GENERATED = [
+    "<p>東<b>京</b>大<i>学</i>の&amp;研究&#x6771;&nbsp;&lt;空港&gt;</p><p>\0東\0京</p>",
+    "\ufeff<html>\r\n<body>\r\n<p>東京</p>\r\n<p style='font:40px monospace'>&#xFB01;x ﬃ</p>",
+    "<head><meta http-equiv='refresh' content='0'></head><noscript><p>無効</p></noscript>"
+    "<p>東京<noscript>無</noscript>大阪</p><template>横浜</template><p hidden>京都</p>",
+    "<table><tr><td>東京</td></tr>空港<tr><td>大阪</td></tr></table><select><option>x</select>",
+    "<style>@font-face{font-family:W;src:url(http://127.0.0.1:9/w.woff2)}p{font:30px W,serif}"
+    "li{list-style-image:url(x.png)}</style><link rel=stylesheet href='http://127.0.0.1:9/s.css'>"
+    "<p>東京<img src='a.png' alt='代替の文字'>大阪<img src='b.png' width=90 height=40></p>"
+    "<ul><li>空港</li></ul><p>成田<input type=image src='c.png' alt='入力'></p>",
+    "<p>東京</p><object data='file:///etc/passwd' type='text/html'><p>代替</p></object>"
+    "<iframe src='http://127.0.0.1:9/'></iframe><p>大阪</p><embed src='x.swf'><p>京都</p>",
+    "<p style='writing-mode:vertical-rl'>東京都の空港</p><ruby>漢字<rt>かんじ</rt></ruby>"
+    "<pre>東京\n    空港   です</pre><div style='position:fixed;bottom:0'>空港</div>",
+]
+
+
+@pytest.mark.parametrize("index", range(len(GENERATED)))
+def test_generated_pages_give_the_reference_records(tok, browser, index):
+    data = GENERATED[index].encode("utf-8")
+    record = localize(data, tok, browser)
+    expected = reference_record(data, tok, browser)
+    assert {k: record[k] for k in expected} == expected
+    assert record["tokens"], "each page has rendered text"
+
+
+def test_real_pages_give_the_reference_records_token_for_token(tok, browser):
+    pages = sorted(SHINRA.glob("Airport_HTML/*.html"))
+    if not pages:
+        pytest.skip(f"the real SHINRA sample is not at {SHINRA} (a clone without ../shared)")
+    for path in pages:
+        data = path.read_bytes()
+        record = localize(data, tok, browser)
+        expected = reference_record(data, tok, browser)
+        assert len(record["tokens"]) > 500
+        for key, value in expected.items():
+            assert record[key] == value, (path.name, key)
+
+
+def test_zero_width_tokens_match_the_reference_wrapping(lower_dir, browser, tmp_path):
+    from layoutja.localize.page import wrap_tokens
+    from layoutja.text.htmlpage import decode_html, parse_html
+
+    # Lower-cased, İ is i + U+0307: with this vocabulary "i" takes the whole character and
+    # "##\u0307" gets none, a zero-width token, at the end of a block too ("東京İ").
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        (tmp_path / name).write_bytes((lower_dir / name).read_bytes())
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = [*specials, "i", "##\u0307", "##stanbul", "東京", "##i"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    small = JapaneseTokenizer.from_pretrained(tmp_path)
+    data = "<p>İstanbul <b>İ</b>stanbul</p><p>東京İ</p>".encode()
+    page = parse_html(*decode_html(data))
+    wrapped = wrap_tokens(page, small)
+    html_text, tokens, ids, raw = reference_wrap(page, small)
+    assert sum(s == e for s, e in raw) >= 3, "zero-width pieces, one at a block's end"
+    assert wrapped.html == html_text and wrapped.tokens == tokens
+    assert wrapped.ids.tolist() == ids and [tuple(r) for r in wrapped.raw.tolist()] == raw
+    expected = reference_record(data, small, browser)
+    assert {k: v for k, v in localize(data, small, browser).items() if k in expected} == expected

@@ -12,8 +12,12 @@
 - Nothing leaves the browser. Pages are untrusted, and the machine rendering them sits inside
   someone's network, so two independent layers stop every request (see `NETWORK_FLAGS` and
   `Browser._new_page`): the context aborts every request of every frame, and the browser has no
-  address to connect to. Pages are loaded with `set_content` (no URL of their own, so no
-  `file://` origin either).
+  address to connect to. Pages are written into the open document, as Playwright's
+  `set_content` does (no URL of their own, so no `file://` origin either), by `js/render.js`,
+  which also reads the boxes once the page has settled: a page travels as its source plus the
+  span edits (`Markup`), far less to pass than the wrapped HTML.
+- The window is minimized (see `Browser._new_page`): Chromium then draws no frames, and the
+  boxes, read from the layout in Playwright's viewport, are the same.
 - Every render has a deadline (`timeout_s`): `page.evaluate` has no timeout of its own, so a
   watchdog kills the browser's processes when a page hangs, and the call fails with
   `RenderTimeout` instead of waiting forever.
@@ -21,15 +25,19 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from layoutja.common import UserError
@@ -47,6 +55,14 @@ NETWORK_FLAGS = [
     "--proxy-bypass-list=<-loopback>",
 ]
 _JS = Path(__file__).with_name("js")
+# A plugin element (<object>, <embed>) starts loading only after layout, and nothing in the page
+# tells when it has settled (shown its fallback content or not): such pages are loaded with
+# Playwright's `set_content`, which returns after the load event of every frame.
+_PLUGIN = re.compile(r"<(?:object|embed)[\t\n\f\r />]", re.I)
+# nowrap keeps a subword on one line; with ligatures on, a glyph spanning two spans (f|i) gives
+# the second span zero width, so ligatures are turned off on token spans.
+SPAN_OPEN = '<span data-layoutja="{}" style="white-space:nowrap;font-variant-ligatures:none">'
+SPAN_CLOSE = "</span>"
 # Killing a hung browser leaves Playwright's driver connection with an exception nobody reads;
 # asyncio would log it when it is collected. The kill is reported as RenderTimeout instead.
 logging.getLogger("asyncio").addFilter(
@@ -56,8 +72,39 @@ logging.getLogger("asyncio").addFilter(
 
 @cache
 def script(name: str) -> str:
-    """The text of one of the package's browser scripts (layoutja/localize/js/NAME.js)."""
-    return (_JS / f"{name}.js").read_text(encoding="utf-8")
+    """The text of one of the package's browser scripts (layoutja/localize/js/NAME.js);
+    render.js gets boxes.js where it says `(BOXES)`."""
+    text = (_JS / f"{name}.js").read_text(encoding="utf-8")
+    return text.replace("(BOXES)", f"({script('boxes')})") if name == "render" else text
+
+
+@dataclass
+class Markup:
+    """A page to render: its source and the edits that wrap its tokens in spans.
+
+    `ops` rows are (start, end, code), sorted: source[start:end] is replaced by the opening tag
+    of token `code`'s span (`SPAN_OPEN`, code >= 0) or by texts[-code - 1].
+    """
+
+    source: str
+    ops: np.ndarray  # int32, shape (k, 3)
+    texts: list[str]
+
+    @classmethod
+    def plain(cls, html: str) -> Markup:
+        """A page that is already wrapped (or has no tokens): no edits."""
+        return cls(html, np.zeros((0, 3), np.int32), [])
+
+    @property
+    def html(self) -> str:
+        """The wrapped HTML, as `js/render.js` assembles it."""
+        out, done = [], 0
+        for start, end, code in self.ops.tolist():
+            out.append(self.source[done:start])
+            out.append(SPAN_OPEN.format(code) if code >= 0 else self.texts[-code - 1])
+            done = max(done, end)
+        out.append(self.source[done:])
+        return "".join(out)
 
 
 class RenderTimeout(Exception):
@@ -68,9 +115,13 @@ class RenderTimeout(Exception):
 class RenderResult:
     """Token boxes in document CSS pixels (all zeros: not rendered) and the page geometry."""
 
-    boxes: list[tuple[float, float, float, float]]
+    array: np.ndarray  # float64, shape (count, 4): x0, y0, x1, y1 of each token
     body: tuple[float, float, float, float] | None  # document.body's rect, None without a body
     layout: tuple[float, float, float, float]  # viewport width, height; document width, height
+
+    @property
+    def boxes(self) -> list[tuple[float, float, float, float]]:
+        return [tuple(box) for box in self.array.tolist()]
 
 
 class Browser:
@@ -127,6 +178,13 @@ class Browser:
         cdp = context.new_cdp_session(page)
         cdp.send("Network.enable")
         cdp.send("Network.setBlockedURLs", {"urls": ["*"]})
+        # Minimized, the window shows nothing, so Chromium paints, rasterizes and composites
+        # (almost) no frames, about a third of its CPU on large pages; pages are still laid out
+        # when boxes are read, in the viewport Playwright sets, so the boxes do not change.
+        window = cdp.send("Browser.getWindowForTarget")["windowId"]
+        cdp.send(
+            "Browser.setWindowBounds", {"windowId": window, "bounds": {"windowState": "minimized"}}
+        )
         self._page = page
 
     @property
@@ -189,26 +247,35 @@ class Browser:
             raise RenderTimeout(f"rendering did not finish within {self.timeout_ms / 1000:g} s")
 
     def load(self, html: str) -> None:
-        """Load a document (every request blocked) and wait for its load event."""
-        # A fresh page now and then keeps a long batch from accumulating renderer state.
-        if self.pages_rendered and self.pages_rendered % 500 == 0:
-            self._new_page()
-        self.pages_rendered += 1
-        self._page.set_content(html, wait_until="load")
+        """Load a document (every request blocked) and wait until it has settled."""
+        self.render(html, 0)
 
     def evaluate(self, expression: str, arg: object = None) -> object:
         """Run a script in the loaded page, within the deadline."""
         with self.deadline():
             return self._page.evaluate(expression, arg)
 
-    def render(self, html: str, count: int) -> RenderResult:
-        """Load `html` (token spans carry `data-layoutja` = 0..count-1); read all boxes at once,
-        all within the deadline."""
+    def render(self, page: str | Markup, count: int) -> RenderResult:
+        """Load a page (HTML whose token spans carry `data-layoutja` = 0..count-1, or `Markup`)
+        and read all boxes once it has settled, all within the deadline."""
+        markup = Markup.plain(page) if isinstance(page, str) else page
+        # A fresh page now and then keeps a long batch from accumulating renderer state.
+        if self.pages_rendered and self.pages_rendered % 500 == 0:
+            self._new_page()
+        self.pages_rendered += 1
+        ops = base64.b64encode(markup.ops.astype("<i4").tobytes()).decode("ascii")
+        open_tag = SPAN_OPEN.split("{}")
         with self.deadline():
-            self.load(html)
-            got = self._page.evaluate(script("boxes"), count)
-        flat = [float(v) for v in got["boxes"].split()] if count else []
-        boxes = [tuple(flat[k : k + 4]) for k in range(0, 4 * count, 4)]
+            if _PLUGIN.search(markup.source):
+                self._page.set_content(markup.html, wait_until="load")
+            else:
+                self._page.evaluate(
+                    script("render"), [markup.source, ops, open_tag, markup.texts, count]
+                )
+            # Then ask until it has settled (an image or a font still failing): usually once.
+            while (got := self._page.evaluate(script("render"), [None, "", [], [], count])) is None:
+                time.sleep(0.002)
+        boxes = np.frombuffer(base64.b64decode(got["boxes"]), "<f8").reshape(count, 4)
         return RenderResult(boxes, tuple(got["body"]) if got["body"] else None, got["layout"])
 
     def screenshot(self, boxes: list, out: Path, tile_height: int | None = None) -> list[Path]:

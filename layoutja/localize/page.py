@@ -1,12 +1,13 @@
 """Localize one page: tokenize its text, wrap each subword in a span, render, read the boxes.
 
     raw bytes ─► decode_html ─► parse_html (text blocks, raw positions) ─► wrap_tokens
-              ─► Browser.render (one evaluate) ─► page_record (normalize, drop unrendered)
+              ─► Browser.render (one evaluate) ─► page_arrays (normalize, drop unrendered)
 
 Each block's text is tokenized as one string, so a word split by inline markup is one word. A
 token is wrapped by editing the raw HTML around its characters; a token whose characters lie in
 several text runs (`<b>東</b>京`) gets one span per run, all with the same `data-layoutja`
-index, and the browser script unions their boxes.
+index, and the browser script unions their boxes. Past tokenizing, a page's work is done on
+whole-page numpy arrays, not per token in Python.
 
 Normalized boxes follow the published pipeline: relative to `document.body`'s rect,
 `int(1000 * (x - body.x0) / body.width)` (same for y with the height), clamped to 0–1000. The
@@ -16,110 +17,151 @@ vertical resolution on long pages) can be computed later without rendering again
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import pairwise
+from itertools import chain, compress
 from pathlib import Path
 
+import numpy as np
+
 from layoutja.common import UserError
-from layoutja.localize.browser import Browser, RenderResult, RenderTimeout
+from layoutja.localize.browser import (  # SPAN_OPEN is re-exported with SPAN_CLOSE
+    SPAN_CLOSE,
+    SPAN_OPEN,  # noqa: F401
+    Browser,
+    Markup,
+    RenderResult,
+    RenderTimeout,
+)
 from layoutja.localize.config import LocalizeConfig
 from layoutja.text.htmlpage import HtmlPage, decode_html, parse_html
 from layoutja.text.tokenizer import JapaneseTokenizer
 
-# nowrap keeps a subword on one line; with ligatures on, a glyph spanning two spans (f|i) gives
-# the second span zero width, so ligatures are turned off on token spans.
-SPAN_OPEN = '<span data-layoutja="{}" style="white-space:nowrap;font-variant-ligatures:none">'
-SPAN_CLOSE = "</span>"
+_CLOSE = -1  # the op code of SPAN_CLOSE: Markup.texts[0]
 
 
 @dataclass
 class WrappedPage:
-    """A page's tokens with their raw-HTML ranges, and the HTML with every token wrapped."""
+    """A page's tokens with their raw-HTML ranges, and the markup that wraps every token."""
 
-    html: str
+    markup: Markup
     tokens: list[str]
-    ids: list[int]
-    raw: list[tuple[int, int]]  # [start, end) character range of each token in the raw file
+    ids: np.ndarray  # int32
+    raw: np.ndarray  # int64, shape (n, 2): [start, end) character range in the raw file
+
+    @property
+    def html(self) -> str:
+        return self.markup.html
+
+
+def _flat(lists: Iterator[list[int]]) -> np.ndarray:
+    return np.fromiter(chain.from_iterable(lists), np.int64)
 
 
 def wrap_tokens(page: HtmlPage, tokenizer: JapaneseTokenizer) -> WrappedPage:
-    """Tokenize each text block and build the HTML with one span per token piece."""
-    tokens: list[str] = []
-    ids: list[int] = []
-    raw: list[tuple[int, int]] = []
-    # (start, end, order, key, text): a replacement of source[start:end]. At one position spans
-    # close (order 0) before others open (order 1); of spans opening together (tokens made from
-    # one source character, like ﬁ → f ##i…), the one reaching further opens first, so the
-    # spans nest and each `</span>` closes the right one.
-    edits = [(s, e, 0, (0, -1), text) for s, e, text in page.edits]
-    for block, text in zip(page.blocks, page.texts()):
-        enc = tokenizer.encode(text)
-        for token, token_id, s, e in zip(enc.tokens, enc.ids, enc.starts, enc.ends):
-            index = len(tokens)
-            tokens.append(token)
-            ids.append(token_id)
-            if e <= s:  # a zero-width token (e.g. the second piece of a lower-cased İ)
-                at = block.starts[s] if s < len(block.starts) else block.ends[-1]
-                raw.append((at, at))
-                edits.append((at, at, 1, (-at, index), SPAN_OPEN.format(index) + SPAN_CLOSE))
-                continue
-            raw.append((block.starts[s], block.ends[e - 1]))
-            # One piece per text run the token touches.
-            cuts = block.runs[bisect_right(block.runs, s) : bisect_left(block.runs, e)]
-            for a, b in pairwise([s, *cuts, e]):
-                start, end = block.starts[a], block.ends[b - 1]
-                edits.append((start, start, 1, (-end, index), SPAN_OPEN.format(index)))
-                edits.append((end, end, 0, (0, index), SPAN_CLOSE))
-    edits.sort(key=lambda edit: edit[:4])
-    out, done = [], 0
-    for start, end, _, _, text in edits:
-        out.append(page.source[done:start])
-        out.append(text)
-        done = max(done, end)
-    out.append(page.source[done:])
-    html = "".join(out)
-    if html.startswith("\ufeff"):  # a BOM counts in raw offsets, but is not document text
-        html = html[1:]
-    return WrappedPage(html, tokens, ids, raw)
+    """Tokenize each text block and build the markup with one span per token piece."""
+    blocks = page.blocks
+    encodings = [tokenizer.encode(text) for text in page.texts()]
+    tokens = list(chain.from_iterable(enc.tokens for enc in encodings))
+    ids = np.fromiter(chain.from_iterable(enc.ids for enc in encodings), np.int32, len(tokens))
+    # The page as flat arrays, blocks laid end to end: each character's raw range, each text
+    # run's first character, each token's characters [s, e) and the end of its block.
+    lengths = np.fromiter((len(block.text) for block in blocks), np.int64, len(blocks))
+    base = np.cumsum(lengths) - lengths
+    char_start, char_end = _flat(b.starts for b in blocks), _flat(b.ends for b in blocks)
+    runs = _flat([first + r for r in block.runs] for first, block in zip(base.tolist(), blocks))
+    per_block = np.fromiter((len(enc.tokens) for enc in encodings), np.int64, len(blocks))
+    s = _flat(enc.starts for enc in encodings) + np.repeat(base, per_block)
+    e = _flat(enc.ends for enc in encodings) + np.repeat(base, per_block)
+    # Indices are clipped where np.where evaluates a side that the condition then discards.
+    last = len(char_start) - 1
+    first_char, last_char = char_start[np.minimum(s, last)], char_end[np.maximum(e - 1, 0)]
+    # A zero-width token (e.g. the second piece of a lower-cased İ) sits at its character, or
+    # after the block's last one, as an empty span.
+    empty = e <= s
+    inside = s < np.repeat(base + lengths, per_block)
+    at = np.where(inside, first_char, char_end[np.maximum(s - 1, 0)])
+    raw = np.stack([np.where(empty, at, first_char), np.where(empty, at, last_char)], axis=1)
+    # One piece per text run the token touches: the runs starting strictly inside it cut it.
+    cut = np.searchsorted(runs, s, "right")
+    pieces = np.where(empty, 1, np.searchsorted(runs, e, "left") - cut + 1)
+    owner = np.repeat(np.arange(len(tokens)), pieces)
+    k = np.arange(len(owner)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    run_before = runs[np.clip(cut[owner] + k - 1, 0, len(runs) - 1)]
+    run_after = runs[np.clip(cut[owner] + k, 0, len(runs) - 1)]
+    a = np.where(k == 0, s[owner], run_before)
+    b = np.where(k == pieces[owner] - 1, e[owner], run_after)
+    start = np.where(empty[owner], at[owner], char_start[np.minimum(a, last)])
+    end = np.where(empty[owner], at[owner], char_end[np.maximum(b - 1, 0)])
+    markup = _markup(page, owner, start, end, empty[owner])
+    return WrappedPage(markup, tokens, ids, raw)
 
 
-def normalize_box(
-    box: tuple[float, float, float, float], frame: tuple[float, float, float, float]
-) -> list[int]:
-    """A CSS-pixel box as 0–1000 integers relative to `frame` (x0, y0, x1, y1), clamped."""
+def _markup(
+    page: HtmlPage, owner: np.ndarray, start: np.ndarray, end: np.ndarray, empty: np.ndarray
+) -> Markup:
+    """The sorted edits of the raw HTML: the page's own, and a span around each token piece.
+
+    At one position spans close (order 0) before others open (order 1); of spans opening
+    together (tokens made from one source character, like ﬁ → f ##i…), the one reaching further
+    opens first, so the spans nest and each `</span>` closes the right one. A zero-width token's
+    empty span sorts as one opening and gets its `</span>` right after it.
+    """
+    edits = list(page.edits)
+    if page.source.startswith("\ufeff"):  # a BOM counts in raw offsets, but is not document text
+        edits.insert(0, (0, 1, ""))
+    n, closing = len(edits), ~empty
+    m = int(closing.sum())
+    zeros = np.zeros(n + len(start) + m, np.int64)
+    at = np.concatenate([[edit[0] for edit in edits], start, end[closing]]).astype(np.int64)
+    until = np.concatenate([[edit[1] for edit in edits], start, end[closing]]).astype(np.int64)
+    order, reach = zeros.copy(), zeros.copy()
+    order[n : n + len(start)] = 1
+    reach[n : n + len(start)] = -end
+    code = np.concatenate([-2 - np.arange(n), owner, np.full(m, _CLOSE)])
+    rank = np.concatenate([np.full(n, -1), owner, owner[closing]])
+    sort = np.lexsort((rank, reach, order, until, at))
+    empty_open = np.concatenate([np.zeros(n, bool), empty, np.zeros(m, bool)])[sort]
+    rows = np.repeat(sort, 1 + empty_open)
+    ops = np.stack([at[rows], until[rows], code[rows]], axis=1)
+    ops[1:, 2][rows[1:] == rows[:-1]] = _CLOSE  # the second copy ends the empty span
+    return Markup(page.source, ops.astype(np.int32), [SPAN_CLOSE, *(edit[2] for edit in edits)])
+
+
+def normalize_boxes(boxes: np.ndarray, frame: tuple[float, float, float, float]) -> np.ndarray:
+    """CSS-pixel boxes (n, 4) as 0–1000 integers relative to `frame` (x0, y0, x1, y1), clamped."""
     fx0, fy0, fx1, fy1 = frame
-    width, height = fx1 - fx0, fy1 - fy0
-
-    def scale(v: float, origin: float, size: float) -> int:
-        return min(1000, max(0, int(1000 * (v - origin) / size)))
-
-    x0, y0, x1, y1 = box
-    return [
-        scale(x0, fx0, width),
-        scale(y0, fy0, height),
-        scale(x1, fx0, width),
-        scale(y1, fy0, height),
-    ]
+    origin = np.array([fx0, fy0, fx0, fy0])
+    size = np.array([fx1 - fx0, fy1 - fy0, fx1 - fx0, fy1 - fy0])
+    # The published `int(1000 * (v - origin) / size)`: the same float64 steps, then truncation.
+    return np.clip(np.trunc(1000 * (boxes - origin) / size), 0, 1000).astype(np.int16)
 
 
-def page_record(page: HtmlPage, wrapped: WrappedPage, result: RenderResult) -> dict:
-    """The stored record of a rendered page: rendered tokens only, with all their positions."""
+def page_arrays(page: HtmlPage, wrapped: WrappedPage, result: RenderResult) -> dict:
+    """The stored record of a rendered page, rendered tokens only, per-token values as arrays."""
     _, _, doc_width, doc_height = result.layout
     frame = result.body
     if frame is None or frame[2] <= frame[0] or frame[3] <= frame[1]:
         frame = (0.0, 0.0, max(doc_width, 1.0), max(doc_height, 1.0))  # empty or no body
-    keep = [i for i, box in enumerate(result.boxes) if any(box)]
+    keep = result.array.any(axis=1)
+    boxes, raw = result.array[keep], wrapped.raw[keep]
+    # SHINRA's (start line, offset, end line, offset); an end is the line and offset after the
+    # token's last character, an empty range starts and ends at its position.
+    lines = np.asarray(page.line_starts)
+    last = np.where(raw[:, 1] > raw[:, 0], raw[:, 1] - 1, raw[:, 0])
+    start_line = np.searchsorted(lines, raw[:, 0], "right") - 1
+    end_line = np.searchsorted(lines, last, "right") - 1
+    end_col = last - lines[end_line] + (raw[:, 1] > raw[:, 0])
+    span = np.stack([start_line, raw[:, 0] - lines[start_line], end_line, end_col], axis=1)
     return {
         "encoding": page.encoding,
-        "tokens": [wrapped.tokens[i] for i in keep],
-        "input_ids": [wrapped.ids[i] for i in keep],
-        "bbox": [normalize_box(result.boxes[i], frame) for i in keep],
-        "px": [list(result.boxes[i]) for i in keep],
-        "html_span": [list(page.span(*wrapped.raw[i])) for i in keep],
-        "dropped": len(wrapped.tokens) - len(keep),
+        "tokens": list(compress(wrapped.tokens, keep.tolist())),
+        "input_ids": wrapped.ids[keep],
+        "bbox": normalize_boxes(boxes, frame),
+        "px": boxes,
+        "html_span": span.astype(np.int32),
+        "dropped": len(wrapped.tokens) - len(boxes),
         "viewport_width": int(result.layout[0]),
         "page_width": float(doc_width),
         "page_height": float(doc_height),
@@ -127,12 +169,18 @@ def page_record(page: HtmlPage, wrapped: WrappedPage, result: RenderResult) -> d
     }
 
 
-def localize_html(data: bytes, tokenizer: JapaneseTokenizer, browser: Browser) -> dict:
-    """Localize one HTML document given as bytes (see the module docstring)."""
+def localize_arrays(data: bytes, tokenizer: JapaneseTokenizer, browser: Browser) -> dict:
+    """Localize one HTML document given as bytes; per-token values as numpy arrays."""
     text, encoding = decode_html(data)
     page = parse_html(text, encoding)
     wrapped = wrap_tokens(page, tokenizer)
-    return page_record(page, wrapped, browser.render(wrapped.html, len(wrapped.tokens)))
+    return page_arrays(page, wrapped, browser.render(wrapped.markup, len(wrapped.tokens)))
+
+
+def localize_html(data: bytes, tokenizer: JapaneseTokenizer, browser: Browser) -> dict:
+    """Localize one HTML document given as bytes (see the module docstring), as plain lists."""
+    record = localize_arrays(data, tokenizer, browser)
+    return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in record.items()}
 
 
 @contextmanager

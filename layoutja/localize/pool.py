@@ -97,7 +97,7 @@ def _worker(conn: Connection, tokenizer_dir: str, config: LocalizeConfig) -> Non
     from playwright.sync_api import Error as PlaywrightError
 
     from layoutja.localize.browser import Browser, RenderTimeout
-    from layoutja.localize.page import localize_html
+    from layoutja.localize.page import localize_arrays
     from layoutja.text.tokenizer import JapaneseTokenizer
 
     try:
@@ -110,7 +110,8 @@ def _worker(conn: Connection, tokenizer_dir: str, config: LocalizeConfig) -> Non
     while (task := conn.recv()) is not None:
         for attempt in (1, 2):
             try:
-                record = localize_html(task.path.read_bytes(), tokenizer, browser)
+                # Per-token values stay numpy arrays: cheap to pickle and to store.
+                record = localize_arrays(task.path.read_bytes(), tokenizer, browser)
                 record.update(page_id=task.page_id, category=task.category, source=task.source)
                 conn.send(("ok", record))
                 break

@@ -24,6 +24,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -49,8 +50,32 @@ SCHEMA = pa.schema(
         ("body", pa.list_(pa.float32(), 4)),  # the frame boxes were normalized against
     ]
 )
+_BOXES = {"bbox": np.int16, "px": np.float32, "html_span": np.int32}  # 4 values per token
 # Run settings that must match for pages to be mixed in one output directory.
 MUST_MATCH = ("format", "tokenizer_vocab_sha256", "viewport", "normalization")
+
+
+def record_batch(record: dict) -> pa.RecordBatch:
+    """One page as a one-row batch of `SCHEMA`; per-token values are lists or numpy arrays.
+
+    Built from flat arrays, not with `from_pylist`, which would walk every token's box in Python.
+    """
+    columns = []
+    for field in SCHEMA:
+        value = record[field.name]
+        if field.name in _BOXES:
+            flat = pa.array(np.asarray(value, _BOXES[field.name]).reshape(-1))
+            values = pa.FixedSizeListArray.from_arrays(flat, 4)
+        elif field.name == "input_ids":
+            values = pa.array(np.asarray(value, np.int32))
+        elif field.name == "tokens":
+            values = pa.array(value, pa.string())
+        else:  # one value per page
+            columns.append(pa.array([value], field.type))
+            continue
+        offsets = pa.array([0, len(values)], pa.int32())
+        columns.append(pa.ListArray.from_arrays(offsets, values, type=field.type))
+    return pa.RecordBatch.from_arrays(columns, schema=SCHEMA)
 
 
 def atomic_write(path: Path, write) -> None:
@@ -171,7 +196,7 @@ class Store:
     # --- while running --------------------------------------------------------------------
     def add(self, record: dict) -> None:
         """Store one localized page durably (journal) and roll a part when enough are in."""
-        batch = pa.RecordBatch.from_pylist([record], schema=SCHEMA)
+        batch = record_batch(record)
         if self._journal is None:
             self._sink = open(self.journal_path, "wb")  # noqa: SIM115 - closed in _roll
             self._journal = pa.ipc.new_stream(self._sink, SCHEMA)

@@ -4,8 +4,10 @@
 // add nothing, so a token none of whose spans render keeps the all-zero box and is dropped.
 // Coordinates are CSS pixels relative to the document (the page is never scrolled, but a page
 // could set its own scroll position, so the scroll offset is added back).
-// Returns numbers as one space-separated string: far cheaper to pass than an array of 4n numbers.
-(count) => {
+// Boxes come back as one string, far cheaper to pass than an array of 4n numbers: with `binary`,
+// the base64 of the little-endian float64 values (no number formatting or parsing on either
+// side), else the numbers separated by spaces.
+(count, binary) => {
   const sx = window.scrollX, sy = window.scrollY;
   const box = new Float64Array(4 * count);
   const seen = new Uint8Array(count);
@@ -25,8 +27,7 @@
   const body = document.body ? document.body.getBoundingClientRect() : null;
   const root = document.documentElement;
   return {
-    boxes: box.join(" "),
-    seen: seen.join(""),
+    boxes: binary ? new Uint8Array(box.buffer).toBase64() : box.join(" "),
     body: body ? [body.left + sx, body.top + sy, body.right + sx, body.bottom + sy] : null,
     layout: [root.clientWidth, root.clientHeight, root.scrollWidth, root.scrollHeight],
   };
