@@ -230,7 +230,12 @@ def test_bad_tokenizer_directory_is_a_clear_error(unidic_dir, tmp_path, setup, m
     assert str(tmp_path / "tok") in str(error.value)
 
 
-def test_hub_name_without_a_hub_is_a_clear_error(monkeypatch):
+def test_hub_name_without_a_hub_is_a_clear_error(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    # offline, with an empty cache: as a process started with HF_HUB_OFFLINE=1 and a new HF_HOME
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(UserError, match="the hub could not provide it"):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(UserError, match="not in the Hugging Face cache .*HF_HUB_OFFLINE is set"):
         JapaneseTokenizer.from_pretrained("cl-tohoku/bert-base-japanese-v2")
