@@ -41,16 +41,23 @@ from pathlib import Path
 
 import psutil
 
-DOC_GLOBS = [
-    "/usr/share/debian-reference/*.ja.html",
-    "/usr/share/developers-reference/ja/*.html",
-    "/usr/share/doc/debian/FAQ/ja/*.html",
-    "/usr/share/doc/debian-policy/ja/**/*.html",
-    "/usr/share/doc/maint-guide-ja/html/*.html",
-    "/usr/share/doc/aptitude/html/ja/*.html",
-    "/usr/share/gimp/2.0/help/ja/**/*.html",
-]
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_tokenizer import DOC_GLOBS as MANUALS  # noqa: E402
+
+# The issue's page set: the tokenizer benchmark's manuals and aptitude's.
+DOC_GLOBS = [*MANUALS, "/usr/share/doc/aptitude/html/ja/*.html"]
 SHINRA = Path(__file__).resolve().parents[2] / "shared" / "shinra-sample" / "Airport_HTML"
+
+
+def real_pages(count: int) -> list[Path]:
+    """`count` pages spread over all manuals and the SHINRA sample (the pretraining and
+    network-guard benchmarks' pages)."""
+    files = sorted(f for g in MANUALS for f in glob.glob(g, recursive=True) if os.path.isfile(f))
+    files = [Path(f) for f in files] + sorted(SHINRA.glob("*.html"))
+    if len(files) < count:
+        raise SystemExit(f"found {len(files)} pages, need {count}: run `make bench`")
+    step = len(files) / count  # spread over all documents, not the first manual only
+    return [files[int(i * step)] for i in range(count)]
 
 
 def large_pages(count: int) -> list[Path]:
