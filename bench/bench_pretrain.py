@@ -54,13 +54,12 @@ def prepare(work: Path, pages: int) -> tuple[Path, Path]:
 
 def prepare_synthetic(work: Path, pages: int, tokens_per_page: int = 4300) -> tuple[Path, Path]:
     """A 32,768-token vocabulary and localized parts of generated pages (see the docstring)."""
-    import hashlib
-
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from layoutja.localize.store import SCHEMA
+    from layoutja.text.tokenizer import vocab_sha256
 
     tokenizer, data = work / "tokenizer", work / "localized"
     tokenizer.mkdir()
@@ -88,8 +87,7 @@ def prepare_synthetic(work: Path, pages: int, tokens_per_page: int = 4300) -> tu
     schema = pa.schema([SCHEMA.field(name) for name in columns])
     table = pa.table(columns, schema=schema)
     pq.write_table(table, data / "part-00000.parquet")
-    digest = hashlib.sha256((tokenizer / "vocab.txt").read_bytes()).hexdigest()
-    manifest = {"tokenizer": str(tokenizer), "tokenizer_vocab_sha256": digest}
+    manifest = {"tokenizer": str(tokenizer), "tokenizer_vocab_sha256": vocab_sha256(tokenizer)}
     (data / "manifest.json").write_text(json.dumps(manifest))
     return tokenizer, data
 

@@ -92,16 +92,22 @@ def resolve_tokenizer(name_or_path: str | os.PathLike) -> Path:
     return resolve(name_or_path, what="tokenizer", tokenizer_only=True)
 
 
+def _tokenizer_config(directory: Path) -> object | None:
+    """The parsed `tokenizer_config.json` of a directory, or None where it cannot be read."""
+    try:
+        return json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
 def is_mecab_tokenizer(directory: Path) -> bool:
     """Whether `directory` holds a MeCab + WordPiece BertJapaneseTokenizer (vocab + config)."""
-    config = directory / "tokenizer_config.json"
-    if not (directory / "vocab.txt").is_file() or not config.is_file():
-        return False
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(data, dict) and data.get("word_tokenizer_type") == "mecab"
+    data = _tokenizer_config(directory)
+    return (
+        (directory / "vocab.txt").is_file()
+        and isinstance(data, dict)
+        and data.get("word_tokenizer_type") == "mecab"
+    )
 
 
 def tokenizer_for(model_dir: Path, tokenizer: str | os.PathLike | None, model: str) -> Path:
@@ -144,9 +150,8 @@ def tokenizer_for(model_dir: Path, tokenizer: str | os.PathLike | None, model: s
 
 def _tokenizer_class(directory: Path) -> str:
     """How a directory's tokenizer files describe themselves, for error messages."""
-    try:
-        data = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    data = _tokenizer_config(directory)
+    if data is None:
         return "absent (no tokenizer_config.json)"
     if not isinstance(data, dict):
         return "unreadable"
