@@ -18,8 +18,16 @@ import pytest
 
 from layoutja.common import UserError
 from layoutja.localize.config import LocalizeConfig
-from layoutja.localize.pool import PageTask, WorkerPool, find_pages, in_shard, localize_corpus
+from layoutja.localize.pool import (
+    PAGES_AHEAD,
+    PageTask,
+    WorkerPool,
+    find_pages,
+    in_shard,
+    localize_corpus,
+)
 from layoutja.localize.store import SCHEMA, Store
+from layoutja.text.tokenizer import JapaneseTokenizer
 
 from .conftest import SHINRA, make_corpus
 
@@ -119,7 +127,10 @@ def test_pool_contains_failures_and_replaces_stuck_workers(unidic_dir, tmp_path)
     good.write_text("<p>東京</p>", encoding="utf-8")
     fifo = tmp_path / "stuck.html"
     os.mkfifo(fifo)  # reading it blocks forever: a worker that stops answering
+    # Each page is sent while the one before it renders: the stuck page blocks the worker's
+    # preparing thread, which must cost neither the page before it nor the one after.
     tasks = [
+        PageTask(good, "first.html", "first", ""),
         PageTask(tmp_path / "missing.html", "missing.html", "missing", ""),
         PageTask(fifo, "stuck.html", "stuck", ""),
         PageTask(good, "good.html", "good", ""),
@@ -128,7 +139,7 @@ def test_pool_contains_failures_and_replaces_stuck_workers(unidic_dir, tmp_path)
         results = {task.source: (record, reason) for task, record, reason in pool.run(tasks)}
     assert "cannot read" in results["missing.html"][1]
     assert "no answer in 4 s" in results["stuck.html"][1]
-    assert results["good.html"][0]["tokens"] == ["東京"]
+    assert results["good.html"][0]["tokens"] == results["first.html"][0]["tokens"] == ["東京"]
 
 
 def test_kill_9_loses_only_pages_in_flight(unidic_dir, tmp_path):
@@ -170,6 +181,22 @@ def test_store_lock_parts_on_disk_and_torn_failure_lines(tmp_path):
     again.fail("y.html", "reason")
     again.close()
     assert set(Store(tmp_path, (0, 1), settings).failed) == {"x.html", "y.html"}
+
+
+def test_workers_hold_the_next_page_while_rendering(unidic_dir, tmp_path):
+    page = tmp_path / "p.html"
+    page.write_text("<p>東京と大阪</p>", encoding="utf-8")
+    tasks = [PageTask(page, f"p{i}.html", f"p{i}", "") for i in range(6)]
+    held, order = [], []
+    with WorkerPool(str(unidic_dir), 2, LocalizeConfig(timeout_s=10)) as pool:
+        for task, record, reason in pool.run(tasks):
+            held.append(max(len(slot.tasks) for slot in pool.slots))
+            order.append((task.source, record["tokens"] if record else reason))
+    # Each worker was sent the next page before it answered the current one (so it prepares
+    # it while Chromium renders), never more, and every page came back once, localized.
+    assert max(held) == PAGES_AHEAD + 1
+    tokens = JapaneseTokenizer.from_pretrained(unidic_dir).tokenize("東京と大阪")
+    assert sorted(order) == [(f"p{i}.html", tokens) for i in range(6)]
 
 
 def test_a_worker_that_died_while_idle_is_replaced(unidic_dir, tmp_path):
@@ -235,7 +262,6 @@ def test_stored_records_are_the_single_page_records(unidic_dir, tmp_path):
     """The corpus path (arrays through the pool into Parquet) stores what `localize FILE` gives."""
     from layoutja.localize.browser import Browser
     from layoutja.localize.page import localize_file
-    from layoutja.text.tokenizer import JapaneseTokenizer
 
     corpus = make_corpus(tmp_path / "shinra", pages=4)
     for page in sorted(SHINRA.glob("Airport_HTML/*.html"))[:2]:  # real pages when available

@@ -8,6 +8,7 @@ import re
 import time
 import unicodedata
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -253,6 +254,7 @@ def reference_wrap(page, tokenizer) -> tuple[str, list[str], list[int], list[tup
     edits = [(s, e, 0, (0, -1), text) for s, e, text in page.edits]
     for block, text in zip(page.blocks, page.texts()):
         enc = tokenizer.encode(text)
+        block = SimpleNamespace(starts=block.starts, ends=block.ends, runs=block.runs)
         for token, token_id, s, e in zip(enc.tokens, enc.ids, enc.starts, enc.ends):
             index = len(tokens)
             tokens.append(token)

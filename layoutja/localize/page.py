@@ -35,7 +35,7 @@ from layoutja.localize.browser import (  # SPAN_OPEN is re-exported with SPAN_CL
     RenderTimeout,
 )
 from layoutja.localize.config import LocalizeConfig
-from layoutja.text.htmlpage import HtmlPage, decode_html, parse_html
+from layoutja.text.htmlpage import HtmlPage, char_ranges, decode_html, parse_html
 from layoutja.text.tokenizer import JapaneseTokenizer
 
 _CLOSE = -1  # the op code of SPAN_CLOSE: Markup.texts[0]
@@ -67,9 +67,9 @@ def wrap_tokens(page: HtmlPage, tokenizer: JapaneseTokenizer) -> WrappedPage:
     ids = np.fromiter(chain.from_iterable(enc.ids for enc in encodings), np.int32, len(tokens))
     # The page as flat arrays, blocks laid end to end: each character's raw range, each text
     # run's first character, each token's characters [s, e) and the end of its block.
-    lengths = np.fromiter((len(block.text) for block in blocks), np.int64, len(blocks))
+    lengths = np.fromiter((block.length for block in blocks), np.int64, len(blocks))
     base = np.cumsum(lengths) - lengths
-    char_start, char_end = _flat(b.starts for b in blocks), _flat(b.ends for b in blocks)
+    char_start, char_end = char_ranges(blocks)
     runs = _flat([first + r for r in block.runs] for first, block in zip(base.tolist(), blocks))
     per_block = np.fromiter((len(enc.tokens) for enc in encodings), np.int64, len(blocks))
     s = _flat(enc.starts for enc in encodings) + np.repeat(base, per_block)
@@ -169,12 +169,21 @@ def page_arrays(page: HtmlPage, wrapped: WrappedPage, result: RenderResult) -> d
     }
 
 
-def localize_arrays(data: bytes, tokenizer: JapaneseTokenizer, browser: Browser) -> dict:
-    """Localize one HTML document given as bytes; per-token values as numpy arrays."""
+def prepare_page(data: bytes, tokenizer: JapaneseTokenizer) -> tuple[HtmlPage, WrappedPage]:
+    """The part of localizing that needs no browser: decode, scan, tokenize, wrap."""
     text, encoding = decode_html(data)
     page = parse_html(text, encoding)
-    wrapped = wrap_tokens(page, tokenizer)
+    return page, wrap_tokens(page, tokenizer)
+
+
+def render_page(page: HtmlPage, wrapped: WrappedPage, browser: Browser) -> dict:
+    """Render a prepared page and return its record; per-token values as numpy arrays."""
     return page_arrays(page, wrapped, browser.render(wrapped.markup, len(wrapped.tokens)))
+
+
+def localize_arrays(data: bytes, tokenizer: JapaneseTokenizer, browser: Browser) -> dict:
+    """Localize one HTML document given as bytes; per-token values as numpy arrays."""
+    return render_page(*prepare_page(data, tokenizer), browser)
 
 
 def localize_html(data: bytes, tokenizer: JapaneseTokenizer, browser: Browser) -> dict:

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import math
 import multiprocessing
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,12 +93,18 @@ def in_shard(task: PageTask, shard: tuple[int, int]) -> bool:
 
 
 # --- worker process -------------------------------------------------------------------------
+# A worker holds this many pages beyond the one it renders: it prepares the next page (read,
+# scan, tokenize, wrap: all Python) in a thread while Chromium renders the current one, so
+# Python's share of the work hides behind the browser's instead of adding to it.
+PAGES_AHEAD = 1
+
+
 def _worker(conn: Connection, tokenizer_dir: str, config: LocalizeConfig) -> None:
     os.setsid()  # its own process group: the parent can kill it with its browser
     from playwright.sync_api import Error as PlaywrightError
 
     from layoutja.localize.browser import Browser, RenderTimeout
-    from layoutja.localize.page import localize_arrays
+    from layoutja.localize.page import render_page
     from layoutja.text.tokenizer import JapaneseTokenizer
 
     try:
@@ -107,11 +114,20 @@ def _worker(conn: Connection, tokenizer_dir: str, config: LocalizeConfig) -> Non
         conn.send(("fatal", f"{type(e).__name__}: {e}"))
         return
     conn.send(("ready", browser.version))
-    while (task := conn.recv()) is not None:
+    # The preparing thread wakes this one when Chromium answers: switch threads sooner than
+    # Python's default 5 ms, so a busy preparer does not delay the browser's next step.
+    sys.setswitchinterval(0.001)
+    prepared: queue.Queue = queue.Queue(maxsize=PAGES_AHEAD)
+    threading.Thread(target=_prepare, args=(conn, tokenizer, prepared), daemon=True).start()
+    while (item := prepared.get()) is not None:
+        task, page = item
+        if isinstance(page, str):  # it could not be prepared: the reason
+            conn.send(("failed", page))
+            continue
         for attempt in (1, 2):
             try:
                 # Per-token values stay numpy arrays: cheap to pickle and to store.
-                record = localize_arrays(task.path.read_bytes(), tokenizer, browser)
+                record = render_page(*page, browser)
                 record.update(page_id=task.page_id, category=task.category, source=task.source)
                 conn.send(("ok", record))
                 break
@@ -119,13 +135,29 @@ def _worker(conn: Connection, tokenizer_dir: str, config: LocalizeConfig) -> Non
                 browser.restart()
                 if attempt == 2:
                     conn.send(("failed", f"browser: {_first_line(e)} (after a restart and retry)"))
-            except OSError as e:
-                conn.send(("failed", f"cannot read: {e.strerror or e}"))
-                break
             except Exception as e:
                 conn.send(("failed", f"{type(e).__name__}: {_first_line(e)}"))
                 break
     browser.close()
+
+
+def _prepare(conn: Connection, tokenizer: object, prepared: queue.Queue) -> None:
+    """The worker's second thread: receive tasks, prepare each page, hand them on in order
+    (the prepared page, or the reason it failed); None when the parent is done."""
+    from layoutja.localize.page import prepare_page
+
+    try:
+        while (task := conn.recv()) is not None:
+            try:
+                page: object = prepare_page(task.path.read_bytes(), tokenizer)
+            except OSError as e:
+                page = f"cannot read: {e.strerror or e}"
+            except Exception as e:
+                page = f"{type(e).__name__}: {_first_line(e)}"
+            prepared.put((task, page))
+    except (EOFError, OSError):  # the parent is gone
+        pass
+    prepared.put(None)
 
 
 def _first_line(e: BaseException) -> str:
@@ -136,9 +168,10 @@ def _first_line(e: BaseException) -> str:
 class _Slot:
     process: multiprocessing.Process
     conn: Connection
-    task: PageTask | None = None
-    since: float = 0.0
+    tasks: deque = field(default_factory=deque)  # sent, not answered; the first is rendering
+    since: float = 0.0  # when the first task began
     ready: bool = False
+    broken: bool = False  # a send failed: the process is gone
 
 
 class WorkerPool:
@@ -191,34 +224,39 @@ class WorkerPool:
         slot.conn.close()
 
     def run(self, tasks: list[PageTask]) -> Iterator[tuple[PageTask, dict | None, str]]:
-        queue = deque((task, 1) for task in tasks)
+        todo = deque((task, 1) for task in tasks)
         attempts: dict[str, int] = {}
-        while queue or any(s.task for s in self.slots):
+        while todo or any(s.tasks for s in self.slots):
             for slot in self.slots:
-                if slot.task is None and slot.ready and queue:
-                    slot.task, attempt = queue.popleft()
-                    attempts[slot.task.source] = attempt
-                    slot.since = time.monotonic()
+                while self._takes(slot, todo, attempts):
+                    task, attempt = todo.popleft()
                     try:
-                        slot.conn.send(slot.task)
-                    except OSError:  # it died while idle (e.g. the OOM killer): the next
-                        slot.since = -math.inf  # check below replaces it; the page goes again
-            busy = [s for s in self.slots if s.task]
+                        slot.conn.send(task)
+                    except OSError:  # it died while idle (e.g. the OOM killer): the check
+                        slot.broken = True  # below replaces it; the page never reached it
+                        todo.appendleft((task, attempt))
+                        break
+                    attempts[task.source] = attempt
+                    if not slot.tasks:
+                        slot.since = time.monotonic()
+                    slot.tasks.append(task)
+            busy = [s for s in self.slots if s.tasks or s.broken]
             ready = wait([s.conn for s in busy] + [s.process.sentinel for s in busy], timeout=1.0)
             now = time.monotonic()
             for i, slot in enumerate(self.slots):
-                if slot.task is None:
+                if not (slot.tasks or slot.broken):
                     continue
-                task = slot.task
-                if slot.conn in ready:
+                if slot.conn in ready and not slot.broken:
                     kind, value = self._recv(slot)
-                    if kind in ("ok", "failed"):
-                        slot.task = None
+                    if kind in ("ok", "failed"):  # answers come in the order pages were sent
+                        task = slot.tasks.popleft()
+                        slot.since = now
                         yield (task, value, "") if kind == "ok" else (task, None, value)
                         continue
                     reason = str(value)
                 elif (
-                    slot.process.sentinel in ready
+                    slot.broken
+                    or slot.process.sentinel in ready
                     or not slot.process.is_alive()
                     or now - slot.since > self.hard_limit_s
                 ):
@@ -229,16 +267,28 @@ class WorkerPool:
                     )
                 else:
                     continue
-                # The worker is gone or stuck: replace it; try the page once more.
+                # The worker is gone or stuck: replace it. The pages it held but had not begun
+                # go again as they were; the page it was on is tried once more, alone.
                 self._kill(slot)
                 self.slots[i] = self._spawn()
                 self._wait_one(self.slots[i])
-                if slot.since == -math.inf:  # never reached the dead worker: not an attempt
-                    queue.appendleft((task, attempts[task.source]))
-                elif attempts[task.source] == 1:
-                    queue.appendleft((task, 2))
-                else:
-                    yield task, None, reason
+                held = list(slot.tasks)
+                todo.extendleft((t, attempts[t.source]) for t in reversed(held[1:]))
+                if held and attempts[held[0].source] == 1:
+                    todo.appendleft((held[0], 2))
+                elif held:
+                    yield held[0], None, reason
+
+    def _takes(self, slot: _Slot, todo: deque, attempts: dict[str, int]) -> bool:
+        """Whether to send `slot` the next page: up to PAGES_AHEAD beyond the one it is on, but
+        a page on its second try goes alone, so that a page that kills its worker is not
+        blamed on the one it was sent with."""
+        if not (slot.ready and todo) or slot.broken:
+            return False
+        if not slot.tasks:
+            return True
+        alone = todo[0][1] > 1 or attempts[slot.tasks[0].source] > 1
+        return len(slot.tasks) <= PAGES_AHEAD and not alone
 
     def _wait_one(self, slot: _Slot) -> None:
         if slot.conn.poll(self.hard_limit_s) and self._recv(slot)[0] == "ready":

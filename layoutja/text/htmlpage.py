@@ -27,12 +27,15 @@ import re
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
+import numpy as np
+
 INLINE = frozenset(
     "a abbr acronym b bdi bdo big cite code data del dfn em font i ins kbd label mark nobr q "
     "rb ruby s samp small span strike strong sub sup time tt u var wbr".split()
 )
 RAW_TEXT = frozenset("script style textarea title xmp iframe noembed noframes".split())
 HIDDEN = RAW_TEXT | {"template", "noscript", "svg", "math", "select", "plaintext"}
+_SPECIAL = HIDDEN | {"meta"}  # the tags the scanner does more with than end a block
 
 _MARKUP = re.compile(
     r"""<!--(?:-?>|.*?(?:--!?>|\Z))           # comment (also the empty <!--> and <!--->)
@@ -99,12 +102,46 @@ def decode_html(data: bytes) -> tuple[str, str]:
 
 @dataclass
 class Block:
-    """The text of one block of the page flow, with each character's raw-HTML range."""
+    """The text of one block of the page flow, with each character's raw-HTML range.
 
-    text: list[str] = field(default_factory=list)  # characters; joined when tokenized
-    starts: list[int] = field(default_factory=list)
-    ends: list[int] = field(default_factory=list)
+    Characters are kept as pieces, not one by one: most text is literal, one character per raw
+    character, so a piece is the whole text run; a character reference is a piece whose
+    characters all come from the whole reference (`&amp;` → `&` from five).
+    """
+
+    chunks: list[str] = field(default_factory=list)  # the pieces' text, joined when tokenized
+    # (characters, raw start, raw end, literal) of each piece, in order.
+    pieces: list[tuple[int, int, int, bool]] = field(default_factory=list)
     runs: list[int] = field(default_factory=list)  # where each uninterrupted text run begins
+    length: int = 0  # characters
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+    @property
+    def starts(self) -> list[int]:
+        return char_ranges([self])[0].tolist()
+
+    @property
+    def ends(self) -> list[int]:
+        return char_ranges([self])[1].tolist()
+
+    def add(self, text: str, start: int, end: int, literal: bool) -> None:
+        self.chunks.append(text)
+        self.pieces.append((len(text), start, end, literal))
+        self.length += len(text)
+
+
+def char_ranges(blocks: list[Block]) -> tuple[np.ndarray, np.ndarray]:
+    """Each character's raw range [start, end) (int64), the blocks' characters end to end."""
+    rows = [piece for block in blocks for piece in block.pieces]
+    length, start, end, literal = np.array(rows, np.int64).reshape(-1, 4).T
+    piece = np.repeat(np.arange(len(rows)), length)
+    offset = np.arange(len(piece)) - np.repeat(np.cumsum(length) - length, length)
+    literal = literal[piece].astype(bool)
+    starts = start[piece] + np.where(literal, offset, 0)
+    return starts, np.where(literal, starts + 1, end[piece])
 
 
 @dataclass
@@ -120,7 +157,7 @@ class HtmlPage:
 
     def texts(self) -> list[str]:
         """Each block's text: what the localizer tokenizes, and what vocabulary training reads."""
-        return ["".join(block.text) for block in self.blocks]
+        return [block.text for block in self.blocks]
 
     def line_col(self, offset: int) -> tuple[int, int]:
         """(0-based line, character column) of a raw character offset."""
@@ -144,7 +181,7 @@ def parse_html(source: str, encoding: str = "utf-8") -> HtmlPage:
 
     def end_block() -> None:
         nonlocal block
-        if block.text and not "".join(block.text).isspace():
+        if not block.text.isspace():
             blocks.append(block)
         block = Block()
 
@@ -159,13 +196,17 @@ def parse_html(source: str, encoding: str = "utf-8") -> HtmlPage:
         tag = match.group(0)
         if not name:  # comment, doctype, bogus markup: no effect on the flow
             continue
+        if not hidden and name not in _SPECIAL:  # most tags: all they can do is end a block
+            if block.length and name not in INLINE:
+                end_block()
+            continue
         closing = tag.startswith("</")
         opens = not closing and not tag.endswith("/>")
         # Even inside <noscript> (scripts are off), and in any spelling (`&#114;efresh`).
         if name == "meta" and _REFRESH.search(html.unescape(tag)):
             edits.append((match.start(), match.end(), "<meta data-layoutja-removed=refresh>"))
         foreign = bool(hidden) and hidden[0] in ("svg", "math")  # no raw text in SVG/MathML
-        if not hidden and name not in INLINE:
+        if block.length and not hidden and name not in INLINE:
             end_block()
         if closing:
             if name in hidden:  # an end tag closes its innermost element and all inside it
@@ -186,7 +227,8 @@ def parse_html(source: str, encoding: str = "utf-8") -> HtmlPage:
         _add_text(block, source, pos, len(source))
     if "noscript" in hidden:  # never closed: with scripts on, it runs to the end
         _remove(edits, noscript_start, len(source))
-    end_block()
+    if block.length:
+        end_block()
     return HtmlPage(source, encoding, blocks, edits, line_starts(source))
 
 
@@ -198,28 +240,19 @@ def _remove(edits: list[tuple[int, int, str]], start: int, end: int) -> None:
 
 def _add_text(block: Block, source: str, start: int, end: int) -> None:
     """Append raw text source[start:end] (entities decoded, NULs dropped) to a block."""
-    block.runs.append(len(block.text))
+    block.runs.append(block.length)
     raw = source[start:end]
     if "&" not in raw and "\0" not in raw:  # the common case: one character per character
-        block.text += raw
-        block.starts += range(start, end)
-        block.ends += range(start + 1, end + 1)
+        block.add(raw, start, end, True)
         return
     i = start
     for m in [*_ENTITY.finditer(source, start, end), None]:
         literal_end = m.start() if m else end
-        for j in range(i, literal_end):
-            if source[j] != "\0":  # the browser ignores NUL in text
-                block.text.append(source[j])
-                block.starts.append(j)
-                block.ends.append(j + 1)
+        for part in re.finditer("[^\0]+", source[i:literal_end]):  # the browser ignores NUL
+            block.add(part.group(), i + part.start(), i + part.end(), True)
         if m is None:
             break
-        decoded = html.unescape(m.group(0))
-        for char in decoded:
-            block.text.append(char)
-            block.starts.append(m.start())
-            block.ends.append(m.end())
+        block.add(html.unescape(m.group(0)), m.start(), m.end(), False)
         i = m.end()
-    if len(block.text) == block.runs[-1]:  # nothing was added (only NULs)
+    if block.length == block.runs[-1]:  # nothing was added (only NULs)
         block.runs.pop()
