@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import html
+import random
+from itertools import accumulate
 
 import pytest
 
-from layoutja.text.htmlpage import decode_html, parse_html
+from layoutja.text.htmlpage import decode_html, line_starts, parse_html
 
 from .conftest import SHINRA
 
@@ -150,3 +152,15 @@ def test_japanese_encoding_labels_browsers_accept():
     for label, codec in labels:
         data = f'<meta charset="{label}"><p>東京①</p>'.encode(codec)
         assert decode_html(data) == (f'<meta charset="{label}"><p>東京①</p>', codec), label
+
+
+def test_line_starts_are_where_splitlines_starts_lines():
+    rng = random.Random(0)
+    alphabet = ["a", "東", "\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\ud800"]
+    for _ in range(3000):
+        source = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        lines = source.splitlines(keepends=True)
+        expected = list(accumulate(map(len, lines), initial=0))
+        if lines and lines[-1].splitlines()[0] == lines[-1]:  # the last line has no break
+            expected.pop()
+        assert line_starts(source) == expected, repr(source)

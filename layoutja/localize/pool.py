@@ -1,14 +1,17 @@
 """Localize a corpus: find the pages, split them into shards, keep N browser workers busy.
 
 Each worker is a process with its own tokenizer and Chromium, started in its own process group so
-that the whole group (Playwright's driver and Chromium included) can be killed. The parent hands
-out one page at a time and stores results as they come (`store`). Failures are contained:
+that the whole group (Playwright's driver and Chromium included) can be killed. The parent keeps
+each worker one page ahead (`PAGES_AHEAD`), so that the worker prepares that page in a thread
+while Chromium renders the current one, and stores results as they come (`store`). Failures are
+contained:
 
 - a Playwright error (crashed or hung browser, per-page timeout) makes the worker restart its
   browser and try the page once more; a page that fails again is reported as failed;
 - any other error on a page (e.g. it cannot be read) fails that page only;
 - a worker that dies or stops answering (past twice the page timeout plus a margin) is killed
-  and replaced, and its page is tried once more in the new worker before it counts as failed.
+  and replaced; the page it was on is tried once more, alone, in the new worker before it
+  counts as failed, and the page it held ahead goes again as if never sent.
 """
 
 from __future__ import annotations
