@@ -11,7 +11,8 @@ processes put on the machine hits each alike. Four parts:
   work, with a faster reading script);
   *floor*: the bare browser now: prepared `Markup` through `Browser.render`;
   *full*: `localize_corpus` from raw files to Parquet;
-  each with its CPU seconds per page (every process of the run, Chromium's included);
+  each with its CPU seconds per page (every process of the run, Chromium's included), and
+  full / floor in each round (its median: the rounds' loads differ);
 - the CPU split of one worker, per 1,000 tokens: scan, tokenize, wrap, normalize, store (the
   Python stages) and render (Chromium's processes and Playwright's driver);
 - memory: a run of many pages (repeated) through the worker pool, sampling each worker's RSS
@@ -38,6 +39,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from statistics import median
 
 import psutil
 
@@ -182,6 +184,7 @@ def throughput(
     prepared = sorted((work / "prepared").glob("*.pickle"))
     pages = len(prepared)
     best: dict[tuple[str, int], tuple[float, dict]] = {}
+    ratios: dict[int, list[float]] = {n: [] for n in workers}  # full / floor, each round
     tokens = 0
     names = ["floor (set_content)", "floor", "full"] + ["baseline full"] * bool(checkout)
     for r in range(rounds):
@@ -195,6 +198,7 @@ def throughput(
             seconds, cpu, summary = full(src, tokenizer, work / "out", n)
             assert summary["ok"] == pages, summary
             runs["full"], tokens = (seconds, cpu), summary["tokens"]
+            ratios[n].append(runs["floor"][0] / seconds)
             for name, (seconds, cpu) in runs.items():
                 if (name, n) not in best or seconds < best[name, n][0]:
                     best[name, n] = (seconds, cpu)
@@ -210,6 +214,11 @@ def throughput(
                 f" {total / pages:>10.3f} {best['floor', n][0] / seconds:>8.0%}"
                 f" {best['floor (set_content)', n][0] / seconds:>13.0%}"
             )
+    # The load of other processes varies between rounds: a round's own ratio compares runs made
+    # minutes apart, the best of each run may come from different rounds.
+    for n in workers:
+        each = " ".join(f"{r:.0%}" for r in ratios[n])
+        print(f"  full / floor per round, {n} worker(s): {each} (median {median(ratios[n]):.0%})")
     return {"tokens": tokens, "best": best}
 
 
