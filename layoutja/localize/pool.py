@@ -158,7 +158,7 @@ def _prepare(conn: Connection, tokenizer: object, prepared: queue.Queue) -> None
             except Exception as e:
                 page = f"{type(e).__name__}: {_first_line(e)}"
             prepared.put((task, page))
-    except (EOFError, OSError):  # the parent is gone
+    except Exception:  # the parent is gone (or the pipe broke): the worker ends
         pass
     prepared.put(None)
 
@@ -229,9 +229,10 @@ class WorkerPool:
     def run(self, tasks: list[PageTask]) -> Iterator[tuple[PageTask, dict | None, str]]:
         todo = deque((task, 1) for task in tasks)
         attempts: dict[str, int] = {}
+        alone: set[str] = set()  # pages sent to a worker with no other page (see _takes)
         while todo or any(s.tasks for s in self.slots):
             for slot in self.slots:
-                while self._takes(slot, todo, attempts):
+                while self._takes(slot, todo, alone):
                     task, attempt = todo.popleft()
                     try:
                         slot.conn.send(task)
@@ -249,11 +250,11 @@ class WorkerPool:
             for i, slot in enumerate(self.slots):
                 if not (slot.tasks or slot.broken):
                     continue
-                if slot.conn in ready and not slot.broken:
+                if slot.conn in ready:  # an answer, or the end of a worker that died
                     kind, value = self._recv(slot)
                     if kind in ("ok", "failed"):  # answers come in the order pages were sent
                         task = slot.tasks.popleft()
-                        slot.since = now
+                        slot.since = time.monotonic()
                         yield (task, value, "") if kind == "ok" else (task, None, value)
                         continue
                     reason = str(value)
@@ -270,28 +271,30 @@ class WorkerPool:
                     )
                 else:
                     continue
-                # The worker is gone or stuck: replace it. The pages it held but had not begun
-                # go again as they were; the page it was on is tried once more, alone.
+                # The worker is gone or stuck: replace it. The page it was on is tried once
+                # more; the pages it held ahead go again as if never sent. Each goes alone, as
+                # preparing a page held ahead (its memory, a long C call) may be what killed it.
                 self._kill(slot)
                 self.slots[i] = self._spawn()
                 self._wait_one(self.slots[i])
                 held = list(slot.tasks)
+                alone.update(t.source for t in held)
                 todo.extendleft((t, attempts[t.source]) for t in reversed(held[1:]))
                 if held and attempts[held[0].source] == 1:
                     todo.appendleft((held[0], 2))
                 elif held:
                     yield held[0], None, reason
 
-    def _takes(self, slot: _Slot, todo: deque, attempts: dict[str, int]) -> bool:
+    def _takes(self, slot: _Slot, todo: deque, alone: set[str]) -> bool:
         """Whether to send `slot` the next page: up to PAGES_AHEAD beyond the one it is on, but
-        a page on its second try goes alone, so that a page that kills its worker is not
-        blamed on the one it was sent with."""
+        a page that was with a worker that died goes alone, so that a page that kills its
+        worker is blamed on nothing else."""
         if not (slot.ready and todo) or slot.broken:
             return False
         if not slot.tasks:
             return True
-        alone = todo[0][1] > 1 or attempts[slot.tasks[0].source] > 1
-        return len(slot.tasks) <= PAGES_AHEAD and not alone
+        together = todo[0][0].source not in alone and slot.tasks[0].source not in alone
+        return len(slot.tasks) <= PAGES_AHEAD and together
 
     def _wait_one(self, slot: _Slot) -> None:
         if slot.conn.poll(self.hard_limit_s) and self._recv(slot)[0] == "ready":
