@@ -11,7 +11,7 @@ contained:
 - any other error on a page (e.g. it cannot be read) fails that page only;
 - a worker that dies or stops answering (past twice the page timeout plus a margin) is killed
   and replaced; the page it was on is tried once more, alone, in the new worker before it
-  counts as failed, and the page it held ahead goes again as if never sent.
+  counts as failed, and the page it held ahead goes again, alone, without counting as a try.
 """
 
 from __future__ import annotations
