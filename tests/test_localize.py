@@ -311,6 +311,12 @@ def reference_record(data: bytes, tok, browser) -> dict:
     def scale(v, origin, size):
         return min(1000, max(0, int(1000 * (v - origin) / size)))
 
+    def span(start, end):  # the previous scalar conversion, independent of HtmlPage.spans
+        if end <= start:
+            return [*page.line_col(start), *page.line_col(start)]
+        end_line, end_col = page.line_col(end - 1)
+        return [*page.line_col(start), end_line, end_col + 1]
+
     def normalized(box):
         x0, y0, x1, y1 = box
         w, h = body[2] - body[0], body[3] - body[1]
@@ -322,7 +328,7 @@ def reference_record(data: bytes, tok, browser) -> dict:
         "input_ids": [ids[i] for i in keep],
         "bbox": [normalized(boxes[i]) for i in keep],
         "px": [[float(v) for v in boxes[i]] for i in keep],
-        "html_span": [list(page.span(*raw[i])) for i in keep],
+        "html_span": [span(*raw[i]) for i in keep],
         "dropped": len(tokens) - len(keep),
         "viewport_width": width,
         "page_width": float(doc_width),

@@ -145,22 +145,14 @@ def page_arrays(page: HtmlPage, wrapped: WrappedPage, result: RenderResult) -> d
     if frame is None or frame[2] <= frame[0] or frame[3] <= frame[1]:
         frame = (0.0, 0.0, max(doc_width, 1.0), max(doc_height, 1.0))  # empty or no body
     keep = result.array.any(axis=1)
-    boxes, raw = result.array[keep], wrapped.raw[keep]
-    # SHINRA's (start line, offset, end line, offset); an end is the line and offset after the
-    # token's last character, an empty range starts and ends at its position.
-    lines = np.asarray(page.line_starts)
-    last = np.where(raw[:, 1] > raw[:, 0], raw[:, 1] - 1, raw[:, 0])
-    start_line = np.searchsorted(lines, raw[:, 0], "right") - 1
-    end_line = np.searchsorted(lines, last, "right") - 1
-    end_col = last - lines[end_line] + (raw[:, 1] > raw[:, 0])
-    span = np.stack([start_line, raw[:, 0] - lines[start_line], end_line, end_col], axis=1)
+    boxes = result.array[keep]
     return {
         "encoding": page.encoding,
         "tokens": list(compress(wrapped.tokens, keep.tolist())),
         "input_ids": wrapped.ids[keep],
         "bbox": normalize_boxes(boxes, frame),
         "px": boxes,
-        "html_span": span.astype(np.int32),
+        "html_span": page.spans(wrapped.raw[keep]).astype(np.int32),
         "dropped": len(wrapped.tokens) - len(boxes),
         "viewport_width": int(result.layout[0]),
         "page_width": float(doc_width),

@@ -170,12 +170,21 @@ class HtmlPage:
         """(0-based line, character column) of a raw character offset."""
         return line_col(self.line_starts, offset)
 
+    def spans(self, raw: np.ndarray) -> np.ndarray:
+        """SHINRA's (start line, start offset, end line, end offset) of raw ranges [start, end)
+        (an (n, 2) int array): an end is the line and offset after the range's last character,
+        an empty range starts and ends at its position."""
+        lines = np.asarray(self.line_starts)
+        filled = raw[:, 1] > raw[:, 0]
+        last = np.where(filled, raw[:, 1] - 1, raw[:, 0])
+        start_line = np.searchsorted(lines, raw[:, 0], "right") - 1
+        end_line = np.searchsorted(lines, last, "right") - 1
+        end_col = last - lines[end_line] + filled
+        return np.stack([start_line, raw[:, 0] - lines[start_line], end_line, end_col], axis=1)
+
     def span(self, start: int, end: int) -> tuple[int, int, int, int]:
-        """SHINRA's (start line, start offset, end line, end offset) of raw range [start, end)."""
-        if end <= start:
-            return (*self.line_col(start), *self.line_col(start))
-        end_line, end_col = self.line_col(end - 1)
-        return (*self.line_col(start), end_line, end_col + 1)
+        """`spans` of one raw range [start, end)."""
+        return tuple(self.spans(np.array([[start, end]]))[0].tolist())
 
 
 def parse_html(source: str, encoding: str = "utf-8") -> HtmlPage:
