@@ -38,6 +38,7 @@ from layoutja.text.pagetext import HTML_SUFFIXES
 
 if TYPE_CHECKING:
     from layoutja.localize.store import Store
+    from layoutja.text.tokenizer import JapaneseTokenizer
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def _worker(conn: Connection, tokenizer_dir: str, config: LocalizeConfig) -> Non
     browser.close()
 
 
-def _prepare(conn: Connection, tokenizer: object, prepared: queue.Queue) -> None:
+def _prepare(conn: Connection, tokenizer: JapaneseTokenizer, prepared: queue.Queue) -> None:
     """The worker's second thread: receive tasks, prepare each page, hand them on in order
     (the prepared page, or the reason it failed); None when the parent is done."""
     from layoutja.localize.page import prepare_page
