@@ -13,8 +13,9 @@ processes put on the machine hits each alike. Four parts:
   *full*: `localize_corpus` from raw files to Parquet;
   each with its CPU seconds per page (every process of the run, Chromium's included), and
   full / floor in each round (its median: the rounds' loads differ);
-- the CPU split of one worker, per 1,000 tokens: scan, tokenize, wrap, normalize, store (the
-  Python stages) and render (Chromium's processes and Playwright's driver);
+- the CPU split of one worker, per 1,000 tokens: scan, tokenize, wrap, normalize, batch (the
+  worker's Python stages), store (the parent's: journal and Parquet part) and render
+  (Chromium's processes and Playwright's driver);
 - memory: a run of many pages (repeated) through the worker pool, sampling each worker's RSS
   and PSS together with its Chromium and driver.
 
@@ -237,15 +238,17 @@ def cpu_split(files: list[Path], tokenizer_dir: str) -> None:
     """Per-stage CPU of one worker in this process; Chromium's and the driver's from /proc."""
     from layoutja.localize.browser import Browser
     from layoutja.localize.page import page_arrays, wrap_tokens
-    from layoutja.localize.store import SCHEMA, record_batch
+    from layoutja.localize.store import Store, record_batch
     from layoutja.text.htmlpage import decode_html, parse_html
     from layoutja.text.tokenizer import JapaneseTokenizer
 
     tokenizer = JapaneseTokenizer.from_pretrained(tokenizer_dir)
-    names = ["scan", "tokenize", "wrap", "render (Python)", "normalize", "store"]
+    names = ["scan", "tokenize", "wrap", "render (Python)", "normalize", "batch", "store"]
     stages = dict.fromkeys(names, 0.0)
     tokens = 0
     clock = time.process_time
+    out = Path(tempfile.mkdtemp(prefix="bench-store-"))
+    store = Store(out, (0, 1), {}, pages_per_part=len(files))  # the parent's work: one part
     with Browser() as browser:
         browser.render("<p>warm</p>", 0)
         with TreeCpu() as cpu:
@@ -262,12 +265,16 @@ def cpu_split(files: list[Path], tokenizer_dir: str) -> None:
                 record = page_arrays(page, wrapped, result)
                 t5 = clock()
                 record.update(page_id="", category="", source=path.name)
-                assert record_batch(record).schema == SCHEMA
+                batch = record_batch(record)
                 t6 = clock()
+                store.add(batch)  # the journal; the Parquet part when the last page is in
+                t7 = clock()
                 tokens += len(wrapped.tokens)
                 for stage, seconds in zip(names, [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4,
-                                                  t6 - t5]):  # fmt: skip
+                                                  t6 - t5, t7 - t6]):  # fmt: skip
                     stages[stage] += seconds
+    store.close()
+    shutil.rmtree(out)
     rest = cpu.by_kind()
     stages["Chromium"], stages["driver (node)"] = rest["chromium"], rest["driver"]
     total = sum(stages.values())
@@ -293,8 +300,8 @@ def memory(files: list[Path], tokenizer_dir: str, pages: int, workers: int) -> N
     print(f"{'pages':>6} {'s':>6}  " + "  ".join(f"{'RSS':>6} {'PSS':>6}" for _ in range(workers)))
     start = time.perf_counter()
     with WorkerPool(tokenizer_dir, workers, LocalizeConfig()) as pool:
-        for done, (_, record, reason) in enumerate(pool.run(tasks), 1):
-            assert record is not None, reason
+        for done, (_, batch, reason) in enumerate(pool.run(tasks), 1):
+            assert batch is not None, reason
             if done % every == 0 or done == 1:
                 cells = []
                 for slot in pool.slots:

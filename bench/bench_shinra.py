@@ -46,7 +46,7 @@ VOCAB = 2000
 
 def make_set(root: Path, pages_per_category: int, tokens: int, seed: int = 0) -> dict:
     """The synthetic SHINRA directory and its localized Parquet; returns the counts."""
-    from layoutja.localize.store import Store
+    from layoutja.localize.store import Store, record_batch
 
     rng = np.random.default_rng(seed)
     (root / "annotation").mkdir(parents=True)
@@ -79,11 +79,11 @@ def make_set(root: Path, pages_per_category: int, tokens: int, seed: int = 0) ->
             span = np.stack([line, column, line, column + 2], 1)
             x0, y0 = (t % TOKENS_PER_LINE) * 19 + 20, (t // TOKENS_PER_LINE) * 9 % 990
             box = np.stack([x0, y0, x0 + 18, y0 + 8], 1)
-            store.add({"page_id": page_id, "category": ene, "source": f"{ene}/{page_id}.html",
-                       "encoding": "utf-8", "tokens": words, "input_ids": ids.tolist(),
-                       "bbox": box.tolist(), "px": box.tolist(), "html_span": span.tolist(),
-                       "dropped": 0, "viewport_width": 1280, "page_width": 1280.0,
-                       "page_height": 10_000.0, "body": [0.0, 0.0, 1280.0, 10_000.0]})  # fmt: skip
+            store.add(record_batch({
+                "page_id": page_id, "category": ene, "source": f"{ene}/{page_id}.html",
+                "encoding": "utf-8", "tokens": words, "input_ids": ids, "bbox": box, "px": box,
+                "html_span": span, "dropped": 0, "viewport_width": 1280, "page_width": 1280.0,
+                "page_height": 10_000.0, "body": [0.0, 0.0, 1280.0, 10_000.0]}))  # fmt: skip
             for start in rng.choice(n // 8, size=min(20, n // 8), replace=False) * 8:
                 length = int(rng.integers(1, 7))
                 l0, c0 = int(span[start][0]), int(span[start][1])

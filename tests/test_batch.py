@@ -26,7 +26,7 @@ from layoutja.localize.pool import (
     in_shard,
     localize_corpus,
 )
-from layoutja.localize.store import SCHEMA, Store
+from layoutja.localize.store import SCHEMA, Store, record_batch
 from layoutja.text.tokenizer import JapaneseTokenizer
 
 from .conftest import SHINRA, make_corpus
@@ -101,11 +101,17 @@ def fake_record(source: str, tokens: int = 3) -> dict:
     }  # fmt: skip
 
 
+def tokens_of(batch: pa.RecordBatch) -> list[str]:
+    """The tokens of a one-page batch, as the pool yields it."""
+    assert batch.schema.equals(SCHEMA) and batch.num_rows == 1
+    return batch.column("tokens")[0].as_py()
+
+
 def test_store_recovers_a_torn_journal_and_keeps_failures(tmp_path):
     settings = {"tokenizer_vocab_sha256": "abc", "viewport": [1280, 854], "normalization": "body"}
     store = Store(tmp_path, (0, 1), settings, pages_per_part=100)
     for name in "abc":
-        store.add(fake_record(name))
+        store.add(record_batch(fake_record(name)))
     store.fail("bad.html", "reason")
     with open(store.journal_path, "ab") as f:  # the run is killed while writing a record
         f.write(b"\xff\xff\xff\xff\x10\x00\x00")
@@ -136,10 +142,10 @@ def test_pool_contains_failures_and_replaces_stuck_workers(unidic_dir, tmp_path)
         PageTask(good, "good.html", "good", ""),
     ]
     with WorkerPool(str(unidic_dir), 1, LocalizeConfig(timeout_s=5), hard_limit_s=4) as pool:
-        results = {task.source: (record, reason) for task, record, reason in pool.run(tasks)}
+        results = {task.source: (batch, reason) for task, batch, reason in pool.run(tasks)}
     assert "cannot read" in results["missing.html"][1]
     assert "no answer in 4 s" in results["stuck.html"][1]
-    assert results["good.html"][0]["tokens"] == results["first.html"][0]["tokens"] == ["東京"]
+    assert tokens_of(results["good.html"][0]) == tokens_of(results["first.html"][0]) == ["東京"]
 
 
 def test_kill_9_loses_only_pages_in_flight(unidic_dir, tmp_path):
@@ -170,7 +176,7 @@ def test_store_lock_parts_on_disk_and_torn_failure_lines(tmp_path):
         Store(tmp_path, (0, 1), settings)
     Store(tmp_path, (1, 2), settings).close()  # another shard may share the directory
     for name in "abcd":
-        store.add(fake_record(name))
+        store.add(record_batch(fake_record(name)))
     store.fail("x.html", "reason")
     with open(store.failures_path, "a", encoding="utf-8") as f:
         f.write('{"source": "torn')  # killed in the middle of a line
@@ -189,9 +195,9 @@ def test_workers_hold_the_next_page_while_rendering(unidic_dir, tmp_path):
     tasks = [PageTask(page, f"p{i}.html", f"p{i}", "") for i in range(6)]
     held, order = [], []
     with WorkerPool(str(unidic_dir), 2, LocalizeConfig(timeout_s=10)) as pool:
-        for task, record, reason in pool.run(tasks):
+        for task, batch, reason in pool.run(tasks):
             held.append(max(len(slot.tasks) for slot in pool.slots))
-            order.append((task.source, record["tokens"] if record else reason))
+            order.append((task.source, tokens_of(batch) if batch else reason))
     # Each worker was sent the next page before it answered the current one (so it prepares
     # it while Chromium renders), never more, and every page came back once, localized.
     assert max(held) == PAGES_AHEAD + 1
@@ -246,7 +252,6 @@ def test_config_file_flags_manifest_and_plain_progress_lines(unidic_dir, tmp_pat
 
 
 def test_record_batches_from_arrays_equal_from_pylist():
-    from layoutja.localize.store import record_batch
 
     for tokens in (3, 0):
         record = fake_record("a.html", tokens)

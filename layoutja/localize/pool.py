@@ -37,6 +37,9 @@ from layoutja.localize.config import LocalizeConfig
 from layoutja.text.pagetext import HTML_SUFFIXES
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from layoutja.localize.browser import Browser
     from layoutja.localize.store import Store
     from layoutja.text.tokenizer import JapaneseTokenizer
 
@@ -105,10 +108,7 @@ PAGES_AHEAD = 1
 
 def _worker(conn: Connection, tokenizer_dir: str, config: LocalizeConfig) -> None:
     os.setsid()  # its own process group: the parent can kill it with its browser
-    from playwright.sync_api import Error as PlaywrightError
-
-    from layoutja.localize.browser import Browser, RenderTimeout
-    from layoutja.localize.page import render_page
+    from layoutja.localize.browser import Browser
     from layoutja.text.tokenizer import JapaneseTokenizer
 
     try:
@@ -125,24 +125,37 @@ def _worker(conn: Connection, tokenizer_dir: str, config: LocalizeConfig) -> Non
     threading.Thread(target=_prepare, args=(conn, tokenizer, prepared), daemon=True).start()
     while (item := prepared.get()) is not None:
         task, page = item
-        if isinstance(page, str):  # it could not be prepared: the reason
-            conn.send(("failed", page))
-            continue
-        for attempt in (1, 2):
-            try:
-                # Per-token values stay numpy arrays: cheap to pickle and to store.
-                record = render_page(*page, browser)
-                record.update(page_id=task.page_id, category=task.category, source=task.source)
-                conn.send(("ok", record))
-                break
-            except (PlaywrightError, RenderTimeout) as e:
-                browser.restart()
-                if attempt == 2:
-                    conn.send(("failed", f"browser: {_first_line(e)} (after a restart and retry)"))
-            except Exception as e:
-                conn.send(("failed", f"{type(e).__name__}: {_first_line(e)}"))
-                break
+        # A page that could not be prepared comes as the reason it failed.
+        conn.send(("failed", page) if isinstance(page, str) else _render(task, page, browser))
     browser.close()
+
+
+def _render(task: PageTask, page: tuple, browser: Browser) -> tuple[str, object]:
+    """Render a prepared page, after a browser failure once more in a restarted browser; the
+    answer for the parent: ("ok", the page's stored Arrow batch) or ("failed", the reason)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    from layoutja.localize.browser import RenderTimeout
+    from layoutja.localize.page import render_page
+    from layoutja.localize.store import record_batch
+
+    for attempt in (1, 2):
+        try:
+            record = render_page(*page, browser)
+            break
+        except (PlaywrightError, RenderTimeout) as e:
+            browser.restart()
+            if attempt == 2:
+                return "failed", f"browser: {_first_line(e)} (after a restart and retry)"
+        except Exception as e:
+            return "failed", f"{type(e).__name__}: {_first_line(e)}"
+    record.update(page_id=task.page_id, category=task.category, source=task.source)
+    # Built here, in parallel, the batch pickles as a few buffers, and the one parent that
+    # stores every worker's pages only appends it.
+    try:
+        return "ok", record_batch(record)
+    except Exception as e:  # e.g. a value the schema cannot hold
+        return "failed", f"cannot store: {type(e).__name__}: {_first_line(e)}"
 
 
 def _prepare(conn: Connection, tokenizer: JapaneseTokenizer, prepared: queue.Queue) -> None:
@@ -179,7 +192,8 @@ class _Slot:
 
 
 class WorkerPool:
-    """N localizing worker processes; `run` yields (task, record or None, failure reason)."""
+    """N localizing worker processes; `run` yields (task, the page's one-row batch of the
+    store's schema or None, failure reason)."""
 
     def __init__(
         self, tokenizer_dir: str, workers: int, config: LocalizeConfig, hard_limit_s: float = 0.0
@@ -227,7 +241,7 @@ class WorkerPool:
         slot.process.join(5)
         slot.conn.close()
 
-    def run(self, tasks: list[PageTask]) -> Iterator[tuple[PageTask, dict | None, str]]:
+    def run(self, tasks: list[PageTask]) -> Iterator[tuple[PageTask, pa.RecordBatch | None, str]]:
         todo = deque((task, 1) for task in tasks)
         attempts: dict[str, int] = {}
         alone: set[str] = set()  # pages sent to a worker with no other page (see _takes)
@@ -367,8 +381,8 @@ def localize_corpus(
         with WorkerPool(str(tokenizer_path), count, config) as pool:
             _note_chromium(store, pool.chromium_version, out)
             with Progress(len(pending), "page", "localize", enabled=progress, interval=10) as bar:
-                for task, record, reason in pool.run(pending):
-                    _store(store, task, record, reason, summary)
+                for task, batch, reason in pool.run(pending):
+                    _store(store, task, batch, reason, summary)
                     bar.update()
                     bar.set_postfix(tokens=summary["tokens"], failed=summary["failed"])
     store.close()
@@ -396,17 +410,15 @@ def _note_chromium(store: Store, version: str, out: Path) -> None:
     store.settings["chromium"] = version
 
 
-def _store(store: Store, task: PageTask, record: dict | None, reason: str, summary: dict) -> None:
+def _store(
+    store: Store, task: PageTask, batch: pa.RecordBatch | None, reason: str, summary: dict
+) -> None:
     """Store one page's result (or its failure) and count it in `summary`."""
-    if record is not None:
-        try:
-            store.add(record)
-        except Exception as e:  # e.g. a value the schema cannot hold
-            record, reason = None, f"cannot store: {type(e).__name__}: {e}"
-    if record is None:
+    if batch is None:
         store.fail(task.source, reason)
         summary["failed"] += 1
         return
+    store.add(batch)
     summary["ok"] += 1
-    summary["tokens"] += len(record["tokens"])
-    summary["dropped_tokens"] += record["dropped"]
+    summary["tokens"] += len(batch.column("tokens")[0])
+    summary["dropped_tokens"] += batch.column("dropped")[0].as_py()

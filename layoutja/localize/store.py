@@ -194,16 +194,16 @@ class Store:
         self.journal_path.unlink(missing_ok=True)
 
     # --- while running --------------------------------------------------------------------
-    def add(self, record: dict) -> None:
-        """Store one localized page durably (journal) and roll a part when enough are in."""
-        batch = record_batch(record)
+    def add(self, batch: pa.RecordBatch) -> None:
+        """Store one localized page (a `record_batch`) durably (journal) and roll a part when
+        enough are in."""
         if self._journal is None:
             self._sink = open(self.journal_path, "wb")  # noqa: SIM115 - closed in _roll
             self._journal = pa.ipc.new_stream(self._sink, SCHEMA)
         self._journal.write_batch(batch)
         self._sink.flush()
         self._batches.append(batch)
-        self.done.add(record["source"])
+        self.done.add(_source(batch))
         if len(self._batches) >= self.pages_per_part:
             self._roll()
 
