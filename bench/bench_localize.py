@@ -3,7 +3,7 @@
 Pages: the largest pages of Debian's Japanese documentation (installed by `make bench`), and the
 real SHINRA sample pages when ../shared holds them; a vocabulary trained on them. Rounds are
 interleaved (every measurement once per round, the best round reported), so a load that other
-processes put on the machine hits each alike. Four parts:
+processes put on the machine hits each alike. Three parts:
 
 - throughput, for 1, 2, ... workers:
   *floor (set_content)*: the bare browser as before issue 16: pre-wrapped HTML through
@@ -12,7 +12,8 @@ processes put on the machine hits each alike. Four parts:
   *floor*: the bare browser now: prepared `Markup` through `Browser.render`;
   *full*: `localize_corpus` from raw files to Parquet;
   each with its CPU seconds per page (every process of the run, Chromium's included), and
-  full / floor in each round (its median: the rounds' loads differ);
+  full / floor in each round, its median, and of all rounds together (the machine's speed
+  swings from minute to minute; every other round runs in the opposite order);
 - the CPU split of one worker, per 1,000 tokens: scan, tokenize, wrap, normalize, batch (the
   worker's Python stages), store (the parent's: journal and Parquet part) and render
   (Chromium's processes and Playwright's driver);
@@ -185,24 +186,33 @@ def throughput(
     prepared = sorted((work / "prepared").glob("*.pickle"))
     pages = len(prepared)
     best: dict[tuple[str, int], tuple[float, dict]] = {}
+    spent: dict[tuple[str, int], float] = {}  # seconds of all rounds together
     ratios: dict[int, list[float]] = {n: [] for n in workers}  # full / floor, each round
     tokens = 0
     names = ["floor (set_content)", "floor", "full"] + ["baseline full"] * bool(checkout)
+
+    def measure(name: str, n: int) -> tuple[float, dict]:
+        nonlocal tokens
+        if name in ("floor", "floor (set_content)"):
+            return floor(prepared, n, name != "floor")
+        if name == "baseline full":
+            return baseline(checkout, src, tokenizer, work / "out", n)
+        seconds, cpu, summary = full(src, tokenizer, work / "out", n)
+        assert summary["ok"] == pages, summary
+        tokens = summary["tokens"]
+        return seconds, cpu
+
     for r in range(rounds):
         for n in workers:
-            runs = {
-                "floor (set_content)": floor(prepared, n, True),
-                "floor": floor(prepared, n, False),
-            }
-            if checkout:
-                runs["baseline full"] = baseline(checkout, src, tokenizer, work / "out", n)
-            seconds, cpu, summary = full(src, tokenizer, work / "out", n)
-            assert summary["ok"] == pages, summary
-            runs["full"], tokens = (seconds, cpu), summary["tokens"]
-            ratios[n].append(runs["floor"][0] / seconds)
+            # Every other round in the opposite order, so that a machine slowing down or
+            # speeding up during a round favours no run.
+            order = names if r % 2 == 0 else names[::-1]
+            runs = {name: measure(name, n) for name in order}
+            ratios[n].append(runs["floor"][0] / runs["full"][0])
             for name, (seconds, cpu) in runs.items():
                 if (name, n) not in best or seconds < best[name, n][0]:
                     best[name, n] = (seconds, cpu)
+                spent[name, n] = spent.get((name, n), 0.0) + seconds
                 print(f"  round {r + 1}, {n} worker(s), {name}: {pages / seconds:.2f} pages/s")
     print(f"\n{'workers':>7}  {'run':<20} {'pages/s':>8} {'tokens/s':>9} {'CPU s/page':>10}"
           f" {'x floor':>8} {'x set_content':>13}")  # fmt: skip
@@ -215,11 +225,14 @@ def throughput(
                 f" {total / pages:>10.3f} {best['floor', n][0] / seconds:>8.0%}"
                 f" {best['floor (set_content)', n][0] / seconds:>13.0%}"
             )
-    # The load of other processes varies between rounds: a round's own ratio compares runs made
-    # minutes apart, the best of each run may come from different rounds.
+    # The machine's speed varies from minute to minute (other load, a shared host): the best of
+    # each run may come from different rounds, a round's own ratio compares runs made a minute
+    # apart, and the time of all rounds together averages the swings out.
     for n in workers:
         each = " ".join(f"{r:.0%}" for r in ratios[n])
-        print(f"  full / floor per round, {n} worker(s): {each} (median {median(ratios[n]):.0%})")
+        together = spent["floor", n] / spent["full", n]
+        print(f"  full / floor, {n} worker(s): per round {each} (median "
+              f"{median(ratios[n]):.0%}); all rounds together {together:.0%}")  # fmt: skip
     return {"tokens": tokens, "best": best}
 
 
