@@ -13,7 +13,7 @@ from transformers import BertJapaneseTokenizer
 from layoutja.common import UserError
 from layoutja.text.tokenizer import JapaneseTokenizer
 
-from .conftest import real_lines
+from .conftest import DATA, file_texts, real_lines
 
 HARD_CASES = [
     "",  # empty input
@@ -160,6 +160,18 @@ def test_batch_on_two_processes_matches_one(unidic_dir):
     single = list(tok.encode_batch(texts, workers=1))
     multi = list(tok.encode_batch(texts, workers=2, chunk_size=32))
     assert multi == single
+
+
+def test_node_cache_is_bounded_and_changes_no_token(unidic_dir):
+    unbounded = JapaneseTokenizer.from_pretrained(unidic_dir)
+    small = JapaneseTokenizer(unbounded.vocab, unbounded.config, cache_nodes=40)
+    sizes = []
+    for text in file_texts(DATA / "sample_ja.txt") + HARD_CASES:  # the same with ../shared or not
+        assert small.encode(text) == unbounded.encode(text), text
+        sizes.append(len(small._cache))
+    # Far more distinct nodes than it may keep: it filled up and started again, more than once.
+    assert len(unbounded._cache) > 120 and max(sizes) <= 40
+    assert sum(after < before for before, after in zip(sizes, sizes[1:])) >= 2
 
 
 def test_ids_are_vocabulary_ids(unidic_dir):

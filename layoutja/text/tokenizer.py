@@ -38,6 +38,9 @@ from layoutja.text.mecab import DICTIONARIES, MecabWords
 from layoutja.text.normalize import nfkc_with_offsets
 
 MAX_WORD_CHARS = 100  # WordPiece's max_input_chars_per_word in transformers
+# Distinct MeCab nodes keep coming over a million pages (numbers, names, URLs), about 300 bytes
+# each cached: past this many the cache starts again (the frequent ones are back at once).
+CACHE_NODES = 200_000
 DEFAULT_SPECIALS = {
     "unk_token": "[UNK]",
     "sep_token": "[SEP]",
@@ -132,9 +135,12 @@ def load_vocab(path: Path) -> dict[str, int]:
 class JapaneseTokenizer:
     """Fast BertJapaneseTokenizer-compatible tokenizer that also returns source offsets."""
 
-    def __init__(self, vocab: dict[str, int], config: TokenizerConfig):
+    def __init__(
+        self, vocab: dict[str, int], config: TokenizerConfig, cache_nodes: int = CACHE_NODES
+    ):
         self.vocab = vocab
         self.config = config
+        self.cache_nodes = cache_nodes
         self.unk_token = config.specials["unk_token"]
         if self.unk_token not in vocab:
             raise UserError(f"vocabulary has no unknown token {self.unk_token!r}")
@@ -143,9 +149,9 @@ class JapaneseTokenizer:
         self.words = MecabWords(config.mecab_dic, config.normalize_text, config.mecab_option)
         specials = sorted(config.never_split, key=len, reverse=True)  # longest match first
         self._special_re = re.compile("|".join(map(re.escape, specials)))
-        # word → (tokens, ids, offsets relative to the word): most words repeat, so WordPiece
-        # runs once per distinct word.
-        self._cache: dict[str, tuple[list[str], list[int], list[tuple[int, int]]]] = {}
+        # MeCab node → its pieces (see _node_entry): most nodes repeat, so WordPiece runs once
+        # per distinct node; at most `cache_nodes` of them are kept.
+        self._cache: dict[str, tuple] = {}
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike) -> JapaneseTokenizer:
@@ -166,7 +172,7 @@ class JapaneseTokenizer:
         return cls(load_vocab(vocab_path), TokenizerConfig.from_json(data, str(cfg_path)))
 
     def __reduce__(self):  # pickled into worker processes; the cache stays behind
-        return JapaneseTokenizer, (self.vocab, self.config)
+        return JapaneseTokenizer, (self.vocab, self.config, self.cache_nodes)
 
     def _wordpiece(self, word: str) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
         """WordPiece one MeCab word: (tokens, ids, how many characters of `word` each covers).
@@ -237,6 +243,8 @@ class JapaneseTokenizer:
             cursor = at + len(word)
         entry = tuple(pieces)
         if not node[-1:].isspace():  # see _close_nodes: only such nodes are looked up
+            if len(self._cache) >= self.cache_nodes:
+                self._cache.clear()  # bounded memory over a long run
             self._cache[node] = entry
         return entry
 
