@@ -8,7 +8,9 @@ contained:
 
 - a Playwright error (crashed or hung browser, per-page timeout) makes the worker restart its
   browser and try the page once more; a page that fails again is reported as failed;
-- any other error on a page (e.g. it cannot be read) fails that page only;
+- any other error on a page (e.g. it cannot be read, or its batch cannot be built: "cannot
+  store") fails that page only; an error while writing the output stops the run (a rerun
+  recovers the journal);
 - a worker that dies or stops answering (past twice the page timeout plus a margin) is killed
   and replaced; the page it was on is tried once more, alone, in the new worker before it
   counts as failed, and the page it held ahead goes again, alone, without counting as a try.
@@ -20,6 +22,7 @@ import glob
 import hashlib
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import sys
@@ -126,7 +129,11 @@ def _worker(conn: Connection, tokenizer_dir: str, config: LocalizeConfig) -> Non
     while (item := prepared.get()) is not None:
         task, page = item
         # A page that could not be prepared comes as the reason it failed.
-        conn.send(("failed", page) if isinstance(page, str) else _render(task, page, browser))
+        answer = ("failed", page) if isinstance(page, str) else _render(task, page, browser)
+        try:
+            conn.send(answer)
+        except (pickle.PicklingError, TypeError, ValueError, MemoryError) as e:
+            conn.send(("failed", f"cannot send: {type(e).__name__}: {_first_line(e)}"))
     browser.close()
 
 

@@ -9,7 +9,8 @@ about twice as fast (docs/benchmarks.md), because:
   node; splitting them on whitespace gives BertJapaneseTokenizer's word list, which itself
   splits every MeCab surface on whitespace before WordPiece;
 - WordPiece results are cached per MeCab node (a corpus has far fewer distinct nodes than
-  nodes), and offsets come from C-level passes over a line (see `_encode_segment`).
+  nodes; the cache is bounded, `CACHE_NODES`), and offsets come from C-level passes over a line
+  (see `_encode_segment`).
 
 The steps mirror `BertJapaneseTokenizer.tokenize`: split out special tokens (`[MASK]` in text
 stays one token), NFKC-normalize each remaining segment, MeCab, optional lower-casing,
