@@ -127,7 +127,7 @@ def dense_electra(vocab_size: int, hidden: int, layers: int):
     import torch
     from transformers import ElectraConfig, ElectraForMaskedLM, ElectraForPreTraining
 
-    from layoutja.pretrain.electra import generator_architecture, gumbel_max_sample, replaced_tokens
+    from layoutja.pretrain.electra import generator_architecture, replaced_tokens, sample_tokens
 
     wide = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": hidden // 64,
             "intermediate_size": 4 * hidden, "embedding_size": hidden}  # fmt: skip
@@ -141,11 +141,12 @@ def dense_electra(vocab_size: int, hidden: int, layers: int):
             self.gen.electra.embeddings = self.disc.electra.embeddings
             self.gen.tie_weights()
 
-        def forward(self, input_ids, attention_mask, labels, bbox=None):
+        def forward(self, input_ids, attention_mask, labels, uniforms=None, bbox=None):
             generated = self.gen(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
             selected = labels != -100
             with torch.no_grad():
-                sampled = gumbel_max_sample(generated.logits[selected])
+                logits = generated.logits[selected]
+                sampled = sample_tokens(logits, torch.rand(len(logits), device=logits.device))
             corrupted, replaced = replaced_tokens(input_ids, labels, sampled)
             judged = self.disc(input_ids=corrupted, attention_mask=attention_mask,
                                labels=replaced.long())  # fmt: skip
@@ -164,21 +165,32 @@ def run_hf_trainer(args, tokenizer: Path, data: Path, out: Path, objective: str)
         TrainingArguments,
     )
 
+    from layoutja.pretrain.order import Corpus, Order
     from layoutja.pretrain.windows import (
         ELECTRA_MASKING,
         MVLM_MASKING,
         SpecialIds,
-        WindowStream,
         collate,
+        cut_window,
         localized_files,
         mask_tokens,
+        read_pages,
     )
     from layoutja.text.tokenizer import load_vocab
 
     vocab = load_vocab(tokenizer / "vocab.txt")
     specials = SpecialIds.from_vocab(vocab)
-    stream = WindowStream(localized_files(data), specials, seed=42).windows()
-    windows = [next(stream)[0] for _ in range(args.steps * args.batch)]
+    import numpy as np
+
+    order = Order(Corpus.index(localized_files(data), 510, 128), seed=42, shuffle_parts=64)
+    rows = order.corpus.windows[order.rows(np.arange(args.steps * args.batch))]
+    pages = {}
+    windows = []
+    for part, page, start, end in rows.tolist():
+        if part not in pages:
+            pages[part] = read_pages(order.corpus.files[part])
+        _, ids, bbox = pages[part][page]
+        windows.append(cut_window(ids, bbox, start, end, specials))
     generator = torch.Generator().manual_seed(0)
     batch_tokens = []  # per batch, in the order the Trainer asks for them
 

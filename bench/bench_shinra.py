@@ -142,7 +142,7 @@ def as_lists(root: Path):
     and every window as a dict of lists (510 + 2 tokens, margin 128)."""
     import pyarrow.parquet as pq
 
-    from layoutja.pretrain.windows import window_spans
+    from layoutja.pretrain.order import window_spans
     from layoutja.shinra.data import load_pages
 
     labels = {p.page_id: p.labels.tolist() for p in load_pages(root, root / "localized").pages}

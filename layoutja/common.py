@@ -19,6 +19,14 @@ class UserError(Exception):
     """Bad input from the user (a file, a directory, an option): printed as one clear line."""
 
 
+EXIT_PREEMPTED = 75  # a training job stopped by a signal after checkpointing: --resume goes on
+
+
+class Preempted(Exception):
+    """A training job was asked to stop (SIGTERM/SIGUSR1) and has written a checkpoint; the
+    command exits with EXIT_PREEMPTED."""
+
+
 class Progress:
     """Progress of long work: a tqdm bar on a terminal; elsewhere (make, CI, SLURM logs) one plain
     line every `interval` seconds and one at the end, instead of thousands of bar redraws."""

@@ -148,8 +148,9 @@ def make_shinra(root: Path, pages: int = 12) -> Path:
     return root
 
 
-def tiny_bert(cls, tokenizer_dir: Path, out: Path, hidden: int = 32) -> Path:
-    """A tiny BERT checkpoint of class `cls` with the test tokenizer, as a BERT on the hub is."""
+def tiny_bert(cls, tokenizer_dir: Path, out: Path, hidden: int = 32, **settings) -> Path:
+    """A tiny BERT checkpoint of class `cls` with the test tokenizer, as a BERT on the hub is
+    (`settings`: more BertConfig settings)."""
     import torch
     from transformers import BertConfig
 
@@ -165,6 +166,7 @@ def tiny_bert(cls, tokenizer_dir: Path, out: Path, hidden: int = 32) -> Path:
         num_attention_heads=2,
         intermediate_size=2 * hidden,
         max_position_embeddings=128,
+        **settings,
     )
     cls(config).save_pretrained(out)
     copy_tokenizer(tokenizer_dir, out)

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from layoutja.common import UserError
-from layoutja.pretrain.electra import gumbel_max_sample, new_electra, replaced_tokens
+from layoutja.pretrain.electra import new_electra, replaced_tokens, sample_tokens
 from layoutja.pretrain.fillmask import fill_mask
 from layoutja.pretrain.task import pretrain
 from layoutja.pretrain.textcorpus import pack, pack_text_corpus
@@ -62,7 +62,9 @@ def batch(vocab_size: int, seed: int = 0) -> dict:
     bbox = torch.randint(0, 500, (2, 24, 4), generator=generator)
     bbox[..., 2:] += bbox[..., :2]
     masked, labels = mask_tokens(ids, SPECIALS, vocab_size, generator, ELECTRA_MASKING)
-    return {"input_ids": masked, "attention_mask": attention, "labels": labels, "bbox": bbox}
+    uniforms = torch.rand(ids.shape, generator=generator)
+    return {"input_ids": masked, "attention_mask": attention, "labels": labels, "bbox": bbox,
+            "uniforms": uniforms}  # fmt: skip
 
 
 @pytest.mark.parametrize("layout", [True, False])
@@ -117,12 +119,15 @@ def test_discriminator_labels_for_a_hand_made_batch():
     assert replaced.tolist() == [[0, 0, 0, 1, 1, 0, 0, 0]]
 
 
-def test_gumbel_max_samples_from_the_softmax():
+def test_sampling_draws_from_the_softmax_by_its_uniform():
     torch.manual_seed(0)
     probabilities = torch.tensor([0.6, 0.25, 0.1, 0.05])
     logits = (probabilities.log() + 3.0).repeat(40000, 1).half()  # any offset, any dtype
-    counts = torch.bincount(gumbel_max_sample(logits), minlength=4) / 40000
+    counts = torch.bincount(sample_tokens(logits, torch.rand(40000)), minlength=4) / 40000
     torch.testing.assert_close(counts, probabilities, atol=0.01, rtol=0)
+    # the draw decides: the CDF is 0.6, 0.85, 0.95, 1
+    draws = torch.tensor([0.0, 0.59, 0.61, 0.9, 0.97, 0.999999])
+    assert sample_tokens(logits[:6].float(), draws).tolist() == [0, 0, 1, 2, 3, 3]
 
 
 def test_electra_masking_is_85_percent_mask_15_unchanged():

@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-from itertools import islice
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,9 @@ from transformers import (
 from layoutja.common import TOKENIZER_FILES, UserError
 from layoutja.pretrain.from_bert import init_model, layoutlm_from_bert
 from layoutja.pretrain.mvlm import MVLMModel
+from layoutja.pretrain.order import window_spans
 from layoutja.pretrain.task import pretrain
-from layoutja.pretrain.windows import (
-    Masking,
-    SpecialIds,
-    WindowStream,
-    localized_files,
-    mask_tokens,
-    window_spans,
-)
+from layoutja.pretrain.windows import Masking, SpecialIds, mask_tokens
 from layoutja.text.tokenizer import load_vocab
 from layoutja.training.config import load_config
 from layoutja.training.trainer import TrainingStopped
@@ -98,53 +91,6 @@ def test_windows_overlap_by_the_margin_and_cover_every_token():
             assert s1 == s0 + 382 and e0 - s1 == 128  # the published stride and margin
 
 
-def test_stream_windows_specials_ranks_and_positions(localized_dir, unidic_dir):
-    files = localized_files(localized_dir)
-    vocab = load_vocab(unidic_dir / "vocab.txt")
-    specials = SpecialIds.from_vocab(vocab)
-
-    def take(n, files=files, epoch=0, skip=0, **kw):
-        stream = WindowStream(files, specials, max_length=64, margin=16, **kw)
-        items = islice(stream.windows(epoch, skip), n)
-        return [(ids.tolist(), boxes.tolist()) for (ids, boxes), _, _ in items]
-
-    windows = take(40, seed=3)
-    for ids, boxes in windows:
-        assert ids[0] == specials.cls and ids[-1] == specials.sep and len(ids) <= 64
-        assert boxes[0] == [0, 0, 0, 0] and boxes[-1] == [1000, 1000, 1000, 1000]
-        assert len(boxes) == len(ids)
-    assert take(40, seed=3) == windows  # same seed, same order
-    assert take(40, seed=4) != windows
-
-    def first_epoch(**kw):
-        stream = WindowStream(files, specials, max_length=64, margin=16, seed=3, **kw)
-        out = []
-        for (ids, boxes), epoch, _ in stream.windows():
-            if epoch:
-                return sorted(str((ids.tolist(), boxes.tolist())) for ids, boxes in out)
-            out.append((ids, boxes))
-
-    assert len(files) >= 2  # parts are dealt out to the ranks: together, one epoch exactly
-    assert sorted(first_epoch(world=2, rank=0) + first_epoch(world=2, rank=1)) == first_epoch()
-    one = files[:1]  # fewer parts than ranks: every world-th window (within one epoch)
-    n = min(20, len(first_epoch_of(one, specials)) // 2 * 2)
-    whole = take(n, files=one, seed=3)
-    assert n >= 4 and take(n // 2, files=one, seed=3, world=2, rank=1) == whole[1:n:2]
-    stream = WindowStream(files, specials, seed=3, max_length=64, margin=16)
-    _, epoch, taken = list(islice(stream.windows(), 25))[-1]
-    assert take(15, seed=3, epoch=epoch, skip=taken) == windows[25:40]
-
-
-def first_epoch_of(files, specials) -> list:
-    """The windows of one epoch of `files` (how many there are depends on the corpus)."""
-    stream = WindowStream(files, specials, max_length=64, margin=16, seed=3)
-    out = []
-    for window, epoch, _ in stream.windows():
-        if epoch:
-            return out
-        out.append(window)
-
-
 def test_masking_statistics():
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(5, 3000, (64, 512))
@@ -170,11 +116,11 @@ def test_sparse_projection_gives_the_standard_loss(bert_dir):
     bbox[..., 2:] += bbox[..., :2]
     attention = torch.ones_like(ids)
     masked, labels = mask_tokens(ids, SPECIALS, mlm.config.vocab_size, generator, Masking(0.3))
-    ours = MVLMModel(mlm)(masked, bbox, attention, labels)
+    ours = MVLMModel(mlm)(masked, bbox, attention, labels)["loss"]
     standard = mlm(input_ids=masked, bbox=bbox, attention_mask=attention, labels=labels).loss
     assert ours.item() == pytest.approx(standard.item(), rel=1e-5)
     nothing = torch.full_like(labels, -100)  # a micro-batch of short pages with nothing masked
-    empty = MVLMModel(mlm)(masked, bbox, attention, nothing)
+    empty = MVLMModel(mlm)(masked, bbox, attention, nothing)["loss"]
     empty.backward()
     assert empty.item() == 0.0
 
@@ -270,6 +216,7 @@ def test_two_processes_train_as_one_data_parallel_job(localized_dir, bert_dir, t
                "--checkpoint.save_every", "2", "--quiet"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("copied from") == 1  # the conversion report, from one process
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [2, 4]  # one log, from the main process
     # The schedule advances once per optimizer step, not once per process: step 2 of a 10-step

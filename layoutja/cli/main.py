@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from layoutja.cli.models import add_model_commands
-from layoutja.common import UserError
+from layoutja.common import EXIT_PREEMPTED, Preempted, UserError
 
 if TYPE_CHECKING:
     from layoutja.localize.config import LocalizeConfig
@@ -276,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"layoutja {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except Preempted as e:
+        print(f"layoutja {args.command}: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except BrokenPipeError:  # `layoutja tokenize ... | head`
         sys.stderr.close()
     except KeyboardInterrupt:

@@ -5,7 +5,8 @@ discriminator's depth and its hidden size, heads and FFN divided by `factor` (3)
 embedding module is one set of tensors shared by both; the generator's LM head decodes with those
 word embeddings. A step masks 15% of the tokens (85% `[MASK]`, 15% unchanged; masking happens in
 the data loader), the generator predicts them, a token is sampled from its distribution at each
-masked position (Gumbel-max; no gradient flows through the sample), and the discriminator
+masked position (by its CDF at a uniform draw that comes with the data, seeded by the window;
+no gradient flows through the sample), and the discriminator
 labels every real token: 1 where the sample differs from the original. The loss is the
 generator's MLM loss + `discriminator_weight` (50) × the discriminator's BCE.
 
@@ -65,13 +66,15 @@ def generator_architecture(architecture: dict, factor: int) -> dict:
     return narrow
 
 
-def gumbel_max_sample(logits: torch.Tensor) -> torch.Tensor:
-    """One token per row drawn from softmax(logits): argmax(logits + Gumbel noise)."""
+def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One token per row drawn from softmax(logits) by inverting its CDF at `uniforms` (one
+    draw in [0, 1) per row): the draws come with the data, seeded by the window, so the sample
+    is the same whichever rank or micro-batch a window is in."""
     # In place: at 32 × 512 tokens and a 32k vocabulary each (masked, vocabulary) float32
     # temporary is about 300 MB.
-    noise = torch.rand(logits.shape, device=logits.device, dtype=torch.float32)
-    noise.add_(1e-9).log_().neg_().add_(1e-9).log_().neg_()  # Gumbel(0, 1)
-    return noise.add_(logits).argmax(-1)
+    cdf = logits.float().softmax(-1).cumsum_(-1)
+    target = uniforms.float().unsqueeze(-1) * cdf[:, -1:]
+    return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
 
 
 def replaced_tokens(
@@ -126,14 +129,21 @@ class ElectraPretraining(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
+        uniforms: torch.Tensor,
         bbox: torch.Tensor | None = None,
+        denominators: dict[str, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
+        """The step's losses: the generator's cross-entropy summed over the masked tokens and
+        the discriminator's BCE summed over the real tokens, each divided by the global batch's
+        count of them (`denominators`; by default this batch's)."""
         selected = labels != -100
+        real = attention_mask.bool()
+        counts = denominators or {"masked": selected.sum().clamp(min=1), "tokens": real.sum()}
         logits = self._generator_logits(input_ids, bbox, attention_mask, selected)
         if len(logits):
-            generator_loss = F.cross_entropy(logits.float(), labels[selected])
+            generator_loss = F.cross_entropy(logits.float(), labels[selected], reduction="sum")
             with torch.no_grad():
-                sampled = gumbel_max_sample(logits)
+                sampled = sample_tokens(logits, uniforms[selected])
         else:  # nothing masked (short windows): a zero loss that still reaches every
             # generator weight, so data-parallel ranks all-reduce the same gradients
             generator_loss = logits.sum() * 0.0
@@ -143,15 +153,22 @@ class ElectraPretraining(nn.Module):
         disc_logits = self.discriminator(
             input_ids=corrupted, attention_mask=attention_mask, **boxes
         ).logits
-        real = attention_mask.bool()
         discriminator_loss = F.binary_cross_entropy_with_logits(
-            disc_logits[real].float(), replaced[real]
+            disc_logits[real].float(), replaced[real], reduction="sum"
         )
+        generator_loss = generator_loss / counts["masked"]
+        discriminator_loss = discriminator_loss / counts["tokens"]
         return {
             "loss": generator_loss + self.discriminator_weight * discriminator_loss,
             "generator_loss": generator_loss.detach(),
             "discriminator_loss": discriminator_loss.detach(),
         }
+
+    @staticmethod
+    def token_counts(batch: dict) -> dict[str, int]:
+        """The tokens the two losses average over: the masked ones and the real ones."""
+        return {"masked": int((batch["labels"] != -100).sum()),
+                "tokens": int(batch["attention_mask"].sum())}  # fmt: skip
 
     def exports(self) -> dict[str, PreTrainedModel]:
         """What to save where: the generator and the discriminator, each with its head."""

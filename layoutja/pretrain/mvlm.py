@@ -35,15 +35,25 @@ class MVLMModel(nn.Module):
         bbox: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
-    ) -> torch.Tensor:
+        denominators: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """{"loss": the cross-entropy summed over the masked tokens, divided by the masked tokens
+        of the global batch (`denominators["masked"]`; by default this batch's)}."""
         hidden = self.mlm.layoutlm(
             input_ids=input_ids, bbox=bbox, attention_mask=attention_mask
         ).last_hidden_state
         selected = labels != -100
         logits = self.mlm.cls(hidden[selected])  # (selected tokens, vocabulary)
         if not len(logits):  # nothing masked in this micro-batch (short pages): a zero loss
-            return logits.sum() * 0.0  # that reaches every weight, as DDP's all-reduce needs
-        return F.cross_entropy(logits.float(), labels[selected])
+            return {"loss": logits.sum() * 0.0}  # that reaches every weight, as DDP needs
+        total = F.cross_entropy(logits.float(), labels[selected], reduction="sum")
+        count = (denominators or {}).get("masked", len(logits))
+        return {"loss": total / count}
+
+    @staticmethod
+    def token_counts(batch: dict) -> dict[str, int]:
+        """The tokens the loss averages over: the masked ones."""
+        return {"masked": int((batch["labels"] != -100).sum())}
 
     def exports(self) -> dict[str, LayoutLMForMaskedLM]:
         """What to save where: the masked LM, in the output directory itself."""
@@ -53,10 +63,10 @@ class MVLMModel(nn.Module):
         return model_flops_per_token(self.mlm.config, seq_len)
 
 
-def load_layoutlm(init: Path, pad_token_id: int) -> LayoutLMForMaskedLM:
+def load_layoutlm(init: Path, pad_token_id: int, report: bool = True) -> LayoutLMForMaskedLM:
     """A LayoutLMForMaskedLM from a LayoutLM directory, or converted from a BERT on the fly
-    (with `layoutja init-model`'s report). Weights are fp32 whatever the file holds: mixed
-    precision needs fp32 master weights. `pad_token_id` is the tokenizer's."""
+    (with `layoutja init-model`'s report, where `report`). Weights are fp32 whatever the file
+    holds: mixed precision needs fp32 master weights. `pad_token_id` is the tokenizer's."""
     kind = model_type(init)
     if kind == "layoutlm":
         return LayoutLMForMaskedLM.from_pretrained(
@@ -65,8 +75,9 @@ def load_layoutlm(init: Path, pad_token_id: int) -> LayoutLMForMaskedLM:
     if kind == "bert":
         from layoutja.pretrain.from_bert import layoutlm_from_bert, print_report
 
-        model, report = layoutlm_from_bert(init, pad_token_id=pad_token_id)
-        print_report(report, str(init))
+        model, copied = layoutlm_from_bert(init, pad_token_id=pad_token_id)
+        if report:
+            print_report(copied, str(init))
         return model
     raise UserError(f"{init}: a {kind} model; MVLM starts from a BERT or a LayoutLM")
 

@@ -3,9 +3,9 @@
 The objective comes from the recipe: `mvlm` trains a LayoutLM masked LM on localized pages
 (`mvlm`); `electra` a generator and a discriminator (`electra`), layout-aware on localized pages
 or text-only on localized pages or a plain-text corpus (`textcorpus`). A step is exactly
-reproducible: masking and dropout are seeded from (seed, step, rank) and the data position is
-(epoch, windows taken), so a run that is stopped and resumed takes the same steps as one that
-was not.
+reproducible: its windows follow from the step in the global order (`order`), their masks from
+their positions in it, dropout from (seed, step, rank); so a run that is stopped and resumed,
+on as many processes or not, takes the same steps as one that was not.
 
 Output directory:
     config.json, model.safetensors, vocab.txt, ...  the exported MVLM model (at the end), or
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import torch
+from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
@@ -33,13 +34,13 @@ from layoutja.common import UserError
 from layoutja.hub import is_mecab_tokenizer, resolve, resolve_tokenizer, tokenizer_for
 from layoutja.pretrain.electra import ElectraPretraining, load_electra, new_electra
 from layoutja.pretrain.mvlm import MVLMModel, load_layoutlm, new_layoutlm
+from layoutja.pretrain.order import Corpus, Order, page_lengths
 from layoutja.pretrain.textcorpus import pack_text_corpus, wait_until_packed
 from layoutja.pretrain.windows import (
     ELECTRA_MASKING,
     MVLM_MASKING,
     MaskedBatches,
     SpecialIds,
-    WindowStream,
     localized_files,
 )
 from layoutja.text.tokenizer import load_vocab, vocab_sha256
@@ -85,7 +86,7 @@ def is_text_corpus(data: Path) -> bool:
 
 
 def build_model(
-    recipe: Recipe, specials: SpecialIds, vocab_size: int, init: Path | None
+    recipe: Recipe, specials: SpecialIds, vocab_size: int, init: Path | None, report: bool = True
 ) -> MVLMModel | ElectraPretraining:
     """The training module of the recipe's objective, new or from `init` (MVLM: a BERT or a
     LayoutLM; ELECTRA: an export with generator/ and discriminator/): its forward returns the
@@ -104,7 +105,7 @@ def build_model(
         sizes = {m.config.vocab_size for m in model.exports().values()}
     else:
         if init:
-            mlm = load_layoutlm(init, specials.pad)
+            mlm = load_layoutlm(init, specials.pad, report)
         elif recipe.model:
             mlm = new_layoutlm(vocab_size, recipe.model, specials.pad)
         else:
@@ -117,9 +118,8 @@ def build_model(
 
 
 class PretrainTask:
-    """MVLM or ELECTRA on localized pages (or a packed text corpus): windows streamed part by
-    part in a seeded order, each rank reading only its own parts, masked in a DataLoader
-    worker while the model trains."""
+    """MVLM or ELECTRA on localized pages (or a packed text corpus): windows in the global
+    order, read part by part, masked in DataLoader workers while the model trains."""
 
     def __init__(
         self,
@@ -146,13 +146,13 @@ class PretrainTask:
             )
         if text and not tokenizer:
             raise UserError(f"{data}: plain text; give --tokenizer DIR (its vocabulary)")
-        init_dir = resolve(init, revision) if init else None
+        init_dir = trainer.main_first(lambda: resolve(init, revision)) if init else None
         # An ELECTRA export has its tokenizer beside each model: the discriminator's is used.
         own = init_dir / "discriminator" if init_dir and recipe.objective == "electra" else init_dir
         self.tokenizer_dir = data_tokenizer(data, own, init, tokenizer)
         vocab = load_vocab(self.tokenizer_dir / "vocab.txt")
         self.vocab_size, self.specials = len(vocab), SpecialIds.from_vocab(vocab)
-        self.model = build_model(recipe, self.specials, len(vocab), init_dir)
+        self.model = build_model(recipe, self.specials, len(vocab), init_dir, trainer.is_main)
         positions = min(m.config.max_position_embeddings for m in self.model.exports().values())
         max_length = recipe.data.max_length
         if max_length > positions:
@@ -176,31 +176,34 @@ class PretrainTask:
             raise UserError(f"{data}: tokens without boxes (packed text): text-only ELECTRA only")
         self.fingerprint = data_fingerprint(self.files)
         self.max_steps = recipe.schedule.max_steps
+        # Every rank reads the page lengths of a share of the parts; all get the whole index.
+        corpus = Corpus.index(self.files, max_length - 2, recipe.data.margin, self._lengths)
+        self.order = Order(corpus, recipe.schedule.seed, recipe.data.shuffle_parts)
 
-    def batches(self, position: list[int], step: int) -> Iterator[tuple[list[dict], list[int]]]:
+    def _lengths(self, files: list[Path]) -> list:
+        rank, world = self.trainer.rank, self.trainer.world
+        mine = [(i, page_lengths(f)) for i, f in enumerate(files) if i % world == rank]
+        found = gather_object(mine) if world > 1 else mine
+        return [lengths for _, lengths in sorted(found, key=lambda item: item[0])]
+
+    def batches(self, step: int) -> Iterator[list[dict]]:
         recipe, trainer = self.recipe, self.trainer
-        stream = WindowStream(
-            self.files,
-            self.specials,
-            seed=recipe.schedule.seed,
-            rank=trainer.rank,
-            world=trainer.world,
-            max_length=recipe.data.max_length,
-            margin=recipe.data.margin,
-        )
         masking = ELECTRA_MASKING if recipe.objective == "electra" else MVLM_MASKING
         masking = dataclasses.replace(masking, probability=recipe.data.mask_probability)
         accumulation = trainer.accumulation
         masked = MaskedBatches(
-            stream,
-            tuple(position),
-            step,
-            accumulation,
-            recipe.schedule.per_device_batch_size,
-            self.vocab_size,
-            masking,
-            recipe.data.max_length,
+            self.order,
+            self.specials,
+            rank=trainer.rank,
+            world=trainer.world,
+            start_step=step,
+            global_batch=recipe.schedule.global_batch_size,
+            per_device=recipe.schedule.per_device_batch_size,
+            vocab_size=self.vocab_size,
+            masking=masking,
+            max_length=recipe.data.max_length,
             boxes=self.boxes,
+            uniforms=recipe.objective == "electra",
         )
         workers = recipe.data.data_workers
         # Started here, before the trainer seeds its first step: starting a DataLoader draws
@@ -211,18 +214,18 @@ class PretrainTask:
                 batch_size=None,
                 num_workers=workers,
                 prefetch_factor=4 * accumulation if workers else None,
+                pin_memory=torch.cuda.is_available(),
             )
         )
 
-        def steps() -> Iterator[tuple[list[dict], list[int]]]:
+        def steps() -> Iterator[list[dict]]:
             while True:
-                micro_batches = []
-                for _ in range(accumulation):
-                    batch, position = next(loader)
-                    micro_batches.append(batch)
-                yield micro_batches, list(position)
+                yield [next(loader) for _ in range(accumulation)]
 
         return steps()
+
+    def epoch(self, step: int) -> float:
+        return step * self.recipe.schedule.global_batch_size / len(self.order.corpus)
 
     def exports(self, model: torch.nn.Module) -> dict[str, PreTrainedModel]:
         return model.exports()

@@ -1,14 +1,13 @@
-"""Training windows from localized pages, streamed, shuffled by seed, split across ranks.
+"""Training windows from localized pages, masked and batched for one rank.
 
 A page longer than a window is cut into overlapping windows as the published recipe does: 510
 tokens + `[CLS]` (box 0,0,0,0) + `[SEP]` (box 1000,1000,1000,1000), consecutive windows
-overlapping by `margin` tokens (stride 510 - 128 = 382 by default). Padding has box 0,0,0,0.
+overlapping by `margin` tokens. Padding has box 0,0,0,0. Which windows a step takes is the
+global order's (`layoutja.pretrain.order`); this module reads their pages (a Parquet part at a
+time, as numpy arrays), masks each window and collates a rank's micro-batches.
 
-Pages are read part by part (a Parquet part at a time, as numpy views of its Arrow buffers), so
-the corpus never has to fit in memory. The order is a pure function of (seed, epoch, rank):
-parts are shuffled and dealt out to the ranks, then pages within a part and windows within a
-buffer of several parts are shuffled. Ranks see disjoint data, and a rank's position in its
-stream is just (epoch, windows taken), which is what a checkpoint stores to resume exactly.
+A window's masks (and ELECTRA's sampling draws) are seeded by its position in the global order,
+so they are the same whichever rank, micro-batch or DataLoader worker prepares it.
 
 Parts without a `bbox` column (a plain-text corpus packed by `textcorpus`, for text-only
 ELECTRA) give windows without boxes. Boxes are validated as pages are read (HF LayoutLM only
@@ -18,7 +17,6 @@ the file and the page.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 
 from layoutja.common import UserError
-from layoutja.training.trainer import step_seed
+from layoutja.pretrain.order import Order, Owner, PageReader, micro_batch_slice
 
 CLS_BOX = [0, 0, 0, 0]  # padding has this box too
 SEP_BOX = [1000, 1000, 1000, 1000]
@@ -52,21 +50,6 @@ class SpecialIds:
         return cls(*(vocab[t] for t in names))
 
 
-def window_spans(length: int, max_tokens: int = 510, margin: int = 128) -> list[tuple[int, int]]:
-    """[start, end) token ranges of the windows of a page of `length` tokens."""
-    if length <= max_tokens:
-        return [(0, length)] if length else []
-    stride = max_tokens - margin
-    spans = []
-    start = 0
-    while True:
-        end = min(start + max_tokens, length)
-        spans.append((start, end))
-        if end == length:
-            return spans
-        start += stride
-
-
 def localized_files(path: str | Path) -> list[Path]:
     """The Parquet parts of a localization output directory (or one file), sorted."""
     path = Path(path)
@@ -85,103 +68,31 @@ def check_boxes(bbox: np.ndarray, where: str) -> None:
         raise UserError(f"{where}: token {i} has an invalid box {bbox[i].tolist()}")
 
 
-def read_pages(path: Path) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
-    """(source, input_ids (n,), bbox (n, 4) or None) of every page of a part, as numpy views of
-    the Arrow buffers (no Python object per token)."""
+def read_pages(path: Path, pages: np.ndarray | None = None) -> dict[int, tuple]:
+    """{page: (source, input_ids (n,) int32, bbox (n, 4) int16 or None)} of the pages of a part
+    (all, or those numbered in `pages`), as numpy arrays copied out of Arrow; boxes checked."""
     columns = ["source", "input_ids"]
     if "bbox" in pq.read_schema(path).names:
         columns.append("bbox")
-    table = pq.read_table(path, columns=columns).combine_chunks()
+    table = pq.read_table(path, columns=columns)
+    numbers = np.arange(table.num_rows) if pages is None else np.asarray(pages)
+    table = table.take(numbers).combine_chunks()
     ids_column = table.column("input_ids").chunk(0)
-    ids = ids_column.flatten().to_numpy().astype(np.int64)
+    ids = ids_column.flatten().to_numpy().astype(np.int32)
+    offsets = ids_column.offsets.to_numpy()
     boxes = None
     if "bbox" in columns:
-        boxes = table.column("bbox").chunk(0).flatten().flatten().to_numpy().astype(np.int64)
-        boxes = boxes.reshape(-1, 4)
-    offsets = ids_column.offsets.to_numpy()
-    sources = table.column("source").to_pylist()
-    return [
-        (
-            source,
-            ids[offsets[i] : offsets[i + 1]],
-            None if boxes is None else boxes[offsets[i] : offsets[i + 1]],
-        )
-        for i, source in enumerate(sources)
-    ]
-
-
-class WindowStream:
-    """Windows (input_ids, bbox) for one rank, in a seeded order that is the same on every run.
-
-    With at least as many parts as ranks, each rank reads only its own parts (the parts are
-    shuffled the same way on every rank, then dealt out); otherwise every rank reads every part
-    and takes every world-th window.
-    """
-
-    def __init__(
-        self,
-        files: list[Path],
-        specials: SpecialIds,
-        *,
-        seed: int = 0,
-        rank: int = 0,
-        world: int = 1,
-        max_length: int = 512,
-        margin: int = 128,
-        buffer_parts: int = 4,
-    ):
-        if max_length - 2 <= margin:
-            raise UserError(f"margin {margin} must be smaller than max_length - 2 ({max_length})")
-        self.files, self.specials = files, specials
-        self.seed, self.rank, self.world = seed, rank, world
-        self.max_tokens, self.margin = max_length - 2, margin
-        self.buffer_parts = buffer_parts
-        self.split_parts = len(files) >= world
-
-    def _epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray, int, int]]:
-        """(ids, bbox, start, end) of the windows this rank reads in this epoch, in order."""
-        files = list(self.files)
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(files)  # the same on every rank
-        if self.split_parts:
-            files = files[self.rank :: self.world]
-        # Round robin over windows needs the same order on every rank; own parts may differ.
-        rank = self.rank if self.split_parts else 0
-        rng = random.Random((self.seed * 1_000_003 + epoch) * 4099 + rank)
-        for i in range(0, len(files), self.buffer_parts):
-            buffer = []
-            for path in files[i : i + self.buffer_parts]:
-                pages = read_pages(path)
-                rng.shuffle(pages)
-                for source, ids, bbox in pages:
-                    if bbox is not None:
-                        check_boxes(bbox, f"{path.name}: page {source}")
-                    for start, end in window_spans(len(ids), self.max_tokens, self.margin):
-                        buffer.append((ids, bbox, start, end))
-            rng.shuffle(buffer)
-            yield from buffer
-
-    def windows(self, epoch: int = 0, skip: int = 0):
-        """This rank's windows from (epoch, skip) on, forever (epoch after epoch).
-
-        Yields ((input_ids, bbox), epoch, windows of this epoch taken so far); a resumed stream
-        skips windows without building them.
-        """
-        s = self.specials
-        while True:
-            taken = 0
-            for k, (ids, bbox, start, end) in enumerate(self._epoch(epoch)):
-                if not self.split_parts and k % self.world != self.rank:
-                    continue
-                taken += 1
-                if taken > skip:
-                    window_ids = np.concatenate([[s.cls], ids[start:end], [s.sep]])
-                    window_bbox = None
-                    if bbox is not None:
-                        window_bbox = np.concatenate([[CLS_BOX], bbox[start:end], [SEP_BOX]])
-                    yield (window_ids, window_bbox), epoch, taken
-            if taken == 0:
-                raise UserError("the localized data holds no tokens for this rank")
-            epoch, skip = epoch + 1, 0
+        boxes = table.column("bbox").chunk(0).flatten().flatten().to_numpy()
+        boxes = boxes.astype(np.int16).reshape(-1, 4)
+    out = {}
+    for i, (number, source) in enumerate(zip(numbers.tolist(), table.column("source").to_pylist(),
+                                             strict=True)):  # fmt: skip
+        cut = slice(offsets[i], offsets[i + 1])
+        bbox = None if boxes is None else boxes[cut]
+        if bbox is not None:
+            check_boxes(bbox, f"{path.name}: page {source}")
+        out[number] = (source, ids[cut], bbox)
+    return out
 
 
 @dataclass(frozen=True)
@@ -198,38 +109,81 @@ MVLM_MASKING = Masking(0.15, 0.8, 0.1)  # BERT's 80/10/10
 ELECTRA_MASKING = Masking(0.15, 0.85, 0.0)  # ELECTRA's 85% [MASK], 15% unchanged
 
 
+def cut_window(ids: np.ndarray, bbox: np.ndarray | None, start: int, end: int,
+               specials: SpecialIds) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    """(input_ids, bbox or None) of tokens start:end of a page, with [CLS] and [SEP]."""
+    window_ids = np.concatenate([[specials.cls], ids[start:end], [specials.sep]])
+    if bbox is None:
+        return window_ids, None
+    return window_ids, np.concatenate([[CLS_BOX], bbox[start:end], [SEP_BOX]])
+
+
+def window_seed(seed: int, position: int) -> int:
+    """The seed of a window's masks: its position in the global order (and the run's seed)."""
+    return (seed * 1_000_003 + position) % 2**63
+
+
 class MaskedBatches(torch.utils.data.IterableDataset):
-    """The masked micro-batches of one rank from `start_step` on, collated, each with the
-    stream position after it. Run in a DataLoader worker, this prepares data while the model
-    trains; the masks depend only on (seed, step, rank), as when run inline. Without `boxes`
-    the batches have no bbox (text-only models)."""
+    """One rank's masked micro-batches from `start_step` on, collated, in step order. Run in
+    DataLoader workers, each worker prepares every `workers`-th micro-batch (the DataLoader
+    takes them from the workers in turn, so the order is kept). Without `boxes` the batches
+    have no bbox (text-only models); with `uniforms` each token also gets a uniform draw in
+    [0, 1) (ELECTRA samples the generator's token with it)."""
 
-    def __init__(self, stream: WindowStream, position: tuple[int, int], start_step: int,
-                 accumulation: int, per_device: int, vocab_size: int, masking: Masking,
-                 max_length: int, boxes: bool = True):  # fmt: skip
+    def __init__(self, order: Order, specials: SpecialIds, *, rank: int, world: int,
+                 start_step: int, global_batch: int, per_device: int, vocab_size: int,
+                 masking: Masking, max_length: int, boxes: bool = True,
+                 uniforms: bool = False):  # fmt: skip
         super().__init__()
-        self.stream, self.position, self.start_step = stream, position, start_step
-        self.accumulation, self.per_device = accumulation, per_device
-        self.vocab_size, self.masking = vocab_size, masking
-        self.max_length, self.boxes = max_length, boxes
+        self.order, self.specials = order, specials
+        self.rank, self.world, self.start_step = rank, world, start_step
+        self.global_batch, self.per_device = global_batch, per_device
+        self.accumulation = global_batch // (per_device * world)
+        self.vocab_size, self.masking, self.max_length = vocab_size, masking, max_length
+        self.boxes, self.uniforms = boxes, uniforms
 
-    def __iter__(self) -> Iterator[tuple[dict, tuple[int, int]]]:
-        windows = self.stream.windows(*self.position)
-        specials = self.stream.specials
-        step = self.start_step
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        owner = Owner(self.rank, self.world, worker, workers, self.start_step)
+        reader = PageReader(self.order, owner, self.global_batch, self.per_device, read_pages)
+        micro = worker
         while True:
-            seed = step_seed(self.stream.seed, step, self.stream.rank)
-            generator = torch.Generator().manual_seed(seed)
-            for _ in range(self.accumulation):
-                items = [next(windows) for _ in range(self.per_device)]
-                # A text-only model gets no boxes: dropped before any tensor is built for them.
-                chosen = [(ids, bbox if self.boxes else None) for (ids, bbox), _, _ in items]
-                batch = collate(chosen, specials.pad, limit=self.max_length)
-                batch["input_ids"], batch["labels"] = mask_tokens(
-                    batch["input_ids"], specials, self.vocab_size, generator, self.masking
-                )
-                yield batch, items[-1][1:]
-            step += 1
+            step, j = divmod(micro, self.accumulation)
+            first = (self.start_step + step) * self.global_batch
+            chunk = micro_batch_slice(self.rank, self.world, j, self.per_device)
+            yield self.batch(reader, range(first + chunk.start, first + chunk.stop))
+            micro += workers
+
+    def batch(self, reader: PageReader, positions: range) -> dict:
+        """The collated, masked windows at these global positions."""
+        s, corpus = self.specials, self.order.corpus
+        windows, labels, draws = [], [], []
+        for position in positions:
+            _, row, (_, ids, bbox) = reader.window(position)
+            start, end = corpus.windows[row, 2:].tolist()
+            window_ids, window_bbox = cut_window(ids, bbox if self.boxes else None, start, end, s)
+            window_ids = torch.as_tensor(window_ids)
+            generator = torch.Generator().manual_seed(window_seed(self.order.seed, position))
+            masked, window_labels = mask_tokens(window_ids.long(), s, self.vocab_size, generator,
+                                                self.masking)  # fmt: skip
+            windows.append((masked, window_bbox))
+            labels.append(window_labels)
+            if self.uniforms:
+                draws.append(torch.rand(len(window_ids), generator=generator))
+        batch = collate(windows, s.pad, limit=self.max_length)
+        batch["labels"] = pad_rows(labels, batch["input_ids"].shape[1], -100)
+        if self.uniforms:
+            batch["uniforms"] = pad_rows(draws, batch["input_ids"].shape[1], 0.0)
+        return batch
+
+
+def pad_rows(rows: list[torch.Tensor], length: int, value: float) -> torch.Tensor:
+    """1-D tensors as the rows of one tensor, padded with `value` to `length`."""
+    out = torch.full((len(rows), length), value, dtype=rows[0].dtype)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
 
 
 def collate(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import (
     AutoModelForTokenClassification,
@@ -26,12 +27,28 @@ class TokenClassifier(nn.Module):
     def __init__(self, model: nn.Module, text_only: bool):
         super().__init__()
         self.model, self.text_only = model, text_only
+        # LayoutLM's pooler takes no part in token classification: frozen (and exported as it
+        # is), so that DDP does not wait for gradients it never gets.
+        body = getattr(model, model.base_model_prefix)
+        if getattr(body, "pooler", None) is not None:
+            body.pooler.requires_grad_(False)
 
-    def forward(self, input_ids, bbox, attention_mask, labels) -> torch.Tensor:
+    def forward(
+        self, input_ids, bbox, attention_mask, labels, denominators: dict | None = None
+    ) -> dict[str, torch.Tensor]:
+        """{"loss": the cross-entropy summed over the labeled tokens, divided by the labeled
+        tokens of the global batch (`denominators["labeled"]`; by default this batch's)}."""
         boxes = {} if self.text_only else {"bbox": bbox}
-        return self.model(
-            input_ids=input_ids, attention_mask=attention_mask, labels=labels, **boxes
-        ).loss
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, **boxes).logits
+        total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                ignore_index=IGNORE, reduction="sum")  # fmt: skip
+        count = (denominators or {}).get("labeled", (labels != IGNORE).sum().clamp(min=1))
+        return {"loss": total / count}
+
+    @staticmethod
+    def token_counts(batch: dict) -> dict[str, int]:
+        """The tokens the loss averages over: the labeled ones."""
+        return {"labeled": int((batch["labels"] != IGNORE).sum())}
 
     def labels(self, batch: dict) -> torch.Tensor:
         boxes = {} if self.text_only else {"bbox": batch["bbox"]}

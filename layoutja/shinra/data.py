@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from layoutja.common import UserError
-from layoutja.pretrain.windows import CLS_BOX, SEP_BOX, SpecialIds, localized_files
+from layoutja.pretrain.windows import SpecialIds, cut_window, localized_files
 from layoutja.shinra.labels import (
     Annotation,
     label_names,
@@ -181,8 +181,7 @@ def dev_split(pages: list[Page], fraction: float, seed: int) -> set[str]:
 def window(page: Page, start: int, end: int, specials: SpecialIds):
     """(input_ids, bbox, labels) of the window of tokens start–end of a page, with [CLS] and
     [SEP] (label IGNORE; a page without labels gets IGNORE everywhere)."""
-    ids = np.concatenate([[specials.cls], page.input_ids[start:end], [specials.sep]])
-    bbox = np.concatenate([[CLS_BOX], page.bbox[start:end], [SEP_BOX]])
+    ids, bbox = cut_window(page.input_ids, page.bbox, start, end, specials)
     labels = np.full(len(ids), IGNORE, dtype=np.int64)
     if page.labels is not None:
         labels[1:-1] = page.labels[start:end]

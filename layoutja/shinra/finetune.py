@@ -3,9 +3,10 @@
 It trains `LayoutLMForTokenClassification` (or, `finetune.text_only`, a BERT's or a text-only
 ELECTRA discriminator's token classifier on the same windows without boxes: the baseline) on
 pages localized beforehand (`layoutja localize`), and reports the dev F1 (the SHINRA scorer on
-held-out pages, gaps bridged as published) after every epoch. Epoch e is a seeded permutation
-of the training windows; step s takes its s-th global batch, so the position is a function of
-the step alone.
+held-out pages, gaps bridged as published) after every epoch, each rank predicting a share of
+the dev pages. Epoch e is a seeded permutation of the training windows; step s takes its s-th
+global batch, cut into micro-batches as pretraining's (`micro_batch_slice`), so the windows of a
+step depend on the step alone, on any number of processes.
 
 The export in the run directory is the model with the best dev macro F1 (OUT/best.json says
 which epoch); the model of the last step is beside it in OUT/last/. Without dev pages the last
@@ -22,19 +23,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from transformers import PreTrainedModel
 
 from layoutja.common import UserError
 from layoutja.hub import resolve, tokenizer_for
-from layoutja.pretrain.windows import SpecialIds, window_spans
+from layoutja.pretrain.order import micro_batch_slice, window_spans
+from layoutja.pretrain.windows import SpecialIds
 from layoutja.shinra.classifier import TokenClassifier, labeled_batch, load_classifier
 from layoutja.shinra.data import dev_split, load_pages, window
 from layoutja.shinra.predict import predict_pages
 from layoutja.shinra.records import Decoder, gold_records, spelling_for
 from layoutja.shinra.score import score
 from layoutja.text.tokenizer import load_vocab
+from layoutja.training.checkpoint import export
 from layoutja.training.config import Recipe
-from layoutja.training.trainer import Trainer, export
+from layoutja.training.trainer import Trainer
 
 BEST = "best.json"  # the dev scores and step of the model exported in the run directory
 
@@ -55,7 +59,7 @@ class FinetuneTask:
     ):
         if recipe.objective != "token-classification":
             raise UserError(f"objective {recipe.objective!r}: finetune trains token-classification")
-        model_dir = resolve(model, revision)
+        model_dir = trainer.main_first(lambda: resolve(model, revision))
         self.recipe, self.trainer = recipe, trainer
         self.tokenizer_dir = tokenizer_for(model_dir, tokenizer, model)  # exported with it
         self.specials = SpecialIds.from_vocab(load_vocab(self.tokenizer_dir / "vocab.txt"))
@@ -112,25 +116,26 @@ class FinetuneTask:
                 record = {"reason": reason, **dataclasses.asdict(a)}
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-    def batches(self, position: list[int], step: int) -> Iterator[tuple[list[dict], list[int]]]:
+    def batches(self, step: int) -> Iterator[list[dict]]:
         schedule, rank, world = self.recipe.schedule, self.trainer.rank, self.trainer.world
-        size, order, epoch = schedule.per_device_batch_size, None, -1
+        size, batch = schedule.per_device_batch_size, schedule.global_batch_size
+        order, epoch = None, -1
         while True:
             if step // self.steps_per_epoch != epoch:  # one permutation per epoch, not per step
                 epoch = step // self.steps_per_epoch
                 order = np.random.default_rng([schedule.seed, epoch]).permutation(len(self.items))
             index = step % self.steps_per_epoch
-            chunk = order[
-                index * schedule.global_batch_size : (index + 1) * schedule.global_batch_size
-            ]
-            mine = [window(self.train[k], start, end, self.specials)
-                    for k, start, end in self.items[chunk[rank::world]]]  # fmt: skip
+            chunk = order[index * batch : (index + 1) * batch]
+            micro = []
+            for j in range(self.trainer.accumulation):
+                items = self.items[chunk[micro_batch_slice(rank, world, j, size)]]
+                windows = [window(self.train[k], s, e, self.specials) for k, s, e in items]
+                micro.append(labeled_batch(windows, self.specials.pad))
             step += 1
-            micro = [
-                labeled_batch(mine[i : i + size], self.specials.pad)
-                for i in range(0, len(mine), size)
-            ]
-            yield micro, [step // self.steps_per_epoch, step % self.steps_per_epoch]
+            yield micro
+
+    def epoch(self, step: int) -> float:
+        return step / self.steps_per_epoch
 
     def exports(self, model: torch.nn.Module) -> dict[str, PreTrainedModel]:
         """The last model: in last/ when the best on dev is the run directory's export."""
@@ -144,15 +149,21 @@ class FinetuneTask:
         return bool(self.dev) and (step % self.steps_per_epoch == 0 or step == self.max_steps)
 
     def evaluate(self, model: torch.nn.Module, step: int) -> dict:
-        """Dev F1 (html_offset, the SHINRA scorer; gaps bridged as published); a model better
-        on dev than every earlier one becomes the run directory's export."""
+        """Dev F1 (html_offset, the SHINRA scorer; gaps bridged as published), each rank
+        predicting every world-th dev page; a model better on dev than every earlier one
+        becomes the run directory's export. The main process gets the scores, the others {}."""
         data, names = self.recipe.data, self.data.names
+        rank, world = self.trainer.rank, self.trainer.world
         decoder, labeled = Decoder(self.data.dirs, names), {n[2:] for n in names[1:]}
         records = []
-        for page, labels in predict_pages(model, self.dev, self.specials, data.max_length,
-                                          data.margin):  # fmt: skip
+        for page, labels in predict_pages(model, self.dev[rank::world], self.specials,
+                                          data.max_length, data.margin):  # fmt: skip
             spelling = spelling_for(self.data.attributes, page.ene, labeled)
             records += decoder.records(page, labels, page.ene, spelling)
+        if world > 1:
+            records = [r for share in gather_object([records]) for r in share]
+        if not self.trainer.is_main:
+            return {}
         pages = {p.page_id for p in self.dev}
         html = score(gold_records(self.data.annotations, pages), records, pages)["html_offset"]
         result = {

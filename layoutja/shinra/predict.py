@@ -16,7 +16,8 @@ import torch
 
 from layoutja.common import UserError, device
 from layoutja.hub import resolve, tokenizer_for
-from layoutja.pretrain.windows import SpecialIds, window_spans
+from layoutja.pretrain.order import window_spans
+from layoutja.pretrain.windows import SpecialIds
 from layoutja.shinra.classifier import TokenClassifier, labeled_batch
 from layoutja.shinra.data import Page, ShinraDir, merge_windows, read_parts, window
 from layoutja.shinra.labels import read_annotations

@@ -55,7 +55,14 @@ class Schedule:
     global_batch_size: int = setting(256, "= per-device batch × devices × accumulation")
     per_device_batch_size: int = setting(32, "micro-batch size on one device")
     mixed_precision: str = setting("fp16", "fp16 | bf16 | no (CPU runs without it)")
-    seed: int = setting(42, "seed of data order, masking, dropout and the dev split")
+    seed: int = setting(
+        42, "seed of model initialization, data order, masking, dropout and the dev split"
+    )
+    timeout_minutes: float = setting(
+        60.0,
+        "how long a process waits for the others (an evaluation, a checkpoint) before the "
+        "job fails",
+    )
 
 
 @dataclass
@@ -64,6 +71,11 @@ class Data:
     margin: int = setting(128, "overlap of consecutive windows")
     mask_probability: float = setting(0.15, "share of tokens masked (MVLM, ELECTRA)")
     data_workers: int = setting(1, "background processes preparing batches (0: in the loop)")
+    shuffle_parts: int = setting(
+        64,
+        "Parquet parts whose windows are shuffled together (each "
+        "process holds about this many ÷ processes)",
+    )
 
 
 @dataclass
@@ -190,6 +202,8 @@ def _validate(recipe: Recipe) -> None:
     if recipe.electra.generator_factor < 1:
         raise UserError("electra.generator_factor must be at least 1")
     c = recipe.checkpoint
+    if recipe.data.shuffle_parts < 1 or recipe.schedule.timeout_minutes <= 0:
+        raise UserError("data.shuffle_parts must be at least 1, schedule.timeout_minutes above 0")
     if min(c.keep_checkpoints, c.log_every, c.save_every) < 1:
         raise UserError("checkpoint.keep_checkpoints, log_every and save_every must be at least 1")
 

@@ -1,18 +1,22 @@
 """One trainer for every task: build → batches → step → log → checkpoint → export.
 
 A task (MVLM, ELECTRA, SHINRA fine-tuning) supplies what differs: its model, whose forward
-returns the loss (or a dict with "loss" and parts to log), its batches from a saved position,
-its exports, and optionally an evaluation. Everything else is here, once, so every guarantee
-holds for every task:
+returns the loss (or a dict with "loss" and parts to log), its batches for a step, its exports,
+and optionally an evaluation. Everything else is here, once, so every guarantee holds for every
+task:
 
-- one CPU or GPU, or a data-parallel job under `accelerate launch`/`torchrun`;
-- the recipe's global batch on any number of devices (gradient accumulation);
+- one CPU or GPU, or a data-parallel job of any size (`torchrun`, `accelerate launch`, several
+  nodes, SLURM; see `layoutja.training.job`);
+- the recipe's global batch on any number of processes: a step's windows depend on the step
+  alone, and its loss is normalized by the global batch's token counts (all-reduced before the
+  first micro-batch), so 1, 2 or 3 processes, with or without accumulation, take the same steps
+  and a checkpoint made on W processes goes on on W';
 - Adam(W) with linear warmup and decay, stepped once per optimizer step and checkpointed;
-- a NaN/inf loss stops the run before it changes the model; fp16 overflow steps are counted;
-- checkpoints with everything `--resume` needs (model, optimizer, scheduler, scaler, RNG, data
-  position), written under a temporary name and renamed; a resume checks the world size, the
-  batch size and the data fingerprint; each checkpoint also holds its models as Hugging Face
-  directories with their tokenizer (`hf/`), so "the model at step 50k" loads with `Auto*`;
+- a NaN/inf loss stops the run before it changes the model; fp16 overflow steps (read from the
+  loss scale, which also holds for fused optimizers) are counted and hold the schedule back;
+- checkpoints with everything `--resume` needs; on SIGTERM/SIGUSR1 one more at the next step
+  boundary, then EXIT_PREEMPTED;
+- model initialization, dropout and masking seeded from the recipe;
 - on CUDA: fused AdamW and TF32 matmuls (the models use PyTorch's SDPA attention by default);
 - metrics.jsonl and TensorBoard: loss (and parts), learning rate, tokens/s, MFU on known GPUs,
   evaluations; a progress bar on a terminal, plain lines in logs.
@@ -20,13 +24,11 @@ holds for every task:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Protocol
@@ -35,24 +37,29 @@ import torch
 from accelerate import Accelerator
 from transformers import PreTrainedModel
 
-from layoutja.common import Progress, UserError, copy_tokenizer
+from layoutja.common import Preempted, Progress, UserError
+from layoutja.training.checkpoint import export, latest_checkpoint, load_checkpoint, save_checkpoint
 from layoutja.training.config import Recipe
+from layoutja.training.job import StopSignals, check_shared_output, main_first, make_accelerator
 from layoutja.training.log import MetricsLog, peak_flops
-
-STATE = "trainer_state.json"
 
 
 class Task(Protocol):
     """What a training task gives the trainer."""
 
-    model: torch.nn.Module  # forward(**batch) → loss, or {"loss": ..., parts to log}
+    # forward(**batch, denominators=...) → {"loss": ..., parts to log}: each a sum over the
+    # micro-batch's tokens divided by the global batch's count (`denominators`, by the names
+    # token_counts(batch) gives); token_counts counts a micro-batch's tokens on the host.
+    model: torch.nn.Module
     max_steps: int
     tokenizer_dir: Path  # copied beside every export
     fingerprint: str  # of the data: a resume on other data warns
 
-    def batches(self, position: list[int], step: int) -> Iterator[tuple[list[dict], list[int]]]:
-        """From a saved position (and the step it belongs to): each step's micro-batches and
-        the position after them."""
+    def batches(self, step: int) -> Iterator[list[dict]]:
+        """This rank's micro-batches of each step from `step` on."""
+
+    def epoch(self, step: int) -> float:
+        """How many epochs of the data the steps up to `step` cover."""
 
     def exports(self, model: torch.nn.Module) -> dict[str, PreTrainedModel]:
         """The Hugging Face models to save, by subdirectory ("" for the run directory)."""
@@ -64,7 +71,8 @@ class Task(Protocol):
         """Whether to evaluate (and checkpoint) after `step`: the same answer on every rank."""
 
     def evaluate(self, model: torch.nn.Module, step: int) -> dict:
-        """Evaluation metrics after `step` (called on the main process only)."""
+        """Evaluation metrics after `step`, called on every rank (each takes a share of the
+        work); the main process's answer is logged."""
 
 
 class _TiedWeightsNote(logging.Filter):
@@ -82,27 +90,18 @@ class TrainingStopped(UserError):
     """The loss became NaN/inf: stopped before the bad step changed anything."""
 
 
-def make_accelerator(recipe: Recipe) -> Accelerator:
-    precision = recipe.schedule.mixed_precision
-    if precision == "fp16" and not torch.cuda.is_available():
-        precision = "no"  # fp16 autocast needs a GPU; CPU runs train in fp32
-    if torch.cuda.is_available():
-        # What autocast leaves in fp32 (an fp32 run, the loss's logits) runs on tensor cores.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    # cpu=True without a GPU: otherwise ranks launched by torchrun/accelerate on CPUs would each
-    # train alone instead of as one data-parallel job.
-    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
-
-
 def accumulation_steps(recipe: Recipe, world: int) -> int:
     """Micro-batches per optimizer step so that the global batch is the recipe's."""
     schedule = recipe.schedule
     per_step = schedule.per_device_batch_size * world
     if schedule.global_batch_size % per_step:
+        fits = [d for d in range(1, schedule.global_batch_size // world + 1)
+                if schedule.global_batch_size % (d * world) == 0]  # fmt: skip
         raise UserError(
             f"schedule.global_batch_size {schedule.global_batch_size} is not a multiple of "
-            f"per_device_batch_size {schedule.per_device_batch_size} × {world} device(s)"
+            f"per_device_batch_size {schedule.per_device_batch_size} × {world} process(es): "
+            f"set --schedule.per_device_batch_size to one of {fits[-4:] or 'none'} (the global "
+            "batch stays the recipe's)"
         )
     return schedule.global_batch_size // per_step
 
@@ -139,41 +138,55 @@ def build_optimizer(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
+def global_counts(accelerator: Accelerator, counts: list[dict[str, int]]) -> dict:
+    """The token counts of the whole global batch (summed over micro-batches and ranks), as
+    tensors on the device: the denominators of the step's losses."""
+    names = sorted(counts[0])
+    local = torch.tensor([[c[k] for k in names] for c in counts], dtype=torch.float32).sum(0)
+    total = accelerator.reduce(local.to(accelerator.device), "sum")
+    return dict(zip(names, total.clamp(min=1).unbind(), strict=True))
+
+
 def optimizer_step(
     accelerator: Accelerator,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     micro_batches: list[dict],
+    token_counts: Callable[[dict], dict[str, int]],
     max_grad_norm: float,
     out: Path,
     step: int,
-) -> tuple[dict[str, float], bool]:
-    """One optimizer step over the micro-batches; returns (losses averaged over micro-batches
-    and ranks, skipped).
+    stop: bool = False,
+) -> tuple[dict[str, float], bool, bool]:
+    """One optimizer step over this rank's micro-batches; returns (the global batch's losses,
+    skipped, stop: whether any rank asked to stop).
 
-    `model(**batch)` returns the loss, or a dict of scalar tensors: "loss" to minimize and parts
-    to log (e.g. an ELECTRA step's generator and discriminator losses). Gradients are
-    all-reduced only on the last micro-batch. A NaN/inf loss (on any rank) raises
-    TrainingStopped before the update.
+    Gradients are all-reduced only on the last micro-batch; the losses and the stop requests of
+    all ranks are reduced once per step. A NaN/inf loss (on any rank) raises TrainingStopped
+    before the update.
     """
+    device, world = accelerator.device, accelerator.num_processes
+    denominators = global_counts(accelerator, [token_counts(b) for b in micro_batches])
     sums: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         with nullcontext() if last else accelerator.no_sync(model):
-            losses = model(**{k: v.to(accelerator.device) for k, v in batch.items()})
-            losses = losses if isinstance(losses, dict) else {"loss": losses}
-            accelerator.backward(losses["loss"] / len(micro_batches))
+            inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            losses = model(**inputs, denominators=denominators)
+            # DDP averages gradients over the ranks; the losses are shares of the global one.
+            accelerator.backward(losses["loss"] * world)
         for key, value in losses.items():
             sums[key] = sums.get(key, 0) + value.detach().float()
     names = list(sums)
-    means = accelerator.reduce(torch.stack([sums[k] for k in names]) / len(micro_batches), "mean")
-    metrics = dict(zip(names, means.tolist()))
-    step_loss = metrics["loss"]
-    if not math.isfinite(step_loss):
+    flag = torch.tensor(float(stop), device=device)
+    reduced = accelerator.reduce(torch.stack([sums[k] for k in names] + [flag]), "sum").tolist()
+    stop = reduced.pop() > 0
+    metrics = dict(zip(names, reduced, strict=True))
+    if not math.isfinite(metrics["loss"]):
         good = latest_checkpoint(out)
         raise TrainingStopped(
-            f"loss became {step_loss} at step {step}; stopped before updating the model. "
+            f"loss became {metrics['loss']} at step {step}; stopped before updating the model. "
             + (
                 f"Last good checkpoint: {good} (--resume continues from it; a lower "
                 "learning_rate may help)"
@@ -181,91 +194,30 @@ def optimizer_step(
                 else "No checkpoint was saved yet."
             )
         )
+    scaler = accelerator.scaler
     if max_grad_norm > 0:
         norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)  # unscales fp16
         # With fp16 the scaler skips a step whose gradients overflowed; without it (bf16, fp32)
         # such gradients would write NaN into the weights.
-        if accelerator.scaler is None and not math.isfinite(float(norm)):
+        if scaler is None and not math.isfinite(float(norm)):
             raise TrainingStopped(
                 f"gradients became {float(norm)} at step {step}; stopped before updating the "
                 f"model. Last good checkpoint: {latest_checkpoint(out)}"
             )
+    scale = scaler.get_scale() if scaler is not None else 0.0
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    skipped = accelerator.optimizer_step_was_skipped  # an fp16 overflow: normal, only counted
+    # An fp16 overflow: the scaler skips the update and lowers its scale. A fused optimizer is
+    # called all the same (its kernel skips the update), so the lowered scale is what tells.
+    skipped = scaler is not None and scaler.get_scale() < scale
     if not skipped:
         scheduler.step()
-    return metrics, skipped
-
-
-def checkpoints(out: Path) -> list[Path]:
-    """Complete checkpoints in `out`, oldest first."""
-    return sorted(p for p in (out / "checkpoints").glob("step-*") if (p / STATE).exists())
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    found = checkpoints(out)
-    return found[-1] if found else None
-
-
-def resume(accelerator: Accelerator, out: Path, wanted: bool) -> dict:
-    """The saved position of the last checkpoint (after loading it), or {} for a fresh run."""
-    last = latest_checkpoint(out)
-    if last and not wanted:
-        raise UserError(f"{out} holds checkpoints: pass --resume to continue, or a new --out")
-    if not (last and wanted):
-        return {}
-    accelerator.load_state(str(last))
-    return json.loads((last / STATE).read_text())
-
-
-def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int,
-                    models: dict[str, PreTrainedModel], tokenizer_dir: Path) -> None:  # fmt: skip
-    """Save model, optimizer, scheduler, scaler, RNG and `state` (the data position) as
-    checkpoints/step-N, with `models` exported into its `hf/`, under a temporary name first so
-    a kill mid-save loses nothing."""
-    final = out / "checkpoints" / f"step-{state['step']:07d}"
-    tmp = final.with_name(f".tmp-{final.name}")
-    if accelerator.is_main_process:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)  # before any rank writes its RNG state into it
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        export(models, tokenizer_dir, tmp / "hf")
-        (tmp / STATE).write_text(json.dumps(state))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for old in checkpoints(out)[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
-def export(models: dict[str, PreTrainedModel], tokenizer_dir: Path, out: Path) -> None:
-    """Save each Hugging Face model (`{subdirectory: model}`, "" for `out` itself) with its
-    tokenizer files beside it (AutoModel and AutoTokenizer load the directory); called by the
-    main process."""
-    from transformers.utils import logging as transformers_logging
-
-    # A "Writing model shards" bar per save, every checkpoint, is noise in a training log.
-    bars = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
-    try:
-        for subdirectory, model in models.items():
-            target = out / subdirectory
-            model.save_pretrained(target)
-            copy_tokenizer(tokenizer_dir, target)
-    finally:
-        if bars:
-            transformers_logging.enable_progress_bar()
+    return metrics, skipped, stop
 
 
 class Trainer:
     """Trains a task as the recipe says; the accelerator exists first, so a task can be built
-    for this process's rank."""
+    for this process's rank (and seeded: model initialization follows the recipe's seed)."""
 
     def __init__(self, recipe: Recipe, out: str | Path, *, resume: bool = False,
                  progress: bool = True):  # fmt: skip
@@ -274,14 +226,30 @@ class Trainer:
         self.accelerator = make_accelerator(recipe)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.accumulation = accumulation_steps(recipe, self.world)
+        if not self.is_main:  # reports and load messages once, from the main process
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.set_verbosity_error()
+            transformers_logging.disable_progress_bar()
+        check_shared_output(self.accelerator, self.out)
+        torch.manual_seed(recipe.schedule.seed)
 
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
 
+    def main_first(self, fetch: Callable[[], object]):
+        """`fetch()` on the main process first (a hub download), then on the others."""
+        return main_first(self.accelerator, fetch)
+
     def fit(self, task: Task) -> dict:
         """Train `task` to its last step (or continue a run), export it; returns the last
-        logged metrics (main process)."""
+        logged metrics (main process). A SIGTERM/SIGUSR1 ends it with a checkpoint and
+        Preempted."""
+        with StopSignals() as signals:
+            return self._fit(task, signals)
+
+    def _fit(self, task: Task, signals: StopSignals) -> dict:
         recipe, accelerator, out = self.recipe, self.accelerator, self.out
         # --- build ---------------------------------------------------------------------------
         task.model.to(accelerator.device)  # before the optimizer: fused AdamW needs it there
@@ -290,12 +258,10 @@ class Trainer:
         accelerator.register_for_checkpointing(scheduler)  # ours: stepped once per step
         state = self._resume(task)
         if self.is_main:
-            out.mkdir(parents=True, exist_ok=True)
             (out / "recipe.yaml").write_text(recipe.dump(), encoding="utf-8")
 
         # --- batches, steps, logs, checkpoints -------------------------------------------------
-        position = state["positions"][self.rank]
-        batches = task.batches(list(position), state["step"])
+        batches = task.batches(state["step"])
         log = MetricsLog(out, enabled=self.is_main, resume_step=state["step"])
         bar = Progress(task.max_steps, "step", "training", self.progress and self.is_main,
                        initial=state["step"])  # fmt: skip
@@ -303,49 +269,53 @@ class Trainer:
         flops_per_token = task.flops_per_token()
         every = recipe.checkpoint
         model.train()
-        tokens, clock, last = 0, time.perf_counter(), {}
-        while state["step"] < task.max_steps:
+        tokens, clock, last, stop = 0, time.perf_counter(), {}, False
+        while state["step"] < task.max_steps and not stop:
             step = state["step"]
             torch.manual_seed(step_seed(recipe.schedule.seed, step, self.rank))  # dropout
-            micro_batches, position = next(batches)
+            micro_batches = next(batches)
             tokens += sum(int(b["attention_mask"].sum()) for b in micro_batches) * self.world
             learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses
-            losses, skipped = optimizer_step(accelerator, model, optimizer, scheduler,
-                                             micro_batches, recipe.optimizer.max_grad_norm, out,
-                                             step + 1)  # fmt: skip
+            losses, skipped, stop = optimizer_step(
+                accelerator, model, optimizer, scheduler, micro_batches, task.model.token_counts,
+                recipe.optimizer.max_grad_norm, out, step + 1, signals.requested)  # fmt: skip
             state["step"], state["skipped"] = step + 1, state["skipped"] + skipped
             done = state["step"] == task.max_steps
             bar.update()
             metrics = {}
-            if state["step"] % every.log_every == 0 or done:
+            if state["step"] % every.log_every == 0 or done or stop:
                 tokens_per_s = tokens / (time.perf_counter() - clock)
                 metrics = {"step": state["step"],
                            **{name: round(value, 5) for name, value in losses.items()},
                            "learning_rate": learning_rate, "tokens_per_s": round(tokens_per_s, 1),
-                           "skipped_steps": state["skipped"], "epoch": position[0]}  # fmt: skip
+                           "skipped_steps": state["skipped"],
+                           "epoch": round(task.epoch(state["step"]), 4)}  # fmt: skip
                 if peak and flops_per_token:
                     metrics["mfu"] = round(tokens_per_s * flops_per_token / peak, 4)
                 bar.set_postfix(loss=f"{losses['loss']:.4f}")
                 tokens, clock = 0, time.perf_counter()
             evaluates = task.evaluates(state["step"])
-            evaluation = None
-            if evaluates and self.is_main:
+            if evaluates:
                 evaluation = task.evaluate(accelerator.unwrap_model(model), state["step"])
-            if evaluation is not None:
-                metrics = {"step": state["step"], "loss": round(losses["loss"], 5), **metrics,
-                           **evaluation}  # fmt: skip
-                bar.set_postfix(**{k: v for k, v in evaluation.items() if k != "epoch"})
+                if self.is_main:
+                    metrics = {"step": state["step"], "loss": round(losses["loss"], 5),
+                               **metrics, **evaluation}  # fmt: skip
+                    bar.set_postfix(**{k: v for k, v in evaluation.items() if k != "epoch"})
             if metrics:
                 log.write(metrics)
                 last = metrics
-            if state["step"] % every.save_every == 0 or done or evaluates:
-                here = torch.tensor(position, device=accelerator.device)
-                state["positions"] = accelerator.gather(here).view(self.world, -1).tolist()
+            if state["step"] % every.save_every == 0 or done or evaluates or stop:
                 models = task.exports(accelerator.unwrap_model(model))
-                save_checkpoint(accelerator, out, dict(state), every.keep_checkpoints, models,
-                                task.tokenizer_dir)  # fmt: skip
+                saved = save_checkpoint(accelerator, out, dict(state), every.keep_checkpoints,
+                                        models, task.tokenizer_dir)  # fmt: skip
         bar.close()
         log.close()
+        if stop:
+            accelerator.end_training()
+            raise Preempted(
+                f"stopped by a signal at step {state['step']} of {task.max_steps}, after "
+                f"writing {saved}; run again with --resume to continue"
+            )
         accelerator.wait_for_everyone()
         if self.is_main:
             export(task.exports(accelerator.unwrap_model(model)), task.tokenizer_dir, out)
@@ -355,24 +325,29 @@ class Trainer:
 
     def _resume(self, task: Task) -> dict:
         """The run's state: fresh, or the last checkpoint's after loading it (with its checks)."""
-        state = {"step": 0, "skipped": 0, "positions": [[0, 0]] * self.world,
-                 "world": self.world, "data": task.fingerprint,
-                 "per_device_batch_size": self.recipe.schedule.per_device_batch_size}  # fmt: skip
-        saved = resume(self.accelerator, self.out, self.wants_resume)
-        for key in ("world", "per_device_batch_size"):
-            if saved and saved.get(key) != state[key]:
-                raise UserError(
-                    f"{self.out}: the checkpoint was made with {key} {saved.get(key)}, this run "
-                    f"has {state[key]}; resume with the same setup"
-                )
-        if saved.get("data", state["data"]) != state["data"] and self.is_main:
-            print("warning: the data changed since the checkpoint (parts added, removed or "
-                  "rewritten): training goes on from the saved position in the new data, "
-                  "which is not where the interrupted run would have gone",
-                  file=sys.stderr)  # fmt: skip
-        return {**state, **saved, "data": state["data"]}
+        batch = self.recipe.schedule.global_batch_size
+        state = {"step": 0, "skipped": 0, "global_batch_size": batch, "data": task.fingerprint,
+                 "world": self.world}  # fmt: skip
+        saved = load_checkpoint(self.accelerator, self.out, self.wants_resume)
+        if saved and saved.get("global_batch_size", batch) != batch:
+            raise UserError(
+                f"{self.out}: the checkpoint was made with schedule.global_batch_size "
+                f"{saved['global_batch_size']}, this run has {batch}: resume with the same "
+                "global batch (any number of processes, any per_device_batch_size)"
+            )
+        warnings = []
+        if saved and "global_batch_size" not in saved:
+            warnings.append("the checkpoint was made by an earlier layoutja, whose data order "
+                            "differs: training goes on from its step in today's order")  # fmt: skip
+        elif saved.get("data", state["data"]) != state["data"]:
+            warnings.append("the data changed since the checkpoint (parts added, removed or "
+                            "rewritten): training goes on from the saved step in the new data, "
+                            "which is not where the interrupted run would have gone")  # fmt: skip
+        for warning in warnings if self.is_main else []:
+            print(f"warning: {warning}", file=sys.stderr)
+        return {**state, **{k: saved[k] for k in ("step", "skipped") if k in saved}}
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
-    """A seed per (run, step, rank): dropout and masking repeat exactly after a resume."""
+    """A seed per (run, step, rank): dropout repeats exactly after a resume."""
     return (seed * 1_000_003 + step) * 4099 + rank

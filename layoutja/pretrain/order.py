@@ -1,0 +1,185 @@
+"""The order of training windows: one global sequence, the same on any number of processes.
+
+The index lists every window of the corpus as (part, page, start, end), from the pages' lengths
+alone. Epoch e is a pure function of (seed, e): the parts are shuffled, taken in blocks of
+`shuffle_parts` parts, and the windows of a block are shuffled together, so a global batch mixes
+windows of that many parts from anywhere in the corpus. Epochs follow each other in one endless
+sequence, and global batch s is windows [s·G, (s+1)·G) of it (G: the global batch size).
+
+A global batch is cut into chunks of `per_device` windows; chunk c is micro-batch c // world of
+rank c % world. Which windows a step trains on therefore depends on the step and G alone: a run
+checkpointed on W processes goes on with the same global batches on W' (the loss is normalized
+by the global batch's token counts, so the split does not change it either), and every rank is
+always in the same epoch.
+
+A reader (one per rank and DataLoader worker) reads the parts of the current block and keeps
+only the pages its own windows need: every reader reads the corpus once per epoch, and holds
+about `shuffle_parts` / (processes × workers) parts.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from layoutja.common import UserError
+
+
+def window_spans(length: int, max_tokens: int = 510, margin: int = 128) -> list[tuple[int, int]]:
+    """[start, end) token ranges of the windows of a page of `length` tokens: consecutive windows
+    overlap by `margin` tokens (stride 510 - 128 = 382 by default)."""
+    if length <= max_tokens:
+        return [(0, length)] if length else []
+    stride = max_tokens - margin
+    spans = []
+    start = 0
+    while True:
+        end = min(start + max_tokens, length)
+        spans.append((start, end))
+        if end == length:
+            return spans
+        start += stride
+
+
+def page_lengths(path: Path) -> np.ndarray:
+    """The token count of every page of a Parquet part (only its input_ids column is read)."""
+    column = pq.read_table(path, columns=["input_ids"]).column("input_ids").combine_chunks()
+    return column.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def micro_batch_slice(rank: int, world: int, micro: int, per_device: int) -> slice:
+    """The windows of a global batch that are micro-batch `micro` of `rank`."""
+    chunk = micro * world + rank
+    return slice(chunk * per_device, (chunk + 1) * per_device)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Every window of the corpus as a row (part, page, start, end), sorted by part."""
+
+    files: list[Path]
+    windows: np.ndarray  # (n, 4) int64
+    part_rows: np.ndarray  # (parts + 1,): the rows of part p are part_rows[p]:part_rows[p + 1]
+
+    @classmethod
+    def index(
+        cls,
+        files: list[Path],
+        max_tokens: int,
+        margin: int,
+        lengths: Callable[[list[Path]], list[np.ndarray]] | None = None,
+    ) -> Corpus:
+        """The windows of `files`; `lengths` gives each file's page lengths (by default read
+        here; a data-parallel job reads a share of the files per rank and gathers them)."""
+        per_part = (lengths or (lambda fs: [page_lengths(f) for f in fs]))(files)
+        rows, bounds = [], [0]
+        for part, pages in enumerate(per_part):
+            for page, length in enumerate(pages.tolist()):
+                rows += [(part, page, s, e) for s, e in window_spans(length, max_tokens, margin)]
+            bounds.append(len(rows))
+        if not rows:
+            raise UserError(f"{files[0].parent}: the data holds no tokens")
+        return cls(files, np.array(rows, dtype=np.int64), np.array(bounds, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+
+class Order:
+    """The endless sequence of window rows: epoch after epoch, each a seeded shuffle."""
+
+    def __init__(self, corpus: Corpus, seed: int, shuffle_parts: int):
+        if shuffle_parts < 1:
+            raise UserError("data.shuffle_parts must be at least 1")
+        self.corpus, self.seed, self.shuffle_parts = corpus, seed, shuffle_parts
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def epoch(self, epoch: int) -> np.ndarray:
+        """The window rows of `epoch`, in order: blocks of parts, each block's windows shuffled."""
+        if self._cached and self._cached[0] == epoch:
+            return self._cached[1]
+        bounds = self.corpus.part_rows
+        parts = np.random.default_rng([self.seed, epoch]).permutation(len(bounds) - 1)
+        blocks = []
+        for b in range(0, len(parts), self.shuffle_parts):
+            rows = np.concatenate([np.arange(bounds[p], bounds[p + 1])
+                                   for p in parts[b : b + self.shuffle_parts]])  # fmt: skip
+            blocks.append(np.random.default_rng([self.seed, epoch, b]).permutation(rows))
+        self._cached = (epoch, np.concatenate(blocks))
+        return self._cached[1]
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """The window rows at global positions (windows counted from the first step)."""
+        n = len(self.corpus)
+        epochs = positions // n
+        out = np.empty(len(positions), dtype=np.int64)
+        for epoch in np.unique(epochs).tolist():
+            here = epochs == epoch
+            out[here] = self.epoch(epoch)[positions[here] - epoch * n]
+        return out
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Which micro-batches a reader prepares: rank `rank` of `world`, DataLoader worker
+    `worker` of `workers`, in a run that (re)started at `start_step`."""
+
+    rank: int = 0
+    world: int = 1
+    worker: int = 0
+    workers: int = 1
+    start_step: int = 0
+
+    def owns(self, positions: np.ndarray, global_batch: int, per_device: int) -> np.ndarray:
+        """Which of the global positions this reader takes."""
+        step, within = np.divmod(positions, global_batch)
+        chunk = within // per_device
+        micro = (step - self.start_step) * (global_batch // (per_device * self.world))
+        micro = micro + chunk // self.world
+        return (chunk % self.world == self.rank) & (micro % self.workers == self.worker)
+
+
+class PageReader:
+    """The pages of windows, read a part at a time; of each part only the pages this reader's
+    windows need in that epoch are kept, for the parts of about one block."""
+
+    def __init__(self, order: Order, owner: Owner, global_batch: int, per_device: int,
+                 read: Callable[[Path, np.ndarray], dict[int, tuple]]):  # fmt: skip
+        """`read(path, pages)` returns {page: (source, input_ids, bbox or None)}."""
+        self.order, self.owner, self.read = order, owner, read
+        self.global_batch, self.per_device = global_batch, per_device
+        self.parts: OrderedDict[tuple[int, int], dict[int, tuple]] = OrderedDict()
+        self._needed: tuple[int, dict[int, np.ndarray]] | None = None
+
+    def _needed_pages(self, epoch: int) -> dict[int, np.ndarray]:
+        """Part → the pages this reader's windows of `epoch` come from."""
+        if self._needed is None or self._needed[0] != epoch:
+            n = len(self.order.corpus)
+            positions = np.arange(epoch * n, (epoch + 1) * n)
+            mine = self.owner.owns(positions, self.global_batch, self.per_device)
+            windows = self.order.corpus.windows[self.order.epoch(epoch)[mine]]
+            keys = np.unique(windows[:, 0] << 32 | windows[:, 1])  # sorted by part, then page
+            parts, starts = np.unique(keys >> 32, return_index=True)
+            pages = np.split(keys & 0xFFFFFFFF, starts[1:])
+            self._needed = (epoch, dict(zip(parts.tolist(), pages, strict=True)))
+        return self._needed[1]
+
+    def window(self, position: int) -> tuple[int, int, tuple]:
+        """(part, row, (source, input_ids, bbox) of the page) of the window at a position; the
+        window is tokens start:end of the page (corpus.windows[row])."""
+        n = len(self.order.corpus)
+        epoch = position // n
+        row = int(self.order.epoch(epoch)[position - epoch * n])
+        part, page = self.order.corpus.windows[row, :2].tolist()
+        key = (epoch, part)
+        if key not in self.parts:
+            wanted = self._needed_pages(epoch).get(part, np.array([page]))
+            self.parts[key] = self.read(self.order.corpus.files[part], wanted)
+            while len(self.parts) > self.order.shuffle_parts:
+                self.parts.popitem(last=False)  # a block's parts are all read before the next's
+        return part, row, self.parts[key][page]

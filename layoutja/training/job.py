@@ -1,0 +1,119 @@
+"""The job around a training run: its processes, their output directory, hub downloads, signals.
+
+A run is one process, or a data-parallel job of many (`torchrun`, `accelerate launch`, one or
+several nodes, under SLURM or not). What the job needs beyond the training loop is here:
+
+- the accelerator, with the process group's timeout from the recipe (an evaluation or a
+  checkpoint of one rank must not outlast it);
+- one output directory for the whole job: the main process writes it, every rank reads it, and
+  every rank checks at start that it sees what the main process wrote;
+- hub models downloaded once: the main process first, then each node's first process, then
+  the others, each from the cache the earlier ones filled;
+- preemption: SIGTERM or SIGUSR1 to any rank asks the job to stop; the ranks agree at the next
+  step boundary (`StopSignals`), write a checkpoint and exit with EXIT_PREEMPTED.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from accelerate import Accelerator, InitProcessGroupKwargs
+from accelerate.utils import broadcast_object_list, gather_object
+
+from layoutja.common import UserError
+from layoutja.training.config import Recipe
+
+MARKER = ".layoutja-job"  # written by the main process into OUT, read back by every rank
+T = TypeVar("T")
+
+
+def make_accelerator(recipe: Recipe) -> Accelerator:
+    precision = recipe.schedule.mixed_precision
+    if precision == "fp16" and not torch.cuda.is_available():
+        precision = "no"  # fp16 autocast needs a GPU; CPU runs train in fp32
+    if torch.cuda.is_available():
+        # What autocast leaves in fp32 (an fp32 run, the loss's logits) runs on tensor cores.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    timeout = timedelta(minutes=recipe.schedule.timeout_minutes)
+    # cpu=True without a GPU: otherwise ranks launched by torchrun/accelerate on CPUs would each
+    # train alone instead of as one data-parallel job.
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])  # fmt: skip
+
+
+def check_shared_output(accelerator: Accelerator, out: Path) -> None:
+    """The main process creates `out` and writes a new token into it; every rank must read that
+    token back, else (on every rank, so that none waits forever) a UserError."""
+    token = [uuid.uuid4().hex if accelerator.is_main_process else None]
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text(token[0])
+    if accelerator.num_processes > 1:
+        token = broadcast_object_list(token)
+    accelerator.wait_for_everyone()
+    try:
+        seen = (out / MARKER).read_text() == token[0]
+    except OSError:
+        seen = False
+    where = [(seen, accelerator.process_index, socket.gethostname())]
+    views = gather_object(where) if accelerator.num_processes > 1 else where
+    blind = [f"rank {rank} on {host}" for ok, rank, host in views if not ok]
+    if blind:
+        raise UserError(
+            f"{out}: {', '.join(blind)} cannot see what the main process wrote there: OUT must "
+            "be on a filesystem that every node shares"
+        )
+
+
+def main_first(accelerator: Accelerator, fetch: Callable[[], T]) -> T:
+    """`fetch()` (e.g. a hub download) on the job's main process first, then on the first
+    process of each node, then on the others: one download per cache, shared or per node. An
+    error is raised after the turns, so that no rank waits for one that failed."""
+    turn = 0 if accelerator.is_main_process else 1 if accelerator.is_local_main_process else 2
+    result, error = None, None
+    for now in range(3):
+        if now == turn:
+            try:
+                result = fetch()
+            except Exception as e:  # re-raised below, once every rank had its turn
+                error = e
+        if now < 2:
+            accelerator.wait_for_everyone()
+    if error is not None:
+        raise error
+    return result
+
+
+class StopSignals:
+    """While active, SIGTERM and SIGUSR1 are recorded instead of ending the process: the
+    trainer reads `requested` at each step boundary (all ranks agree on it) and stops there."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
+    def _record(self, signum: int, frame: object) -> None:
+        self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
