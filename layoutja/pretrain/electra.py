@@ -5,10 +5,11 @@ discriminator's depth and its hidden size, heads and FFN divided by `factor` (3)
 embedding module is one set of tensors shared by both; the generator's LM head decodes with those
 word embeddings. A step masks 15% of the tokens (85% `[MASK]`, 15% unchanged; masking happens in
 the data loader), the generator predicts them, a token is sampled from its distribution at each
-masked position (by its CDF at a uniform draw that comes with the data, seeded by the window;
-no gradient flows through the sample), and the discriminator
-labels every real token: 1 where the sample differs from the original. The loss is the
-generator's MLM loss + `discriminator_weight` (50) × the discriminator's BCE.
+masked position (its CDF inverted at a uniform draw that comes with the data, seeded by the
+window, so any rank draws the same; no gradient flows through the sample), and the
+discriminator labels every real token: 1 where the sample differs from the original. The loss
+is the generator's MLM loss + `discriminator_weight` (50) × the discriminator's BCE, each
+averaged over the global batch's tokens.
 
 Two forms share the objective:
 - text-only: transformers' `ElectraForMaskedLM` (generator) and `ElectraForPreTraining`
