@@ -4,8 +4,11 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.layoutja-installed
 # torch is installed on its own, pinned, before anything can pull a different build.
-# The default pin takes the CPU wheel where one is provided locally; override for CUDA machines.
+# The default pin takes the CPU wheel where one is provided locally; on a GPU machine pass pip's
+# arguments for a CUDA build, e.g. TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128".
+# One stamp per TORCH value: a changed TORCH reinstalls torch, then the package against it.
 TORCH ?= torch==2.13.0
+TORCH_STAMP := $(VENV)/.torch-$(shell printf '%s' '$(TORCH)' | sha1sum | cut -c1-12)
 # Debian packages the browser stage needs: Chromium and exactly one CJK font (reproducible widths).
 APT_PACKAGES := chromium fonts-ipafont-gothic
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -14,10 +17,16 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 setup: $(STAMP) system-deps
 
-$(STAMP): pyproject.toml
+$(TORCH_STAMP):
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
+	@# A build of the same version (CPU → CUDA) would count as installed: remove it first.
+	$(PY) -m pip uninstall -q -y torch 2>/dev/null || true
+	$(PY) -m pip install -q $(TORCH)
+	@rm -f $(VENV)/.torch-*
+	@touch $@
+
+$(STAMP): pyproject.toml $(TORCH_STAMP)
 	@# Constrain torch to what is installed so no dependency can upgrade it.
 	$(PY) -m pip install -q -e ".[dev]" --constraint <($(PY) -c "from importlib.metadata import version; print('torch==' + version('torch'))")
 	@touch $@

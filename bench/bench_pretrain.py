@@ -100,7 +100,7 @@ def run_layoutja(args, tokenizer: Path, data: Path, out: Path, **recipe) -> floa
         "schedule.max_steps": args.steps, "schedule.global_batch_size": args.batch,
         "schedule.per_device_batch_size": args.batch, "data.max_length": 512,
         "schedule.warmup_steps": 10, "schedule.mixed_precision": args.precision,
-        "checkpoint.log_every": 1, "checkpoint.save_every": 10**9,
+        "checkpoint.log_every": 1, "checkpoint.save_every": 10**9, "data.eval_pages": 0,
         "model": {"hidden_size": args.hidden, "num_hidden_layers": args.layers,
                   "num_attention_heads": args.hidden // 64,
                   "intermediate_size": 4 * args.hidden, "max_position_embeddings": 512},

@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# Every GPU figure the project claims, from one command on a machine with one NVIDIA GPU
-# (under 5 minutes on an H100/H200). Needs the project installed with a CUDA build of torch;
-# needs no network and no browser:
+# Every GPU figure the project claims, from one command on a machine with NVIDIA GPUs (within 8
+# minutes on one H100/H200). Needs the project installed with a CUDA build of torch (`make setup
+# TORCH=...`, see the README); installs nothing, needs no network and no browser:
 #
-#   bench/device_check.sh                  # on the GPU machine
-#   bench/device_check.sh --prepare DIR    # beforehand, on any machine with Chromium: the demo's
-#                                          # tokenizer, localized pages and tiny LayoutLM, for the
-#                                          # fine-tuning check (DEVICE_CHECK_DATA=DIR on the GPU)
-#   SMOKE=1 bench/device_check.sh          # the same steps at toy sizes, on a CPU (plumbing only)
+#   bench/device_check.sh --prepare DIR    # beforehand, on a machine with Chromium: the demo's
+#                                          # tokenizer, localized pages and tiny LayoutLM (the
+#                                          # fine-tuning and padding checks); carry DIR over
+#   DEVICE_CHECK_DATA=DIR bench/device_check.sh    # on the GPU machine
+#   SMOKE=1 bench/device_check.sh          # the same steps at toy sizes on a CPU (CI: plumbing)
 #
-# It prints, in order: the device and attention implementation; a short fp16 MVLM pretraining
-# (loss scaler on: overflow steps counted) and a bf16 one at BERT-base size, with tokens/s and
-# MFU; bench_pretrain.py at BERT-base size (hidden 768, 12 layers, batch 32, length 512) against
-# the Hugging Face Trainer baseline in the same run; fine-tuning and `predict` on the GPU.
-set -euo pipefail
+# It prints, step by step: the device; MVLM as published (a BERT-base-shaped model converted as
+# `init-model` converts cl-tohoku's BERT, lr 5e-5, 1,000 warmup steps, 32 × 512 per GPU) in fp16
+# (loss scaler: overflow steps counted) and bf16, eager and compiled: tokens/s, MFU, peak GPU
+# memory, and after the bf16 run the held-out layout-ablation gap; the padding share of the
+# prepared real pages with and without length grouping; bench_pretrain.py against the Hugging
+# Face Trainer; fine-tuning and `predict` times; with several GPUs visible, the same MVLM steps
+# under torchrun on all of them and the scaling efficiency. A step that fails prints its error and
+# the script goes on; the exit status counts the failed steps.
 cd "$(dirname "$0")/.."
 PY=${PY:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
 LJ="$PY -m layoutja"
@@ -24,82 +27,148 @@ if [ "${1:-}" = "--prepare" ]; then
   DIR=${2:?usage: bench/device_check.sh --prepare DIR}
   make --no-print-directory vocab localize bert init-model OUT="$DIR"
   echo "prepared $DIR: carry it to the GPU machine and set DEVICE_CHECK_DATA=$DIR"
-  exit 0
+  exit $?
 fi
 
 if [ -n "${SMOKE:-}" ]; then  # toy sizes: checks the script, measures nothing
-  HIDDEN=64 LAYERS=1 BATCH=2 STEPS=4 PAGES=4 WARMUP=1
+  HIDDEN=64 LAYERS=1 BATCH=2 STEPS=4 PAGES=6 WARMUP=1 WARMUP_STEPS=2
 else
-  HIDDEN=768 LAYERS=12 BATCH=32 STEPS=30 PAGES=64 WARMUP=5
+  HIDDEN=768 LAYERS=12 BATCH=32 STEPS=30 PAGES=64 WARMUP=5 WARMUP_STEPS=1000
 fi
-HEADS=$(( HIDDEN / 64 ))
+GPUS=$($PY -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+FAILED=0
 
-echo "== device"
-$PY - <<'EOF'
+step() {  # step TITLE COMMAND...: run it, print its output; on failure its error, then go on
+  echo "== $1"
+  shift
+  "$@" > "$WORK/step.log" 2>&1
+  local status=$?
+  if [ "$status" -ne 0 ]; then
+    FAILED=$(( FAILED + 1 ))
+    echo "FAILED (exit $status):"
+    tail -n 25 "$WORK/step.log" | sed 's/^/  /'
+  else
+    grep -v -E "^(W[0-9]{4}|\*+$|Setting OMP)" "$WORK/step.log" | tail -n 20
+  fi
+}
+
+device() {
+  $PY - <<'EOF'
 import torch, transformers
-from transformers import LayoutLMConfig, LayoutLMForMaskedLM
 name = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (no CUDA)"
-print(f"{name}; torch {torch.__version__}, CUDA {torch.version.cuda}, "
-      f"transformers {transformers.__version__}")
-model = LayoutLMForMaskedLM(LayoutLMConfig(hidden_size=64, num_hidden_layers=1,
-                                           num_attention_heads=1, intermediate_size=64))
-print(f"LayoutLM attention: {model.config._attn_implementation}")
+print(f"{name} × {max(torch.cuda.device_count(), 1)}; torch {torch.__version__}, "
+      f"CUDA {torch.version.cuda}, transformers {transformers.__version__}")
 EOF
+}
 
-echo "== synthetic localized pages ($PAGES, ~4,300 tokens each)"
-$PY - "$WORK" "$PAGES" <<'EOF'
+model() {  # synthetic pages, and a BERT-base-shaped BERT converted to LayoutLM as published
+  $PY - "$WORK" "$PAGES" "$HIDDEN" "$LAYERS" <<'EOF' &&
 import sys
 from pathlib import Path
 sys.path.insert(0, "bench")
 from bench_pretrain import prepare_synthetic
-prepare_synthetic(Path(sys.argv[1]), int(sys.argv[2]))
+from transformers import BertConfig, BertForPreTraining
+from layoutja.common import copy_tokenizer
+work, pages, hidden, layers = Path(sys.argv[1]), *map(int, sys.argv[2:])
+tokenizer, _ = prepare_synthetic(work, pages)
+config = BertConfig(vocab_size=32768, hidden_size=hidden, num_hidden_layers=layers,
+                    num_attention_heads=max(hidden // 64, 1), intermediate_size=4 * hidden)
+BertForPreTraining(config).save_pretrained(work / "bert")
+copy_tokenizer(tokenizer, work / "bert")
+print(f"{pages} synthetic pages of 4,300 tokens; a BERT of hidden {hidden}, {layers} layers")
 EOF
+  $LJ init-model --from "$WORK/bert" --out "$WORK/layoutlm-init"
+}
 
-pretrain() {  # $1 precision: a short MVLM run at BERT-base size, its figures from metrics.jsonl
-  local out="$WORK/mvlm-$1"
-  $LJ pretrain --config train/mvlm-tiny.yaml --data "$WORK/localized" --tokenizer "$WORK/tokenizer" \
-    --out "$out" --quiet --schedule.mixed_precision "$1" --schedule.max_steps "$STEPS" \
-    --schedule.global_batch_size "$BATCH" --schedule.per_device_batch_size "$BATCH" \
-    --data.max_length 512 --checkpoint.log_every 5 --checkpoint.save_every 1000000 \
-    --model.hidden_size "$HIDDEN" --model.num_hidden_layers "$LAYERS" \
-    --model.num_attention_heads "$HEADS" --model.intermediate_size $(( 4 * HIDDEN )) \
-    --model.max_position_embeddings 512
-  $PY - "$out/metrics.jsonl" "$1" <<'EOF'
+summary() {  # summary METRICS.jsonl LABEL: the figures of a run
+  $PY - "$1" "$2" <<'EOF'
 import json, math, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-timed = rows[1:] or rows  # the first logged window includes start-up
+timed = [r for r in rows[1:] if "tokens_per_s" in r] or rows  # the first window has start-up
 last = rows[-1]
 mfu = [r["mfu"] for r in timed if "mfu" in r]
-print(f"{sys.argv[2]}: {last['step']} steps, loss {rows[0]['loss']:.3f} → {last['loss']:.3f} "
-      f"(finite: {math.isfinite(last['loss'])}), overflow steps skipped {last['skipped_steps']}, "
-      f"{sum(r['tokens_per_s'] for r in timed) / len(timed):.0f} tokens/s"
-      + (f", MFU {sum(mfu) / len(mfu):.1%}" if mfu else ", MFU not known for this device"))
+text = (f"{sys.argv[2]}: {last['step']} steps, loss {rows[0]['loss']:.3f} → {last['loss']:.3f} "
+        f"(finite: {math.isfinite(last['loss'])}), overflow steps {last['skipped_steps']}, "
+        f"{sum(r['tokens_per_s'] for r in timed) / len(timed):,.0f} tokens/s")
+text += f", MFU {sum(mfu) / len(mfu):.1%}" if mfu else ", MFU: not known for this device"
+text += f", peak memory {last['max_memory_gb']} GB" if "max_memory_gb" in last else ""
+if "eval_loss_without_layout" in last:
+    gap = last["eval_loss_without_layout"] - last["eval_loss"]
+    text += f"; held-out loss {last['eval_loss']:.3f}, without layout +{gap:.3f}"
+print(text)
 EOF
 }
-echo "== MVLM pretraining, fp16 (GradScaler) and bf16"
-pretrain fp16
-pretrain bf16
 
-echo "== bench_pretrain.py: layoutja against the Hugging Face Trainer, bf16"
-$PY bench/bench_pretrain.py --synthetic --pages "$PAGES" --hidden "$HIDDEN" --layers "$LAYERS" \
-  --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --precision bf16 2>/dev/null \
-  | grep -E "^(hidden|HF|layoutja)"
+mvlm() {  # mvlm PRECISION COMPILE [PROCESSES]: MVLM as published, a few steps
+  local out="$WORK/mvlm-$1-$2-${3:-1}" launch="$LJ"
+  [ -n "${3:-}" ] && launch="$PY -m torch.distributed.run --nproc_per_node $3 -m layoutja"
+  $launch pretrain --config train/mvlm-base.yaml --data "$WORK/localized" --init "$WORK/layoutlm-init" \
+    --out "$out" --quiet --schedule.mixed_precision "$1" --schedule.compile "$2" \
+    --schedule.max_steps "$STEPS" --schedule.warmup_steps "$WARMUP_STEPS" \
+    --schedule.global_batch_size $(( BATCH * ${3:-1} )) --schedule.per_device_batch_size "$BATCH" \
+    --data.eval_pages 4 --checkpoint.eval_every "$STEPS" --checkpoint.log_every 5 \
+    --checkpoint.save_every 1000000 && summary "$out/metrics.jsonl" "$1, compile $2${3:+, $3 GPUs}"
+}
 
-echo "== fine-tuning and predict on the device"
+padding() {  # the padding share of real localized pages, with and without length grouping
+  $PY - "$DATA/localized" "$BATCH" <<'EOF'
+import sys
+import numpy as np
+from layoutja.pretrain.order import Corpus, Order
+from layoutja.pretrain.windows import localized_files
+corpus = Corpus.index(localized_files(sys.argv[1]), 510, 128)
+per_device = int(sys.argv[2])
+for grouped in (0, 8 * per_device):
+    windows = corpus.windows[Order(corpus, 42, 64, grouped).epoch(1)]
+    lengths = windows[:, 3] - windows[:, 2] + 2
+    chunks = lengths[: len(lengths) // per_device * per_device].reshape(-1, per_device)
+    padded = -(-chunks.max(1) // 8) * 8  # batches are padded to a multiple of 8
+    share = 1 - chunks.sum() / (padded * per_device).sum()
+    print(f"{'grouped by length' if grouped else 'shuffled'}: padding {share:.1%} of positions")
+EOF
+}
+
+finetune() {
+  local start=$(date +%s)
+  $LJ finetune --config train/finetune-tiny.yaml --data demo/shinra --model "$DATA/layoutlm-init" \
+    --localized "$DATA/localized" --out "$WORK/shinra" --quiet --schedule.mixed_precision fp16 \
+    --schedule.epochs 10 && local tuned=$(date +%s) &&
+  $LJ predict --model "$WORK/shinra" --data demo/shinra --localized "$DATA/localized" \
+    --out "$WORK/predictions.jsonl" --max-length 128 --margin 32 &&
+  tail -n 1 "$WORK/shinra/metrics.jsonl" &&
+  echo "fine-tuning (10 epochs): $(( tuned - start )) s; predict: $(( $(date +%s) - tuned )) s"
+}
+
+step "device" device
+step "MVLM as published: a BERT-base-shaped BERT converted to LayoutLM" model
+for precision in fp16 bf16; do
+  for compiled in false true; do
+    step "MVLM $precision, compile $compiled" mvlm "$precision" "$compiled"
+  done
+done
+if [ "$GPUS" -gt 1 ]; then
+  step "MVLM bf16 on $GPUS GPUs (torchrun)" mvlm bf16 false "$GPUS"
+  step "scaling efficiency" $PY -c "
+import json, sys
+one = [json.loads(x) for x in open('$WORK/mvlm-bf16-false-1/metrics.jsonl')][1:]
+many = [json.loads(x) for x in open('$WORK/mvlm-bf16-false-$GPUS/metrics.jsonl')][1:]
+rate = lambda rows: sum(r['tokens_per_s'] for r in rows) / len(rows)
+print(f'$GPUS GPUs: {rate(many) / ($GPUS * rate(one)):.0%} of $GPUS × one GPU')"
+fi
+step "bench_pretrain.py: layoutja against the Hugging Face Trainer, bf16" \
+  $PY bench/bench_pretrain.py --synthetic --pages "$PAGES" --hidden "$HIDDEN" --layers "$LAYERS" \
+  --batch "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --precision bf16
+
 DATA=${DEVICE_CHECK_DATA:-}
 if [ -z "$DATA" ] && [ -x "${LAYOUTJA_CHROMIUM:-/usr/bin/chromium}" ]; then
   DATA="$WORK/demo"
-  bench/device_check.sh --prepare "$DATA" > "$WORK/prepare.log" 2>&1 || { cat "$WORK/prepare.log"; exit 1; }
+  step "preparing the demo's pages here (--prepare)" bench/device_check.sh --prepare "$DATA"
 fi
-if [ -z "$DATA" ]; then
-  echo "skipped: no browser here and no DEVICE_CHECK_DATA (see --prepare above)"
-  exit 0
+if [ -n "$DATA" ]; then
+  step "padding share of the prepared real pages, $BATCH windows a batch" padding
+  step "fine-tuning and predict on the device" finetune
+else
+  echo "== padding share, fine-tuning and predict: skipped (no DEVICE_CHECK_DATA, no browser)"
 fi
-start=$(date +%s)
-$LJ finetune --config train/finetune-tiny.yaml --data demo/shinra --model "$DATA/layoutlm-init" \
-  --localized "$DATA/localized" --out "$WORK/shinra" --quiet --schedule.mixed_precision fp16 \
-  --schedule.epochs 10
-$LJ predict --model "$WORK/shinra" --data demo/shinra --localized "$DATA/localized" \
-  --out "$WORK/predictions.jsonl" --max-length 128 --margin 32
-tail -n 1 "$WORK/shinra/metrics.jsonl"
-echo "fine-tuning + predict: $(( $(date +%s) - start )) s"
+echo "== $FAILED step(s) failed"
+exit "$FAILED"

@@ -161,3 +161,22 @@ def device() -> torch.device:
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def inference_precision(where: torch.device, precision: str | None = None):
+    """A context for inference in `precision` (fp16 | bf16 | no; None: fp16 on CUDA, fp32 on
+    the CPU), under autocast, as training runs; on CUDA what stays fp32 uses TF32."""
+    import contextlib
+
+    import torch
+
+    if where.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    precision = precision or ("fp16" if where.type == "cuda" else "no")
+    if precision == "no":
+        return contextlib.nullcontext()
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        raise UserError(f"precision must be fp16, bf16 or no, not {precision!r}")
+    return torch.autocast(where.type, dtype=dtypes[precision])

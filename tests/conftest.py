@@ -183,3 +183,6 @@ def recipe(name: str, **settings):
     where = {f.name: s for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
     overrides = {f"{where[k]}.{k}": str(v) for k, v in settings.items()}
     return load_config(TRAIN / f"{name}.yaml", overrides)
+
+
+from .slurm_cluster import slurm  # noqa: E402, F401 (the real-SLURM fixture)

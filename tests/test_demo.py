@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -70,3 +71,33 @@ def test_make_demo_runs_every_step(tmp_path):
     )
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "exists: keeping it" in again.stdout and "24 already done" in again.stderr
+
+
+def test_setup_takes_pip_arguments_for_torch_and_a_new_torch_reinstalls_it():
+    """`make setup TORCH="torch==X --index-url URL"` (a CUDA build): pip gets the arguments, not
+    one quoted requirement, and a TORCH other than the installed one reinstalls torch."""
+    cuda = "torch==2.13.0 --index-url http://127.0.0.1:9/simple"
+    plan = subprocess.run(["make", "-n", ".venv/.layoutja-installed", f"TORCH={cuda}"], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert f"pip install -q {cuda}\n" in plan
+    assert "pip uninstall -q -y torch" in plan.split(f"pip install -q {cuda}")[0]
+    assert "pip install -q -e" in plan  # the package again, constrained to the new torch
+    # The torch the suite runs on (installed by `make test`'s setup) needs nothing.
+    plan = subprocess.run(["make", "-n", ".venv/.layoutja-installed"], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "pip" not in plan
+
+
+def test_the_device_check_runs_end_to_end_at_toy_size_on_the_cpu():
+    """`SMOKE=1 bench/device_check.sh`: every step of the GPU check, at toy sizes, so that the
+    script a GPU session runs once cannot rot (it measures nothing here)."""
+    result = subprocess.run(["bench/device_check.sh"], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "SMOKE": "1"}, timeout=1500)  # fmt: skip
+    out = result.stdout
+    assert result.returncode == 0 and "== 0 step(s) failed" in out, out[-5000:]
+    for precision in ("fp16", "bf16"):
+        for compiled in ("false", "true"):
+            assert f"{precision}, compile {compiled}: 4 steps" in out, out
+    assert "without layout" in out and "tokens/s" in out
+    assert "grouped by length: padding" in out and "shuffled: padding" in out
+    assert "fine-tuning (10 epochs):" in out and "layoutja" in out

@@ -169,7 +169,8 @@ def test_a_signal_to_any_rank_checkpoints_and_resume_continues_exactly(
         time.sleep(0.2)
     workers = worker_pids(job.pid)
     assert len(workers) == 2
-    os.kill(workers[-1], signal.SIGUSR1)  # one rank only
+    # One rank only, with its DataLoader worker: SLURM and torchrun signal process groups.
+    os.killpg(workers[-1], signal.SIGUSR1)
     _, stderr = job.communicate(timeout=300)
     assert job.returncode != 0 and f"exitcode  : {EXIT_PREEMPTED}" in stderr, stderr[-3000:]
     assert "stopped by a signal at step" in stderr

@@ -235,3 +235,24 @@ def test_predict_takes_the_leaderboard_pages_their_category_and_its_attributes(
         assert t["start"]["line_id"] == t["end"]["line_id"]
         assert line[t["start"]["offset"] : t["end"]["offset"]] == t["text"]
         assert t["text"] == r["html_offset"]["text"]
+
+
+def test_prediction_under_autocast_gives_the_labels_of_fp32(trained, shinra, localized):
+    from transformers import AutoModelForTokenClassification
+
+    from layoutja.pretrain.windows import SpecialIds
+    from layoutja.shinra.classifier import TokenClassifier
+    from layoutja.shinra.data import load_pages
+    from layoutja.shinra.predict import predict_pages
+    from layoutja.text.tokenizer import load_vocab
+
+    out, _ = trained
+    model = TokenClassifier(AutoModelForTokenClassification.from_pretrained(out), False)
+    specials = SpecialIds.from_vocab(load_vocab(out / "vocab.txt"))
+    pages = load_pages(shinra, localized).pages[:6]
+    labels = {}
+    for precision in ("no", "bf16"):
+        predicted = predict_pages(model, pages, specials, 128, 32, precision=precision)
+        labels[precision] = np.concatenate([page_labels for _, page_labels in predicted])
+    agree = (labels["no"] == labels["bf16"]).mean()
+    assert agree > 0.99 and (labels["bf16"] > 0).any()

@@ -10,7 +10,13 @@ import pytest
 from torch.utils.data import DataLoader
 
 from layoutja.pretrain.order import Corpus, Order, Owner, micro_batch_slice
-from layoutja.pretrain.windows import MVLM_MASKING, MaskedBatches, SpecialIds, localized_files
+from layoutja.pretrain.windows import (
+    MVLM_MASKING,
+    Batcher,
+    MaskedBatches,
+    SpecialIds,
+    localized_files,
+)
 from layoutja.text.tokenizer import load_vocab
 
 GLOBAL = 6  # windows per global batch
@@ -30,9 +36,9 @@ def global_batches(order: Order, specials: SpecialIds, vocab: int, *, world: int
     accumulation = GLOBAL // (per_device * world)
     per_rank = []
     for rank in range(world):
-        dataset = MaskedBatches(order, specials, rank=rank, world=world, start_step=start,
-                                global_batch=GLOBAL, per_device=per_device, vocab_size=vocab,
-                                masking=MVLM_MASKING, max_length=64)  # fmt: skip
+        batcher = Batcher(specials, vocab, MVLM_MASKING, max_length=64)
+        dataset = MaskedBatches(order, batcher, rank=rank, world=world, start_step=start,
+                                global_batch=GLOBAL, per_device=per_device)  # fmt: skip
         loader = iter(DataLoader(dataset, batch_size=None, num_workers=workers))
         per_rank.append([next(loader) for _ in range(steps * accumulation)])
     batches = []
@@ -105,10 +111,29 @@ def test_a_global_batch_mixes_windows_of_many_parts(tmp_path):
 def test_electra_batches_carry_a_uniform_draw_per_token(order, unidic_dir):
     vocab = load_vocab(unidic_dir / "vocab.txt")
     specials = SpecialIds.from_vocab(vocab)
-    dataset = MaskedBatches(order, specials, rank=0, world=1, start_step=0, global_batch=GLOBAL,
-                            per_device=GLOBAL, vocab_size=len(vocab), masking=MVLM_MASKING,
-                            max_length=64, uniforms=True)  # fmt: skip
+    batcher = Batcher(specials, len(vocab), MVLM_MASKING, max_length=64, uniforms=True)
+    dataset = MaskedBatches(order, batcher, rank=0, world=1, start_step=0, global_batch=GLOBAL,
+                            per_device=GLOBAL)  # fmt: skip
     batch = next(iter(dataset))
     assert batch["uniforms"].shape == batch["input_ids"].shape
     assert ((batch["uniforms"] >= 0) & (batch["uniforms"] < 1)).all()
     assert not ((batch["labels"] != -100) & (batch["attention_mask"] == 0)).any()
+
+
+def padding_share(order: Order, per_device: int, epoch: int = 1) -> float:
+    """Padded positions / all positions of an epoch's micro-batches (whole global batches)."""
+    windows = order.corpus.windows[order.epoch(epoch)]
+    lengths = windows[:, 3] - windows[:, 2] + 2  # with [CLS] and [SEP]
+    first = -epoch * len(lengths) % GLOBAL
+    usable = (len(lengths) - first) // per_device * per_device
+    chunks = lengths[first : first + usable].reshape(-1, per_device)
+    return 1 - chunks.sum() / (chunks.max(1) * per_device).sum()
+
+
+def test_length_grouping_keeps_each_epochs_windows_and_cuts_padding(order):
+    grouped = Order(order.corpus, seed=3, shuffle_parts=2, group_by_length=GLOBAL)
+    for epoch in (0, 1, 2):
+        assert sorted(grouped.epoch(epoch).tolist()) == sorted(order.epoch(epoch).tolist())
+    assert grouped.epoch(1).tolist() != order.epoch(1).tolist()
+    before, after = padding_share(order, 2), padding_share(grouped, 2)
+    assert after < before / 2, (before, after)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -225,3 +227,52 @@ def test_two_processes_train_as_one_data_parallel_job(localized_dir, bert_dir, t
     last = out / "checkpoints" / "step-0000004"
     assert (last / "random_states_0.pkl").exists() and (last / "random_states_1.pkl").exists()
     assert AutoModelForMaskedLM.from_pretrained(out).config.model_type == "layoutlm"
+
+
+def test_held_out_pages_are_never_trained_on_and_scored_with_and_without_layout(
+    localized_dir, unidic_dir, tmp_path
+):
+    from layoutja.pretrain.task import PretrainTask
+    from layoutja.training.trainer import Trainer
+
+    config = tiny(eval_pages=4)
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    task = PretrainTask(config, trainer, localized_dir, tmp_path / "run", tokenizer=str(unidic_dir))
+    held = (tmp_path / "run" / "eval_pages.txt").read_text().split()
+    assert len(held) == 4
+    sources = {}  # (part, page) → source
+    for part, path in enumerate(task.files):
+        for page, source in enumerate(
+            pq.read_table(path, columns=["source"]).column(0).to_pylist()
+        ):
+            sources[part, page] = source
+    trained = {sources[part, page] for part, page in task.order.corpus.pages().tolist()}
+    assert trained.isdisjoint(held) and trained | set(held) == set(sources.values())
+    # Two epochs of training windows: none from a held-out page.
+    rows = task.order.corpus.windows[task.order.rows(np.arange(2 * len(task.order.corpus)))]
+    assert not {sources[p, q] for p, q in rows[:, :2].tolist()} & set(held)
+    # The ablation scores the same windows with the same masks, boxes zeroed.
+    seen = []
+    scores = task.model.scores
+    task.model.scores = lambda **batch: seen.append(batch) or scores(**batch)
+    first = task.evaluate(task.model, 1)
+    assert set(first) == {"eval_loss", "eval_accuracy", "eval_loss_without_layout",
+                          "eval_accuracy_without_layout"}  # fmt: skip
+    assert len(seen) == 2 * len(task.eval_batches)
+    for with_layout, without in zip(seen[::2], seen[1::2], strict=True):
+        assert torch.equal(with_layout["input_ids"], without["input_ids"])
+        assert torch.equal(with_layout["labels"], without["labels"])
+        assert with_layout["bbox"].any() and not without["bbox"].any()
+    assert task.evaluate(task.model, 2) == first  # fixed masks: the same model, the same scores
+
+
+def test_a_run_logs_held_out_metrics_every_eval_every_steps(localized_dir, bert_dir, tmp_path):
+    out = tmp_path / "run"
+    pretrain(tiny(max_steps=40, log_every=10), localized_dir, out, init=str(bert_dir),
+             progress=False)  # fmt: skip
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [m for m in lines if "eval_loss" in m]
+    assert [m["step"] for m in evaluated] == [20, 40]
+    for m in evaluated:
+        assert 0 <= m["eval_accuracy"] <= 1 and m["eval_loss_without_layout"] > 0
+    assert evaluated[-1]["eval_loss"] < evaluated[0]["eval_loss"]

@@ -88,6 +88,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         tokenizer=args.tokenizer,
         revision=args.revision,
+        precision=args.precision,
     )
     print(f"wrote {counts['records']} records for {counts['pages']} pages to {args.out}",
           file=sys.stderr)  # fmt: skip
@@ -299,6 +300,11 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
         "published; 0: off)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="windows per batch (default: 16)")
+    p.add_argument(
+        "--precision",
+        choices=["fp16", "bf16", "no"],
+        help="autocast precision of the model (default: fp16 on a GPU, fp32 on the CPU)",
+    )
     p.add_argument("--max-length", type=int, default=512, help="window length (default: 512)")
     p.add_argument("--margin", type=int, default=128, help="window overlap (default: 128)")
     p.set_defaults(func=cmd_predict)

@@ -165,6 +165,25 @@ class ElectraPretraining(nn.Module):
             "discriminator_loss": discriminator_loss.detach(),
         }
 
+    # Held-out metrics as (numerator, denominator) of the sums `scores` returns: the generator's
+    # masked-token loss and accuracy, the discriminator's replaced-token accuracy.
+    METRICS = {"eval_loss": ("loss", "masked"), "eval_accuracy": ("correct", "masked"),
+               "eval_discriminator_accuracy": ("detected", "tokens")}  # fmt: skip
+
+    def scores(self, input_ids, attention_mask, labels, uniforms, bbox=None) -> dict:
+        """Sums over a held-out batch (see METRICS)."""
+        selected, real = labels != -100, attention_mask.bool()
+        logits = self._generator_logits(input_ids, bbox, attention_mask, selected).float()
+        target = labels[selected]
+        sampled = sample_tokens(logits, uniforms[selected]) if len(logits) else target
+        corrupted, replaced = replaced_tokens(input_ids, labels, sampled)
+        boxes = {"bbox": bbox} if self.layout else {}
+        judged = self.discriminator(input_ids=corrupted, attention_mask=attention_mask, **boxes)
+        detected = ((judged.logits > 0).float() == replaced) & real
+        return {"loss": F.cross_entropy(logits, target, reduction="sum"),
+                "correct": (logits.argmax(-1) == target).sum(), "masked": selected.sum(),
+                "detected": detected.sum(), "tokens": real.sum()}  # fmt: skip
+
     @staticmethod
     def token_counts(batch: dict) -> dict[str, int]:
         """The tokens the two losses average over: the masked ones and the real ones."""

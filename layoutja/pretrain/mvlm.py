@@ -55,6 +55,25 @@ class MVLMModel(nn.Module):
         """The tokens the loss averages over: the masked ones."""
         return {"masked": int((batch["labels"] != -100).sum())}
 
+    # Held-out metrics as (numerator, denominator) of the sums `scores` returns.
+    METRICS = {"eval_loss": ("loss", "masked"), "eval_accuracy": ("correct", "masked")}
+
+    def scores(self, input_ids, bbox, attention_mask, labels) -> dict[str, torch.Tensor]:
+        """Sums over a held-out batch: the cross-entropy and the correct predictions of the
+        masked tokens, and their count."""
+        hidden = self.mlm.layoutlm(
+            input_ids=input_ids, bbox=bbox, attention_mask=attention_mask
+        ).last_hidden_state
+        selected = labels != -100
+        logits = self.mlm.cls(hidden[selected]).float()
+        target = labels[selected]
+        loss = F.cross_entropy(logits, target, reduction="sum")
+        return {
+            "loss": loss,
+            "correct": (logits.argmax(-1) == target).sum(),
+            "masked": selected.sum(),
+        }
+
     def exports(self) -> dict[str, LayoutLMForMaskedLM]:
         """What to save where: the masked LM, in the output directory itself."""
         return {"": self.mlm}

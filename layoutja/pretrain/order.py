@@ -14,7 +14,7 @@ always in the same epoch.
 
 A reader (one per rank and DataLoader worker) reads the parts of the current block and keeps
 only the pages its own windows need: every reader reads the corpus once per epoch, and holds
-about `shuffle_parts` / (processes × workers) parts.
+about `shuffle_parts` / (processes × workers) parts' worth of pages (twice that at most).
 """
 
 from __future__ import annotations
@@ -89,14 +89,37 @@ class Corpus:
     def __len__(self) -> int:
         return len(self.windows)
 
+    def pages(self) -> np.ndarray:
+        """The (part, page) of every page with at least one window, sorted."""
+        return np.unique(self.windows[:, :2], axis=0)
+
+    def without(self, pages: np.ndarray) -> tuple[Corpus, np.ndarray]:
+        """This corpus without the windows of `pages` ((part, page) rows), and those windows."""
+        keys = self.windows[:, 0] << 32 | self.windows[:, 1]
+        held = np.isin(keys, pages[:, 0] << 32 | pages[:, 1])
+        kept = self.windows[~held]
+        bounds = np.searchsorted(kept[:, 0], np.arange(len(self.files) + 1))
+        return Corpus(self.files, kept, bounds), self.windows[held]
+
+
+GROUPED_BATCHES = 64  # length grouping sorts this many global batches' windows at a time
+
 
 class Order:
-    """The endless sequence of window rows: epoch after epoch, each a seeded shuffle."""
+    """The endless sequence of window rows: epoch after epoch, each a seeded shuffle.
 
-    def __init__(self, corpus: Corpus, seed: int, shuffle_parts: int):
+    With `group_by_length` (a global batch size), the windows of every GROUPED_BATCHES global
+    batches (aligned to the global batches) are sorted by length and dealt out as global batches
+    in a seeded order: each micro-batch holds windows of similar length, so little of it is
+    padding, and an epoch still holds every window once.
+    """
+
+    def __init__(self, corpus: Corpus, seed: int, shuffle_parts: int,
+                 group_by_length: int = 0):  # fmt: skip
         if shuffle_parts < 1:
             raise UserError("data.shuffle_parts must be at least 1")
         self.corpus, self.seed, self.shuffle_parts = corpus, seed, shuffle_parts
+        self.group_by_length = group_by_length
         self._cached: tuple[int, np.ndarray] | None = None
 
     def epoch(self, epoch: int) -> np.ndarray:
@@ -110,8 +133,27 @@ class Order:
             rows = np.concatenate([np.arange(bounds[p], bounds[p + 1])
                                    for p in parts[b : b + self.shuffle_parts]])  # fmt: skip
             blocks.append(np.random.default_rng([self.seed, epoch, b]).permutation(rows))
-        self._cached = (epoch, np.concatenate(blocks))
-        return self._cached[1]
+        rows = np.concatenate(blocks)
+        if self.group_by_length:
+            rows = self._grouped(rows, epoch)
+        self._cached = (epoch, rows)
+        return rows
+
+    def _grouped(self, rows: np.ndarray, epoch: int) -> np.ndarray:
+        """`rows` with every GROUPED_BATCHES global batches sorted by window length, their
+        global batches in a seeded order; cut where global batches start."""
+        batch, windows = self.group_by_length, self.corpus.windows
+        lengths = windows[rows, 3] - windows[rows, 2]
+        first = -epoch * len(rows) % batch  # where the epoch's first whole global batch starts
+        last = first + (len(rows) - first) // batch * batch  # and where its last one ends
+        out = rows.copy()
+        for start in range(first, last, batch * GROUPED_BATCHES):
+            stop = min(start + batch * GROUPED_BATCHES, last)
+            group = rows[start:stop][np.argsort(-lengths[start:stop], kind="stable")]
+            batches = group.reshape(-1, batch)
+            order = np.random.default_rng([self.seed, epoch, start]).permutation(len(batches))
+            out[start:stop] = batches[order].reshape(-1)
+        return out
 
     def rows(self, positions: np.ndarray) -> np.ndarray:
         """The window rows at global positions (windows counted from the first step)."""
@@ -180,6 +222,8 @@ class PageReader:
         if key not in self.parts:
             wanted = self._needed_pages(epoch).get(part, np.array([page]))
             self.parts[key] = self.read(self.order.corpus.files[part], wanted)
-            while len(self.parts) > self.order.shuffle_parts:
-                self.parts.popitem(last=False)  # a block's parts are all read before the next's
+            # Positions only grow, so the parts of two blocks at most are in use at once (where
+            # length grouping mixes the end of one block with the start of the next).
+            while len(self.parts) > 2 * self.order.shuffle_parts:
+                self.parts.popitem(last=False)
         return part, row, self.parts[key][page]

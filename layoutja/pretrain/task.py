@@ -21,9 +21,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 from accelerate.utils import gather_object
@@ -39,12 +41,15 @@ from layoutja.pretrain.textcorpus import pack_text_corpus, wait_until_packed
 from layoutja.pretrain.windows import (
     ELECTRA_MASKING,
     MVLM_MASKING,
+    Batcher,
     MaskedBatches,
     SpecialIds,
+    fixed_batches,
     localized_files,
 )
 from layoutja.text.tokenizer import load_vocab, vocab_sha256
 from layoutja.training.config import Recipe
+from layoutja.training.job import StopSignals
 from layoutja.training.trainer import Trainer
 
 
@@ -176,9 +181,37 @@ class PretrainTask:
             raise UserError(f"{data}: tokens without boxes (packed text): text-only ELECTRA only")
         self.fingerprint = data_fingerprint(self.files)
         self.max_steps = recipe.schedule.max_steps
+        masking = ELECTRA_MASKING if recipe.objective == "electra" else MVLM_MASKING
+        masking = dataclasses.replace(masking, probability=recipe.data.mask_probability)
+        self.batcher = Batcher(self.specials, self.vocab_size, masking, max_length, self.boxes,
+                               uniforms=recipe.objective == "electra")  # fmt: skip
         # Every rank reads the page lengths of a share of the parts; all get the whole index.
         corpus = Corpus.index(self.files, max_length - 2, recipe.data.margin, self._lengths)
-        self.order = Order(corpus, recipe.schedule.seed, recipe.data.shuffle_parts)
+        corpus, self.eval_batches = self._hold_out(corpus, out)
+        grouped = recipe.schedule.global_batch_size if recipe.data.group_by_length else 0
+        self.order = Order(corpus, recipe.schedule.seed, recipe.data.shuffle_parts, grouped)
+
+    def _hold_out(self, corpus: Corpus, out: Path) -> tuple[Corpus, list[dict]]:
+        """The corpus without `data.eval_pages` pages chosen by the seed, and this rank's share
+        of their windows as batches with fixed masks; the main process lists the pages in
+        OUT/eval_pages.txt."""
+        wanted, seed = self.recipe.data.eval_pages, self.recipe.schedule.seed
+        if not wanted:
+            return corpus, []
+        pages = corpus.pages()
+        if wanted >= len(pages):
+            raise UserError(f"data.eval_pages {wanted}: the data has only {len(pages)} pages; "
+                            "hold out fewer (0: no held-out evaluation)")  # fmt: skip
+        chosen = np.random.default_rng([seed, 1]).choice(len(pages), wanted, replace=False)
+        held_pages = pages[np.sort(chosen)]
+        corpus, held = corpus.without(held_pages)
+        if self.trainer.is_main:
+            sources = [pq.read_table(self.files[part], columns=["source"]).column(0)[page]
+                       for part, page in held_pages.tolist()]  # fmt: skip
+            (out / "eval_pages.txt").write_text("".join(f"{s}\n" for s in sources), "utf-8")
+        mine = np.arange(self.trainer.rank, len(held), self.trainer.world)
+        per_device = self.recipe.schedule.per_device_batch_size
+        return corpus, fixed_batches(self.files, held, mine, self.batcher, per_device, seed)
 
     def _lengths(self, files: list[Path]) -> list:
         rank, world = self.trainer.rank, self.trainer.world
@@ -188,22 +221,15 @@ class PretrainTask:
 
     def batches(self, step: int) -> Iterator[list[dict]]:
         recipe, trainer = self.recipe, self.trainer
-        masking = ELECTRA_MASKING if recipe.objective == "electra" else MVLM_MASKING
-        masking = dataclasses.replace(masking, probability=recipe.data.mask_probability)
         accumulation = trainer.accumulation
         masked = MaskedBatches(
             self.order,
-            self.specials,
+            self.batcher,
             rank=trainer.rank,
             world=trainer.world,
             start_step=step,
             global_batch=recipe.schedule.global_batch_size,
             per_device=recipe.schedule.per_device_batch_size,
-            vocab_size=self.vocab_size,
-            masking=masking,
-            max_length=recipe.data.max_length,
-            boxes=self.boxes,
-            uniforms=recipe.objective == "electra",
         )
         workers = recipe.data.data_workers
         # Started here, before the trainer seeds its first step: starting a DataLoader draws
@@ -214,12 +240,13 @@ class PretrainTask:
                 batch_size=None,
                 num_workers=workers,
                 prefetch_factor=4 * accumulation if workers else None,
-                pin_memory=torch.cuda.is_available(),
+                pin_memory=recipe.data.pin_memory and torch.cuda.is_available(),
+                worker_init_fn=leave_stop_signals_to_the_rank,
             )
         )
 
         def steps() -> Iterator[list[dict]]:
-            while True:
+            while True:  # closing it frees the loader, whose workers then stop
                 yield [next(loader) for _ in range(accumulation)]
 
         return steps()
@@ -234,10 +261,39 @@ class PretrainTask:
         return self.model.flops_per_token(self.recipe.data.max_length)
 
     def evaluates(self, step: int) -> bool:
-        return False  # pretraining reports its losses only
+        every = self.recipe.checkpoint.eval_every
+        return bool(self.recipe.data.eval_pages) and (step % every == 0 or step == self.max_steps)
 
     def evaluate(self, model: torch.nn.Module, step: int) -> dict:
-        return {}
+        """The held-out metrics (the model's METRICS), and for a layout-aware model the same
+        with every box set to 0,0,0,0 (`..._without_layout`): same windows, same masks, so the
+        gap is what the layout is worth. Each rank scores its share; the sums are reduced."""
+        accelerator = self.trainer.accelerator
+        variants = {"": None, "_without_layout": 0} if self.boxes else {"": None}
+        sums: dict[str, torch.Tensor] = {}
+        model.eval()
+        with torch.no_grad(), accelerator.autocast():
+            for batch in self.eval_batches:
+                inputs = {k: v.to(accelerator.device) for k, v in batch.items()}
+                for suffix, box in variants.items():
+                    boxes = {} if box is None else {"bbox": torch.zeros_like(inputs["bbox"])}
+                    for name, value in model.scores(**{**inputs, **boxes}).items():
+                        sums[name + suffix] = sums.get(name + suffix, 0) + value.float()
+        model.train()
+        parts = sorted({name for pair in model.METRICS.values() for name in pair})
+        names = [part + suffix for suffix in variants for part in parts]
+        device = accelerator.device
+        local = torch.stack([torch.as_tensor(sums.get(n, 0.0), device=device) for n in names])
+        total = dict(zip(names, accelerator.reduce(local, "sum").tolist(), strict=True))
+        return {f"{metric}{s}": round(total[a + s] / max(total[b + s], 1), 5)
+                for s in variants for metric, (a, b) in model.METRICS.items()}  # fmt: skip
+
+
+def leave_stop_signals_to_the_rank(worker: int) -> None:
+    """A DataLoader worker ignores SIGTERM and SIGUSR1: SLURM and torchrun signal whole process
+    groups, and the rank stops at its next step boundary, then shuts its workers down."""
+    for sig in StopSignals.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def pretrain(

@@ -123,24 +123,50 @@ def window_seed(seed: int, position: int) -> int:
     return (seed * 1_000_003 + position) % 2**63
 
 
+@dataclass(frozen=True)
+class Batcher:
+    """Masks windows and collates them into a micro-batch. Without `boxes` the batch has no
+    bbox (text-only models); with `uniforms` each token also gets a uniform draw in [0, 1)
+    (ELECTRA samples the generator's token with it)."""
+
+    specials: SpecialIds
+    vocab_size: int
+    masking: Masking
+    max_length: int
+    boxes: bool = True
+    uniforms: bool = False
+
+    def batch(self, windows: list[tuple[int, np.ndarray, np.ndarray | None]]) -> dict:
+        """The batch of windows given as (seed of its masks, input_ids, bbox)."""
+        s = self.specials
+        masked_windows, labels, draws = [], [], []
+        for seed, ids, bbox in windows:
+            ids = torch.as_tensor(ids).long()
+            generator = torch.Generator().manual_seed(seed)
+            masked, window_labels = mask_tokens(ids, s, self.vocab_size, generator, self.masking)
+            masked_windows.append((masked, bbox if self.boxes else None))
+            labels.append(window_labels)
+            if self.uniforms:
+                draws.append(torch.rand(len(ids), generator=generator))
+        batch = collate(masked_windows, s.pad, limit=self.max_length)
+        batch["labels"] = pad_rows(labels, batch["input_ids"].shape[1], -100)
+        if self.uniforms:
+            batch["uniforms"] = pad_rows(draws, batch["input_ids"].shape[1], 0.0)
+        return batch
+
+
 class MaskedBatches(torch.utils.data.IterableDataset):
     """One rank's masked micro-batches from `start_step` on, collated, in step order. Run in
     DataLoader workers, each worker prepares every `workers`-th micro-batch (the DataLoader
-    takes them from the workers in turn, so the order is kept). Without `boxes` the batches
-    have no bbox (text-only models); with `uniforms` each token also gets a uniform draw in
-    [0, 1) (ELECTRA samples the generator's token with it)."""
+    takes them from the workers in turn, so the order is kept)."""
 
-    def __init__(self, order: Order, specials: SpecialIds, *, rank: int, world: int,
-                 start_step: int, global_batch: int, per_device: int, vocab_size: int,
-                 masking: Masking, max_length: int, boxes: bool = True,
-                 uniforms: bool = False):  # fmt: skip
+    def __init__(self, order: Order, batcher: Batcher, *, rank: int, world: int,
+                 start_step: int, global_batch: int, per_device: int):  # fmt: skip
         super().__init__()
-        self.order, self.specials = order, specials
+        self.order, self.batcher = order, batcher
         self.rank, self.world, self.start_step = rank, world, start_step
         self.global_batch, self.per_device = global_batch, per_device
         self.accumulation = global_batch // (per_device * world)
-        self.vocab_size, self.masking, self.max_length = vocab_size, masking, max_length
-        self.boxes, self.uniforms = boxes, uniforms
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
@@ -157,25 +183,28 @@ class MaskedBatches(torch.utils.data.IterableDataset):
 
     def batch(self, reader: PageReader, positions: range) -> dict:
         """The collated, masked windows at these global positions."""
-        s, corpus = self.specials, self.order.corpus
-        windows, labels, draws = [], [], []
+        windows = []
         for position in positions:
             _, row, (_, ids, bbox) = reader.window(position)
-            start, end = corpus.windows[row, 2:].tolist()
-            window_ids, window_bbox = cut_window(ids, bbox if self.boxes else None, start, end, s)
-            window_ids = torch.as_tensor(window_ids)
-            generator = torch.Generator().manual_seed(window_seed(self.order.seed, position))
-            masked, window_labels = mask_tokens(window_ids.long(), s, self.vocab_size, generator,
-                                                self.masking)  # fmt: skip
-            windows.append((masked, window_bbox))
-            labels.append(window_labels)
-            if self.uniforms:
-                draws.append(torch.rand(len(window_ids), generator=generator))
-        batch = collate(windows, s.pad, limit=self.max_length)
-        batch["labels"] = pad_rows(labels, batch["input_ids"].shape[1], -100)
-        if self.uniforms:
-            batch["uniforms"] = pad_rows(draws, batch["input_ids"].shape[1], 0.0)
-        return batch
+            start, end = self.order.corpus.windows[row, 2:].tolist()
+            ids, bbox = cut_window(ids, bbox, start, end, self.batcher.specials)
+            windows.append((window_seed(self.order.seed, position), ids, bbox))
+        return self.batcher.batch(windows)
+
+
+def fixed_batches(files: list[Path], rows: np.ndarray, indices: np.ndarray, batcher: Batcher,
+                  per_device: int, seed: int) -> list[dict]:  # fmt: skip
+    """The windows `rows[indices]` ((part, page, start, end)) in batches of `per_device`, each
+    window's masks seeded by its index in `rows`: the same at every evaluation, on any rank."""
+    mine = rows[indices]
+    pages = {part: read_pages(files[part], np.unique(mine[mine[:, 0] == part, 1]))
+             for part in np.unique(mine[:, 0]).tolist()}  # fmt: skip
+    windows = []
+    for index, (part, page, start, end) in zip(indices.tolist(), mine.tolist(), strict=True):
+        _, ids, bbox = pages[part][page]
+        ids, bbox = cut_window(ids, bbox, start, end, batcher.specials)
+        windows.append((window_seed(seed, -1 - index), ids, bbox))  # apart from training's
+    return [batcher.batch(windows[i : i + per_device]) for i in range(0, len(windows), per_device)]
 
 
 def pad_rows(rows: list[torch.Tensor], length: int, value: float) -> torch.Tensor:

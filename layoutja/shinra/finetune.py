@@ -156,8 +156,10 @@ class FinetuneTask:
         rank, world = self.trainer.rank, self.trainer.world
         decoder, labeled = Decoder(self.data.dirs, names), {n[2:] for n in names[1:]}
         records = []
+        precision = self.trainer.accelerator.mixed_precision  # the training's
         for page, labels in predict_pages(model, self.dev[rank::world], self.specials,
-                                          data.max_length, data.margin):  # fmt: skip
+                                          data.max_length, data.margin,
+                                          precision=precision):  # fmt: skip
             spelling = spelling_for(self.data.attributes, page.ene, labeled)
             records += decoder.records(page, labels, page.ene, spelling)
         if world > 1:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layoutja.common import UserError, device
+from layoutja.common import UserError, device, inference_precision
 from layoutja.hub import resolve, tokenizer_for
 from layoutja.pretrain.order import window_spans
 from layoutja.pretrain.windows import SpecialIds
@@ -29,11 +29,11 @@ from layoutja.text.tokenizer import load_vocab
 @torch.no_grad()
 def predict_pages(
     classifier: TokenClassifier, pages: Iterable[Page], specials: SpecialIds, max_length: int,
-    margin: int, batch_size: int = 16,
+    margin: int, batch_size: int = 16, precision: str | None = None,
 ) -> Iterator[tuple[Page, np.ndarray]]:  # fmt: skip
     """(page, a label id per token) for each page in order, windows merged (inner edges lose
     margin // 2); batches of `batch_size` windows, from one page or several, go to the
-    classifier's device."""
+    classifier's device and run in `precision` (`inference_precision`)."""
     device = next(classifier.parameters()).device
     pending: deque = deque()  # [page, labels, windows not labeled yet], in page order
     batch: list = []  # (pending entry, window span, the range it decides)
@@ -41,7 +41,8 @@ def predict_pages(
     def run() -> None:
         items = [window(entry[0], *span, specials) for entry, span, _ in batch]
         tensors = {k: v.to(device) for k, v in labeled_batch(items, specials.pad).items()}
-        predicted = classifier.labels(tensors).cpu().numpy()
+        with inference_precision(device, precision):
+            predicted = classifier.labels(tensors).cpu().numpy()
         for (entry, (start, _), (first, last)), row in zip(batch, predicted):
             entry[1][first:last] = row[1 + first - start : 1 + last - start]
             entry[2] -= 1
@@ -72,7 +73,7 @@ def predict(
     leaderboard: str | Path | None = None, system: str | None = None,
     targets: set[str] | None = None, bridge: int = BRIDGE_GAPS, max_length: int = 512,
     margin: int = 128, batch_size: int = 16, tokenizer: str | None = None,
-    revision: str | None = None,
+    revision: str | None = None, precision: str | None = None,
 ) -> dict:  # fmt: skip
     """Write SHINRA records predicted by a fine-tuned `model` (a directory or a hub name at
     `revision`) for the pages of `shinra_dir`, localized beforehand into `localized`, on the
@@ -113,7 +114,7 @@ def predict(
     def records() -> Iterator[dict]:
         decoder = Decoder(dirs, names, bridge)
         for page, labels in predict_pages(classifier, pages(), specials, max_length, margin,
-                                          batch_size):  # fmt: skip
+                                          batch_size, precision):  # fmt: skip
             ene = page.ene
             if given is not None:
                 page.title, ene = given[page.page_id]

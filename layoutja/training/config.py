@@ -55,6 +55,11 @@ class Schedule:
     global_batch_size: int = setting(256, "= per-device batch × devices × accumulation")
     per_device_batch_size: int = setting(32, "micro-batch size on one device")
     mixed_precision: str = setting("fp16", "fp16 | bf16 | no (CPU runs without it)")
+    compile: bool = setting(
+        False,
+        "torch.compile the transformer encoders (the embeddings "
+        "and the masked-only heads stay eager)",
+    )
     seed: int = setting(
         42, "seed of model initialization, data order, masking, dropout and the dev split"
     )
@@ -71,6 +76,17 @@ class Data:
     margin: int = setting(128, "overlap of consecutive windows")
     mask_probability: float = setting(0.15, "share of tokens masked (MVLM, ELECTRA)")
     data_workers: int = setting(1, "background processes preparing batches (0: in the loop)")
+    eval_pages: int = setting(
+        1000,
+        "pretraining: pages held out (never trained on) for the "
+        "evaluation every checkpoint.eval_every steps (0: none)",
+    )
+    group_by_length: bool = setting(
+        False,
+        "pretraining: windows of similar length in one "
+        "micro-batch (less padding; the same windows per epoch)",
+    )
+    pin_memory: bool = setting(True, "on CUDA: batches in pinned memory, copied asynchronously")
     shuffle_parts: int = setting(
         64,
         "Parquet parts whose windows are shuffled together (each "
@@ -83,6 +99,7 @@ class Checkpoint:
     log_every: int = setting(10, "steps between metrics lines")
     save_every: int = setting(1000, "steps between checkpoints")
     keep_checkpoints: int = setting(3, "checkpoints kept (the latest ones)")
+    eval_every: int = setting(2000, "pretraining: steps between held-out evaluations")
 
 
 @dataclass
@@ -204,8 +221,10 @@ def _validate(recipe: Recipe) -> None:
     c = recipe.checkpoint
     if recipe.data.shuffle_parts < 1 or recipe.schedule.timeout_minutes <= 0:
         raise UserError("data.shuffle_parts must be at least 1, schedule.timeout_minutes above 0")
-    if min(c.keep_checkpoints, c.log_every, c.save_every) < 1:
-        raise UserError("checkpoint.keep_checkpoints, log_every and save_every must be at least 1")
+    if min(c.keep_checkpoints, c.log_every, c.save_every, c.eval_every) < 1:
+        raise UserError(
+            "checkpoint.keep_checkpoints, log_every, save_every and eval_every must be at least 1"
+        )
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:

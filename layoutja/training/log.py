@@ -40,7 +40,8 @@ class MetricsLog:
         self.file.flush()
         for key, value in metrics.items():
             if key != "step" and isinstance(value, int | float):
-                self.writer.add_scalar(f"train/{key}", value, metrics["step"])
+                group = "eval" if key.startswith(("eval_", "dev_")) else "train"
+                self.writer.add_scalar(f"{group}/{key}", value, metrics["step"])
 
     def close(self) -> None:
         if self.enabled:

@@ -1,4 +1,5 @@
-"""`layoutja plot`: loss curves (and dev F1, when logged) of training runs as a PNG."""
+"""`layoutja plot`: loss curves (held-out losses, with and without layout, and dev F1, when
+logged) of training runs as a PNG."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from layoutja.common import UserError
 
 
 def plot_runs(runs: list[Path], out: Path) -> None:
-    """One loss curve per run directory (its metrics.jsonl); dev F1 on a second axis."""
+    """One loss curve per run directory (its metrics.jsonl), its held-out loss dotted and the
+    same without layout dash-dotted; dev F1 on a second axis."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -27,6 +29,10 @@ def plot_runs(runs: list[Path], out: Path) -> None:
         losses = [(r["step"], r["loss"]) for r in rows if "loss" in r]
         if losses:
             loss_axis.plot(*zip(*losses), color=color, label=f"{run.name} loss")
+        for key, style in (("eval_loss", ":"), ("eval_loss_without_layout", "-.")):
+            held_out = [(r["step"], r[key]) for r in rows if key in r]
+            if held_out:
+                loss_axis.plot(*zip(*held_out), style, color=color, label=f"{run.name} {key}")
         f1 = [(r["step"], r["dev_macro_f1"]) for r in rows if "dev_macro_f1" in r]
         if f1:
             f1_axis = f1_axis or loss_axis.twinx()

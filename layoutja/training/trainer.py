@@ -19,7 +19,7 @@ task:
 - model initialization, dropout and masking seeded from the recipe;
 - on CUDA: fused AdamW and TF32 matmuls (the models use PyTorch's SDPA attention by default);
 - metrics.jsonl and TensorBoard: loss (and parts), learning rate, tokens/s, MFU on known GPUs,
-  evaluations; a progress bar on a terminal, plain lines in logs.
+  peak GPU memory, evaluations; a progress bar on a terminal, plain lines in logs.
 """
 
 from __future__ import annotations
@@ -253,6 +253,8 @@ class Trainer:
         recipe, accelerator, out = self.recipe, self.accelerator, self.out
         # --- build ---------------------------------------------------------------------------
         task.model.to(accelerator.device)  # before the optimizer: fused AdamW needs it there
+        if recipe.schedule.compile:
+            compile_encoders(task.model)
         optimizer, scheduler = build_optimizer(task.model, recipe, task.max_steps)
         model, optimizer = accelerator.prepare(task.model, optimizer)
         accelerator.register_for_checkpointing(scheduler)  # ours: stepped once per step
@@ -292,6 +294,8 @@ class Trainer:
                            "epoch": round(task.epoch(state["step"]), 4)}  # fmt: skip
                 if peak and flops_per_token:
                     metrics["mfu"] = round(tokens_per_s * flops_per_token / peak, 4)
+                if accelerator.device.type == "cuda":  # the peak so far, this process
+                    metrics["max_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
                 bar.set_postfix(loss=f"{losses['loss']:.4f}")
                 tokens, clock = 0, time.perf_counter()
             evaluates = task.evaluates(state["step"])
@@ -308,6 +312,7 @@ class Trainer:
                 models = task.exports(accelerator.unwrap_model(model))
                 saved = save_checkpoint(accelerator, out, dict(state), every.keep_checkpoints,
                                         models, task.tokenizer_dir)  # fmt: skip
+        batches.close()  # its DataLoader workers stop now, not at interpreter exit
         bar.close()
         log.close()
         if stop:
@@ -346,6 +351,16 @@ class Trainer:
         for warning in warnings if self.is_main else []:
             print(f"warning: {warning}", file=sys.stderr)
         return {**state, **{k: saved[k] for k in ("step", "skipped") if k in saved}}
+
+
+def compile_encoders(model: torch.nn.Module) -> None:
+    """torch.compile every transformer encoder stack of `model` (submodules named `encoder`:
+    nearly all of a step's FLOPs) in place, so the state dict keeps its names. The heads stay
+    eager: the masked-only LM head gathers a data-dependent number of tokens. Shapes are
+    dynamic from the start: batches are padded to their longest window."""
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] == "encoder":
+            module.compile(dynamic=True)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
