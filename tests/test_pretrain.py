@@ -82,6 +82,32 @@ def test_init_refuses_a_vocabulary_that_does_not_fit(bert_dir, tmp_path):
         layoutlm_from_bert(tmp_path / "nothing")
 
 
+def test_a_tokenizer_config_without_its_class_still_exports_the_mecab_tokenizer(
+    localized_dir, unidic_dir, tmp_path
+):
+    """A MeCab directory whose tokenizer_config.json names no class (valid for
+    BertJapaneseTokenizer, as many hand-made ones are): beside a LayoutLM, AutoTokenizer would
+    take LayoutLM's BertTokenizer. Every directory layoutja writes names the class."""
+    from layoutja.text.tokenizer import JapaneseTokenizer
+
+    unnamed = tmp_path / "unnamed"
+    shutil.copytree(unidic_dir, unnamed)
+    config = json.loads((unnamed / "tokenizer_config.json").read_text(encoding="utf-8"))
+    del config["tokenizer_class"]
+    (unnamed / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    bert = tiny_bert(BertForPreTraining, unnamed, tmp_path / "bert")
+    init_model(bert, tmp_path / "lm")
+    pretrain(tiny(max_steps=1), localized_dir, tmp_path / "run", init=str(tmp_path / "lm"),
+             progress=False)  # fmt: skip
+    text = "東京国際空港は東京都大田区にある。"
+    expected = JapaneseTokenizer.from_pretrained(unnamed).encode(text).tokens
+    written = [tmp_path / "lm", tmp_path / "run", tmp_path / "run/checkpoints/step-0000001/hf"]
+    for directory in written:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        assert type(tokenizer).__name__ == "BertJapaneseTokenizer", directory
+        assert tokenizer.tokenize(text) == expected
+
+
 def test_windows_overlap_by_the_margin_and_cover_every_token():
     for length in [1, 509, 510, 511, 892, 893, 2000]:
         spans = window_spans(length)
