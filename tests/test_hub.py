@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -141,10 +142,21 @@ def error(capsys, *argv: str | Path) -> str:
     return capsys.readouterr().err
 
 
-def localize(offline: Path, shinra: Path, tokenizer: str, out: Path) -> Path:
-    run("localize", shinra / "html", "--tokenizer", tokenizer, "--out", out, "--workers", "1",
-        "--quiet")  # fmt: skip
-    return out
+@pytest.fixture(scope="module")
+def pages(shinra, tmp_path_factory) -> Callable[[str], Path]:
+    """The SHINRA pages localized with a tokenizer (a hub name), once per tokenizer; called by
+    tests that are `offline`."""
+    done = {}
+
+    def localized(tokenizer: str) -> Path:
+        if tokenizer not in done:
+            out = tmp_path_factory.mktemp("pages")
+            run("localize", shinra / "html", "--tokenizer", tokenizer, "--out", out,
+                "--workers", "1", "--quiet")  # fmt: skip
+            done[tokenizer] = out
+        return done[tokenizer]
+
+    return localized
 
 
 def finetuning(shinra: Path, model: str | Path, localized: Path, out: Path, *extra: str) -> list:
@@ -187,8 +199,10 @@ def test_a_fresh_process_takes_hf_home_and_offline_mode_from_the_environment(hub
     assert type(model).__name__ == "LayoutLMForMaskedLM"
 
 
-def test_the_published_layoutlm_by_name_with_the_mecab_tokenizer(offline, shinra, tmp_path, capsys):
-    localized = localize(offline, shinra, BERT, tmp_path / "localized")
+def test_the_published_layoutlm_by_name_with_the_mecab_tokenizer(
+    offline, pages, shinra, tmp_path, capsys
+):
+    localized = pages(BERT)
     # Its own tokenizer files are not MeCab: the error names the fix.
     message = error(capsys, *finetuning(shinra, LAYOUTLM, localized, tmp_path / "no"))
     assert "LayoutLMTokenizer" in message and f"--tokenizer {BERT}" in message
@@ -229,15 +243,15 @@ def test_fill_mask_with_the_published_layoutlm(offline, capsys):
     assert lines[0] == "[MASK] 1:" and len(lines) == 3
 
 
-def test_the_bert_baseline_by_name(offline, shinra, tmp_path):
-    localized = localize(offline, shinra, BERT, tmp_path / "localized")
+def test_the_bert_baseline_by_name(offline, pages, shinra, tmp_path):
+    localized = pages(BERT)
     out = finetune(shinra, BERT, localized, tmp_path / "ft", "--finetune.text_only", "true")
     model = AutoModelForTokenClassification.from_pretrained(out)
     assert type(model).__name__ == "BertForTokenClassification"
 
 
 def test_izumi_electra_with_unk_0_and_pad_3_end_to_end(
-    offline, shinra, tmp_path, capsys, monkeypatch
+    offline, pages, shinra, tmp_path, capsys, monkeypatch
 ):
     from layoutja.pretrain.windows import SpecialIds, collate
     from layoutja.text.tokenizer import load_vocab
@@ -247,7 +261,7 @@ def test_izumi_electra_with_unk_0_and_pad_3_end_to_end(
     padded = collate([([1, 7, 2], [[0] * 4] * 3), ([1, 2], [[0] * 4] * 2)], specials.pad)
     row, mask = padded["input_ids"][1].tolist(), padded["attention_mask"][1].tolist()
     assert row[:2] == [1, 2] and set(row[2:]) == {3} and set(mask[2:]) == {0}
-    localized = localize(offline, shinra, IZUMI, tmp_path / "localized")
+    localized = pages(IZUMI)
     out = finetune(shinra, IZUMI, localized, tmp_path / "ft", "--finetune.text_only", "true")
     model = AutoModelForTokenClassification.from_pretrained(out)
     assert type(model).__name__ == "ElectraForTokenClassification"
@@ -271,3 +285,21 @@ def test_izumi_electra_with_unk_0_and_pad_3_end_to_end(
     assert all(batch == {model} and model == device() for model, batch in seen)
     run("fill-mask", "--model", IZUMI_GENERATOR, "--top-k", "3", "東京は[MASK]の首都である。")
     assert len(capsys.readouterr().out.splitlines()) == 4
+
+
+def test_finetune_and_predict_refuse_pages_localized_with_another_vocabulary(
+    offline, pages, shinra, tmp_path, capsys
+):
+    izumi_pages = pages(IZUMI)  # ipadic, [UNK] = 0: BERT's ids would mean other tokens
+    commands = [
+        finetuning(shinra, BERT, izumi_pages, tmp_path / "ft"),
+        finetuning(shinra, LAYOUTLM, izumi_pages, tmp_path / "ft2", "--tokenizer", BERT),
+        ["predict", "--model", BERT, "--data", shinra, "--localized", izumi_pages, "--out",
+         tmp_path / "pred.jsonl"],
+    ]  # fmt: skip
+    for command in commands:
+        message = error(capsys, *command)
+        assert f"localized with the vocabulary of {IZUMI}" in message
+        assert f"not with {BERT}'s" in message
+        assert f"layoutja localize {shinra / 'html'} --tokenizer {BERT} --out" in message
+    assert not (tmp_path / "ft" / "checkpoints").exists() and not (tmp_path / "pred.jsonl").exists()

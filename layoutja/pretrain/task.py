@@ -32,6 +32,7 @@ from transformers import PreTrainedModel
 
 from layoutja.common import UserError
 from layoutja.hub import is_mecab_tokenizer, resolve, resolve_tokenizer, tokenizer_for
+from layoutja.localize.store import check_vocabulary, read_manifests
 from layoutja.pretrain.electra import ElectraPretraining, load_electra, new_electra
 from layoutja.pretrain.mvlm import MVLMModel, load_layoutlm, new_layoutlm
 from layoutja.pretrain.order import Corpus, Order, page_lengths
@@ -43,7 +44,7 @@ from layoutja.pretrain.windows import (
     SpecialIds,
     localized_files,
 )
-from layoutja.text.tokenizer import load_vocab, vocab_sha256
+from layoutja.text.tokenizer import load_vocab
 from layoutja.training.config import Recipe
 from layoutja.training.trainer import Trainer
 
@@ -52,21 +53,17 @@ def data_tokenizer(data: Path, init: Path | None, init_name: str | None,
                    tokenizer: str | None) -> Path:  # fmt: skip
     """The MeCab tokenizer to train with: `tokenizer`, else the initial model's own, else the
     one the data was localized with; the data's vocabulary must be the same."""
-    manifests = sorted(data.glob("manifest*.json")) if data.is_dir() else []
-    manifest = json.loads(manifests[0].read_text(encoding="utf-8")) if manifests else {}
+    manifests = read_manifests(data)
+    localized_with = manifests[0].get("tokenizer") if manifests else None
     if init is not None:
         if tokenizer is None and not is_mecab_tokenizer(init):  # e.g. the published LayoutLM:
-            tokenizer = manifest.get("tokenizer")  # the data knows the MeCab tokenizer
+            tokenizer = localized_with  # the data knows the MeCab tokenizer
         path = tokenizer_for(init, tokenizer, init_name or str(init))
-    elif tokenizer or manifest.get("tokenizer"):
-        path = resolve_tokenizer(tokenizer or manifest["tokenizer"])
+    elif tokenizer or localized_with:
+        path = resolve_tokenizer(tokenizer or localized_with)
     else:
         raise UserError(f"{data}: no manifest names its tokenizer; give --tokenizer")
-    expected = manifest.get("tokenizer_vocab_sha256")
-    if expected and vocab_sha256(path) != expected:
-        raise UserError(
-            f"{path}: not the vocabulary {data} was localized with (vocab.txt hashes differ)"
-        )
+    check_vocabulary(data, path, tokenizer or init_name or localized_with)
     return path
 
 

@@ -28,6 +28,7 @@ from transformers import PreTrainedModel
 
 from layoutja.common import UserError
 from layoutja.hub import resolve, tokenizer_for
+from layoutja.localize.store import check_vocabulary
 from layoutja.pretrain.order import micro_batch_slice, window_spans
 from layoutja.pretrain.windows import SpecialIds
 from layoutja.shinra.classifier import TokenClassifier, labeled_batch, load_classifier
@@ -62,6 +63,7 @@ class FinetuneTask:
         model_dir = trainer.main_first(lambda: resolve(model, revision))
         self.recipe, self.trainer = recipe, trainer
         self.tokenizer_dir = tokenizer_for(model_dir, tokenizer, model)  # exported with it
+        check_vocabulary(localized, self.tokenizer_dir, tokenizer or model)
         self.specials = SpecialIds.from_vocab(load_vocab(self.tokenizer_dir / "vocab.txt"))
         self.data = load_pages(shinra_dir, localized)
         dev = dev_split(self.data.pages, recipe.finetune.dev_fraction, recipe.schedule.seed)

@@ -16,6 +16,7 @@ import torch
 
 from layoutja.common import UserError, device
 from layoutja.hub import resolve, tokenizer_for
+from layoutja.localize.store import check_vocabulary
 from layoutja.pretrain.order import window_spans
 from layoutja.pretrain.windows import SpecialIds
 from layoutja.shinra.classifier import TokenClassifier, labeled_batch
@@ -85,7 +86,9 @@ def predict(
 
     dirs = ShinraDir.of(Path(shinra_dir))
     model_dir = resolve(model, revision)
-    vocab = load_vocab(tokenizer_for(model_dir, tokenizer, str(model)) / "vocab.txt")
+    tokenizer_dir = tokenizer_for(model_dir, tokenizer, str(model))
+    check_vocabulary(Path(localized), tokenizer_dir, tokenizer or str(model))
+    vocab = load_vocab(tokenizer_dir / "vocab.txt")
     specials = SpecialIds.from_vocab(vocab)
     try:
         classifier = AutoModelForTokenClassification.from_pretrained(model_dir)
