@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -20,7 +21,7 @@ from layoutja.shinra.rawpage import RawPage
 from layoutja.shinra.records import decode
 from layoutja.shinra.score import html_mismatches, read_jsonl, score
 
-from .conftest import make_shinra, recipe, tiny_bert
+from .conftest import make_shinra, model_card, recipe, run_python, tiny_bert
 
 TRAIN = Path(__file__).resolve().parents[1] / "train"
 
@@ -141,6 +142,30 @@ def test_the_export_is_the_best_model_on_dev_and_the_last_is_beside_it(trained):
     assert (out / "vocab.txt").exists() and (out / "last" / "vocab.txt").exists()
     if best["step"] != evaluations[-1]["step"]:  # the models differ, so the test tells them apart
         assert any(not torch.equal(exported[k], v) for k, v in kept_last.items())
+
+
+def test_the_exports_model_cards_give_the_dev_scores_and_their_code_runs(trained, bert, tmp_path):
+    out, _ = trained
+    best = json.loads((out / "best.json").read_text())
+    evaluations = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    final = [m for m in evaluations if "dev_macro_f1" in m][-1]
+    codes = []
+    for directory, scores in [(out, best), (out / "last", final)]:
+        meta, text, code = model_card(directory)
+        assert meta["pipeline_tag"] == "token-classification"
+        assert {"layoutja", "layoutlm", "token-classification"} <= set(meta["tags"])
+        held_out = f"dev_macro_f1 {scores['dev_macro_f1']}, dev_micro_f1 {scores['dev_micro_f1']}"
+        assert held_out in text
+        assert "- training pages: 18" in text and "- held-out (dev) pages: 6" in text
+        assert f"It started from `{bert}`" in text and "bbox" in code
+        codes.append(code)
+    assert f"held out: epoch {best['epoch']}, dev_macro_f1" in model_card(out)[1]
+    printed = run_python(*codes, cwd=tmp_path).splitlines()
+    names = AutoModelForTokenClassification.from_pretrained(out).config.label2id
+    assert len(printed) == 2
+    for line in printed:  # a label for each token of こんにちは, [CLS] and [SEP] included
+        labels = ast.literal_eval(line)  # the snippet prints a list of label names
+        assert len(labels) >= 3 and set(labels) <= set(names)
 
 
 def test_text_only_baseline_runs_the_same_pipeline(shinra, bert, localized, tmp_path):

@@ -34,7 +34,7 @@ from layoutja.common import UserError, device
 from layoutja.hub import resolve
 from layoutja.shinra.classifier import TokenClassifier
 
-from .conftest import TRAIN, make_shinra, tiny_bert
+from .conftest import TRAIN, make_shinra, model_card, tiny_bert
 from .hubcache import add_repo
 
 BERT = "cl-tohoku/bert-base-japanese-v2"
@@ -210,8 +210,15 @@ def test_the_published_layoutlm_by_name_with_the_mecab_tokenizer(
     wrong = finetuning(shinra, LAYOUTLM, localized, tmp_path / "no2", "--tokenizer", IZUMI)
     assert "vocabulary is not" in error(capsys, *wrong)
     out = finetune(shinra, LAYOUTLM, localized, tmp_path / "ft", "--tokenizer", BERT)
-    # What layoutja writes carries the MeCab tokenizer, never the published defect.
+    # What layoutja writes carries the MeCab tokenizer, never the published defect; its model
+    # card names the published model and says why no --tokenizer is needed here.
     assert type(AutoTokenizer.from_pretrained(out)).__name__ == "BertJapaneseTokenizer"
+    meta, text, _ = model_card(out)
+    assert (
+        meta["base_model"] == LAYOUTLM
+        and f"[{LAYOUTLM}](https://huggingface.co/{LAYOUTLM})" in text
+    )
+    assert f"`--tokenizer {BERT}`" in text and "needs no `--tokenizer`" in text
     model = AutoModelForTokenClassification.from_pretrained(out)
     assert type(model).__name__ == "LayoutLMForTokenClassification"
     # Prediction takes the fine-tuned model by hub name as well.

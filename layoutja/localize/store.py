@@ -68,6 +68,21 @@ def read_manifests(directory: Path) -> list[dict]:
     return manifests
 
 
+def manifest_facts(directory: Path) -> dict:
+    """What the manifests of localized pages (or of a packed text corpus) say about the data,
+    for a model card: source, pages (instances), tokens, tokenizer, vocabulary hash, Chromium."""
+    manifests = read_manifests(directory)
+    if not manifests:
+        return {}
+    keys = ("source", "tokenizer", "tokenizer_vocab_sha256", "chromium")
+    facts = {key: manifests[0][key] for key in keys if manifests[0].get(key)}
+    counts = [m.get("counts", m) for m in manifests]  # localized: "counts"; packed: top level
+    for key in ("pages", "instances", "tokens"):
+        if any(key in c for c in counts):
+            facts[key] = sum(c.get(key, 0) for c in counts)
+    return facts
+
+
 def check_vocabulary(localized: Path, tokenizer_dir: Path, tokenizer: str) -> None:
     """Refuse pages localized with a vocabulary other than `tokenizer`'s (in `tokenizer_dir`):
     their ids would mean other tokens to the model and train silently into garbage. The error

@@ -34,6 +34,7 @@ from layoutja.common import UserError, copy_tokenizer, model_type
 from layoutja.hub import resolve, tokenizer_for
 from layoutja.pretrain.windows import SpecialIds
 from layoutja.text.tokenizer import load_vocab
+from layoutja.training.card import ModelCard
 
 # BERT's parameter prefixes and where they live in LayoutLMForMaskedLM.
 PREFIXES = {"bert.": "layoutlm.", "cls.predictions.": "cls.predictions."}
@@ -181,4 +182,10 @@ def init_model(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     copy_tokenizer(tokenizer_dir, out)
+    origin = (
+        f"layoutja init-model copied every BERT weight into it ({len(report.copied)} tensors); "
+        f"new (random init): {', '.join(report.new)}. Pretrain it before use "
+        f"(`layoutja pretrain --init {out}`)."
+    )
+    ModelCard(base={"": str(bert)}, origin=origin).write(out, model)
     return report

@@ -32,7 +32,7 @@ from transformers import PreTrainedModel
 
 from layoutja.common import UserError
 from layoutja.hub import is_mecab_tokenizer, resolve, resolve_tokenizer, tokenizer_for
-from layoutja.localize.store import check_vocabulary, read_manifests
+from layoutja.localize.store import check_vocabulary, manifest_facts, read_manifests
 from layoutja.pretrain.electra import ElectraPretraining, load_electra, new_electra
 from layoutja.pretrain.mvlm import MVLMModel, load_layoutlm, new_layoutlm
 from layoutja.pretrain.order import Corpus, Order, page_lengths
@@ -45,6 +45,7 @@ from layoutja.pretrain.windows import (
     localized_files,
 )
 from layoutja.text.tokenizer import load_vocab
+from layoutja.training.card import ModelCard
 from layoutja.training.config import Recipe
 from layoutja.training.trainer import Trainer
 
@@ -154,6 +155,7 @@ class PretrainTask:
         max_length = recipe.data.max_length
         if max_length > positions:
             raise UserError(f"data.max_length {max_length} > the model's {positions} positions")
+        facts = manifest_facts(data)  # for the model cards
         if text:  # tokenized once, by the main process; the other ranks wait for it
             packed = out / "packed"
             if trainer.is_main:
@@ -167,7 +169,8 @@ class PretrainTask:
                 )
             else:
                 wait_until_packed(data, self.tokenizer_dir, packed, max_length - 2)
-            data = packed
+            data, facts = packed, {**manifest_facts(packed), "source": str(data)}
+        self.card = ModelCard(recipe, out, {"": init} if init else {}, facts)
         self.files = localized_files(data)
         if self.boxes and "bbox" not in pq.read_schema(self.files[0]).names:
             raise UserError(f"{data}: tokens without boxes (packed text): text-only ELECTRA only")

@@ -28,7 +28,7 @@ from transformers import PreTrainedModel
 
 from layoutja.common import UserError
 from layoutja.hub import resolve, tokenizer_for
-from layoutja.localize.store import check_vocabulary
+from layoutja.localize.store import check_vocabulary, manifest_facts
 from layoutja.pretrain.order import micro_batch_slice, window_spans
 from layoutja.pretrain.windows import SpecialIds
 from layoutja.shinra.classifier import TokenClassifier, labeled_batch, load_classifier
@@ -37,6 +37,7 @@ from layoutja.shinra.predict import predict_pages
 from layoutja.shinra.records import Decoder, gold_records, spelling_for
 from layoutja.shinra.score import score
 from layoutja.text.tokenizer import load_vocab
+from layoutja.training.card import ModelCard
 from layoutja.training.checkpoint import export
 from layoutja.training.config import Recipe
 from layoutja.training.trainer import Trainer
@@ -93,6 +94,9 @@ class FinetuneTask:
         self.model = TokenClassifier(head, text_only)
         self.fingerprint = f"{len(self.train)}:{len(self.items)}:{len(self.data.names)}"
         self.out = out
+        counts = {"train_pages": len(self.train), "dev_pages": len(self.dev),
+                  "labels": len(self.data.names)}  # fmt: skip
+        self.card = ModelCard(recipe, out, {"": model}, {**manifest_facts(localized), **counts})
         saved = out / BEST
         self.best = json.loads(saved.read_text()) if trainer.wants_resume and saved.exists() else {}
         if trainer.is_main:
@@ -175,7 +179,9 @@ class FinetuneTask:
         }
         if result["dev_macro_f1"] > self.best.get("dev_macro_f1", -1.0):
             self.best = {**result, "step": step}
-            export({"": model.model}, self.tokenizer_dir, self.out)
+            held_out = {k: v for k, v in self.best.items() if k != "step"}
+            card = dataclasses.replace(self.card, held_out=held_out)
+            export({"": model.model}, self.tokenizer_dir, self.out, card, step)
             (self.out / BEST).write_text(json.dumps(self.best) + "\n")
         return result
 
