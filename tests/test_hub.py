@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import (
+    AutoModel,
     AutoModelForMaskedLM,
+    AutoModelForPreTraining,
     AutoModelForTokenClassification,
     AutoTokenizer,
     BertForPreTraining,
@@ -34,7 +36,7 @@ from layoutja.common import UserError, device
 from layoutja.hub import resolve
 from layoutja.shinra.classifier import TokenClassifier
 
-from .conftest import TRAIN, make_shinra, model_card, tiny_bert
+from .conftest import TRAIN, make_shinra, model_card, run_python, tiny_bert
 from .hubcache import add_repo
 
 BERT = "cl-tohoku/bert-base-japanese-v2"
@@ -42,6 +44,7 @@ LAYOUTLM = "jri-advtechlab/layoutlm-wikipedia-ja"
 IZUMI = "izumi-lab/electra-base-japanese-discriminator"
 IZUMI_GENERATOR = "izumi-lab/electra-base-japanese-generator"
 IZUMI_ORDER = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+DRIFT = 0.25  # how far one word's embedding in izumi's generator is from the discriminator's
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -57,7 +60,10 @@ def _as_pytorch_bin(directory: Path) -> None:
     (directory / "model.safetensors").unlink()
 
 
-def _izumi_repo(ipadic_dir: Path, out: Path, cls, **config) -> Path:
+def _izumi_repo(ipadic_dir: Path, out: Path, cls, embeddings: dict | None = None,
+                **config) -> torch.nn.Module:  # fmt: skip
+    """One of izumi-lab's two ELECTRA repositories in `out` (`embeddings`: its own copy of the
+    embedding module's weights); returns the model."""
     out.mkdir(parents=True)
     tokens = (ipadic_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
     tokens = IZUMI_ORDER + [t for t in tokens if t not in IZUMI_ORDER]
@@ -73,12 +79,16 @@ def _izumi_repo(ipadic_dir: Path, out: Path, cls, **config) -> Path:
                                                   for t in IZUMI_ORDER})  # fmt: skip
     torch.manual_seed(2)
     # ElectraConfig's pad_token_id stays its default 0: the vocabulary says otherwise.
-    settings = {"vocab_size": len(tokens), "embedding_size": 32, "num_hidden_layers": 2,
-                "num_attention_heads": 2, "max_position_embeddings": 128,
-                "tokenizer_class": "BertJapaneseTokenizer", **config}  # fmt: skip
-    cls(ElectraConfig(**settings)).save_pretrained(out)
+    # As published: the embeddings as wide as the discriminator, the generator a third as wide.
+    settings = {"vocab_size": len(tokens), "embedding_size": 48, "num_hidden_layers": 2,
+                "max_position_embeddings": 128, "tokenizer_class": "BertJapaneseTokenizer",
+                **config}  # fmt: skip
+    model = cls(ElectraConfig(**settings))
+    if embeddings is not None:
+        model.electra.embeddings.load_state_dict(embeddings)
+    model.save_pretrained(out)
     _as_pytorch_bin(out)
-    return out
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +115,15 @@ def hub(tmp_path_factory, unidic_dir, ipadic_dir) -> Path:
     shutil.copytree(bert, second)
     (second / "README.md").write_text("a later revision\n")
     add_repo(home, BERT, second, revision="v2")
-    common = {"hidden_size": 48, "num_attention_heads": 2, "intermediate_size": 96}
-    add_repo(home, IZUMI, _izumi_repo(ipadic_dir, work / "izumi", ElectraForPreTraining,
-                                      **common))  # fmt: skip
-    add_repo(home, IZUMI_GENERATOR, _izumi_repo(ipadic_dir, work / "izumi-gen",
-                                                ElectraForMaskedLM, **common))  # fmt: skip
+    wide = {"hidden_size": 48, "num_attention_heads": 3, "intermediate_size": 96}
+    discriminator = _izumi_repo(ipadic_dir, work / "izumi", ElectraForPreTraining, **wide)
+    # The generator's own copy of the embeddings: the discriminator's, one word's drifted.
+    embeddings = {k: v.clone() for k, v in discriminator.electra.embeddings.state_dict().items()}
+    embeddings["word_embeddings.weight"][7] += DRIFT
+    _izumi_repo(ipadic_dir, work / "izumi-gen", ElectraForMaskedLM, embeddings, hidden_size=16,
+                num_attention_heads=1, intermediate_size=32)  # fmt: skip
+    add_repo(home, IZUMI, work / "izumi")
+    add_repo(home, IZUMI_GENERATOR, work / "izumi-gen")
     return home
 
 
@@ -310,3 +324,51 @@ def test_finetune_and_predict_refuse_pages_localized_with_another_vocabulary(
         assert f"not with {BERT}'s" in message
         assert f"layoutja localize {shinra / 'html'} --tokenizer {BERT} --out" in message
     assert not (tmp_path / "ft" / "checkpoints").exists() and not (tmp_path / "pred.jsonl").exists()
+
+
+def test_izumi_generator_and_discriminator_go_on_pretraining_text_only_and_layout_aware(
+    offline, pages, tmp_path, capfd
+):
+    localized = pages(IZUMI)
+    published = ElectraForPreTraining.from_pretrained(resolve(IZUMI)).state_dict()
+    common = ["pretrain", "--config", TRAIN / "electra-tiny.yaml", "--data", localized,
+              "--schedule.max_steps", "2", "--checkpoint.save_every", "2", "--quiet"]  # fmt: skip
+    # One export holds both models; a discriminator published alone needs its generator.
+    capfd.readouterr()
+    assert main([str(a) for a in [*common, "--init", IZUMI, "--out", tmp_path / "no"]]) == 1
+    assert "--init-generator" in capfd.readouterr().err
+    codes = []
+    for layout in ("false", "true"):
+        out = tmp_path / f"layout-{layout}"
+        run(*common, "--init", IZUMI, "--init-generator", IZUMI_GENERATOR, "--out", out,
+            "--electra.layout", layout)  # fmt: skip
+        report = capfd.readouterr().err
+        assert "the discriminator's is kept, the generator's dropped" in report
+        assert f"word_embeddings.weight: max |Δ| {DRIFT}," in report
+        assert "position_embeddings.weight: identical" in report
+        discriminator = AutoModelForPreTraining.from_pretrained(out / "discriminator",
+                                                                trust_remote_code=True)  # fmt: skip
+        generator = AutoModelForMaskedLM.from_pretrained(out / "generator", trust_remote_code=True)
+        weights = discriminator.state_dict()
+        body = "layoutlm." if layout == "true" else "electra."
+        for name, tensor in published.items():  # every weight copied (2 small steps since)
+            mapped = body + name.removeprefix("electra.") if name.startswith("electra.") else name
+            torch.testing.assert_close(weights[mapped], tensor, atol=2e-3, rtol=0)
+        # One embedding module: the generator decodes with the discriminator's word embeddings.
+        words = generator.get_input_embeddings().weight
+        assert torch.equal(words, discriminator.get_input_embeddings().weight)
+        assert discriminator.config.pad_token_id == 3 and generator.config.pad_token_id == 3
+        for part, name in (("discriminator", IZUMI), ("generator", IZUMI_GENERATOR)):
+            assert type(AutoTokenizer.from_pretrained(out / part)).__name__ == (
+                "BertJapaneseTokenizer"
+            )
+            meta, _, code = model_card(out / part)
+            assert meta["base_model"] == name
+            codes.append(code)
+    assert type(discriminator).__name__ == "LayoutElectraDiscriminator"
+    assert type(generator).__name__ == "LayoutElectraGenerator"
+    assert type(AutoModel.from_pretrained(out / "discriminator")).__name__ == "LayoutLMModel"
+    new = [f"layoutlm.embeddings.{a}_position_embeddings.weight" for a in "xyhw"]
+    assert f"new (random init): {', '.join(new)}\n" in report
+    assert "copied from" in report and "not used" not in report
+    assert len(run_python(*codes, cwd=tmp_path).splitlines()) == 4  # each card's code runs

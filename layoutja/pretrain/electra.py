@@ -215,7 +215,10 @@ def load_electra(init: Path, *, layout: bool, discriminator_weight: float = 50.0
     parts = {name: init / name for name in ("generator", "discriminator")}
     missing = [str(p) for p in parts.values() if not (p / "config.json").is_file()]
     if missing:
-        raise UserError(f"{init}: not an ELECTRA export (no {', '.join(missing)})")
+        raise UserError(
+            f"{init}: not an ELECTRA export (no {', '.join(missing)}); a discriminator published "
+            "on its own (izumi-lab's) takes its generator with --init-generator NAME"
+        )
     kind = model_type(parts["discriminator"])
     if (kind == "layoutlm") != layout:
         form = "layout-aware" if layout else "text-only"

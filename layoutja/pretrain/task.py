@@ -34,6 +34,7 @@ from layoutja.common import UserError
 from layoutja.hub import is_mecab_tokenizer, resolve, resolve_tokenizer, tokenizer_for
 from layoutja.localize.store import check_vocabulary, manifest_facts, read_manifests
 from layoutja.pretrain.electra import ElectraPretraining, load_electra, new_electra
+from layoutja.pretrain.from_electra import published_electra
 from layoutja.pretrain.mvlm import MVLMModel, load_layoutlm, new_layoutlm
 from layoutja.pretrain.order import Corpus, Order, page_lengths
 from layoutja.pretrain.textcorpus import pack_text_corpus, wait_until_packed
@@ -84,14 +85,24 @@ def is_text_corpus(data: Path) -> bool:
 
 
 def build_model(
-    recipe: Recipe, specials: SpecialIds, vocab_size: int, init: Path | None, report: bool = True
+    recipe: Recipe,
+    specials: SpecialIds,
+    vocab_size: int,
+    init: Path | None,
+    report: bool = True,
+    generator: Path | None = None,
 ) -> MVLMModel | ElectraPretraining:
     """The training module of the recipe's objective, new or from `init` (MVLM: a BERT or a
-    LayoutLM; ELECTRA: an export with generator/ and discriminator/): its forward returns the
-    loss(es), its `exports()` the Hugging Face models to save."""
+    LayoutLM; ELECTRA: an export with generator/ and discriminator/, or with `generator` a
+    published discriminator and its generator): its forward returns the loss(es), its
+    `exports()` the Hugging Face models to save. `report`: print what a conversion copied."""
     if recipe.objective == "electra":
         e = recipe.electra
-        if init:
+        if init and generator:
+            model = published_electra(init, generator, layout=e.layout,
+                                      pad_token_id=specials.pad, report=report,
+                                      discriminator_weight=e.discriminator_weight)  # fmt: skip
+        elif init:
             model = load_electra(init, layout=e.layout, pad_token_id=specials.pad,
                                  discriminator_weight=e.discriminator_weight)  # fmt: skip
         elif not recipe.model:
@@ -127,6 +138,7 @@ class PretrainTask:
         out: Path,
         *,
         init: str | None = None,
+        init_generator: str | None = None,
         tokenizer: str | None = None,
         revision: str | None = None,
     ):
@@ -144,13 +156,21 @@ class PretrainTask:
             )
         if text and not tokenizer:
             raise UserError(f"{data}: plain text; give --tokenizer DIR (its vocabulary)")
+        if init_generator and not (init and recipe.objective == "electra"):
+            raise UserError("--init-generator NAME goes with --init NAME (its discriminator) "
+                            "in an ELECTRA recipe")  # fmt: skip
         init_dir = trainer.main_first(lambda: resolve(init, revision)) if init else None
-        # An ELECTRA export has its tokenizer beside each model: the discriminator's is used.
-        own = init_dir / "discriminator" if init_dir and recipe.objective == "electra" else init_dir
+        generator = trainer.main_first(lambda: resolve(init_generator)) if init_generator else None
+        own = init_dir
+        if init_dir and recipe.objective == "electra" and not generator:
+            own = init_dir / "discriminator"  # an export: its tokenizer is beside each model
         self.tokenizer_dir = data_tokenizer(data, own, init, tokenizer)
+        if generator:  # the generator's vocabulary must be the discriminator's
+            tokenizer_for(generator, str(self.tokenizer_dir), init_generator)
         vocab = load_vocab(self.tokenizer_dir / "vocab.txt")
         self.vocab_size, self.specials = len(vocab), SpecialIds.from_vocab(vocab)
-        self.model = build_model(recipe, self.specials, len(vocab), init_dir, trainer.is_main)
+        self.model = build_model(recipe, self.specials, len(vocab), init_dir, trainer.is_main,
+                                 generator)  # fmt: skip
         positions = min(m.config.max_position_embeddings for m in self.model.exports().values())
         max_length = recipe.data.max_length
         if max_length > positions:
@@ -170,7 +190,8 @@ class PretrainTask:
             else:
                 wait_until_packed(data, self.tokenizer_dir, packed, max_length - 2)
             data, facts = packed, {**manifest_facts(packed), "source": str(data)}
-        self.card = ModelCard(recipe, out, {"": init} if init else {}, facts)
+        base = {"": init, "generator": init_generator or init} if init else {}
+        self.card = ModelCard(recipe, out, base, facts)
         self.files = localized_files(data)
         if self.boxes and "bbox" not in pq.read_schema(self.files[0]).names:
             raise UserError(f"{data}: tokens without boxes (packed text): text-only ELECTRA only")
@@ -246,15 +267,18 @@ def pretrain(
     out: str | Path,
     *,
     init: str | None = None,
+    init_generator: str | None = None,
     tokenizer: str | None = None,
     revision: str | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> dict:
     """Pretrain on localized pages (or, for text-only ELECTRA, a plain-text corpus), from
-    scratch or from `init` (a directory or hub name at `revision`); returns the last logged
-    metrics (main process)."""
+    scratch or from `init` (a directory or hub name at `revision`; with `init_generator`, a
+    published ELECTRA discriminator and its generator); returns the last logged metrics (main
+    process)."""
     trainer = Trainer(recipe, out, resume=resume, progress=progress)
-    task = PretrainTask(recipe, trainer, Path(data), Path(out), init=init, tokenizer=tokenizer,
+    task = PretrainTask(recipe, trainer, Path(data), Path(out), init=init,
+                        init_generator=init_generator, tokenizer=tokenizer,
                         revision=revision)  # fmt: skip
     return trainer.fit(task)
