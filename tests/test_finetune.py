@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -175,6 +176,35 @@ def test_text_only_baseline_runs_the_same_pipeline(shinra, bert, localized, tmp_
     assert last["epoch"] == 2
     model = AutoModelForTokenClassification.from_pretrained(tmp_path / "bl")
     assert type(model).__name__ == "BertForTokenClassification"
+
+
+def test_bridge_gaps_is_the_recipes_for_the_dev_f1_and_predicts_default(
+    shinra, bert, localized, tmp_path, monkeypatch
+):
+    from layoutja.shinra import records
+    from layoutja.shinra.predict import predict
+
+    used = []  # the gap each decoded page is bridged with
+    bridge = records.bridge_gaps
+    monkeypatch.setattr(records, "bridge_gaps",
+                        lambda *args: used.append(args[2]) or bridge(*args))  # fmt: skip
+    out = tmp_path / "ft"
+    finetune(recipe("finetune-tiny", epochs=1, bridge_gaps=2), shinra, bert, localized, out,
+             progress=False)  # fmt: skip
+    assert used and set(used) == {2}  # the dev evaluation
+    settings = {"max_length": 128, "margin": 32}
+    for given, expected in [(None, 2), (0, 0)]:  # the model's recipe, unless told otherwise
+        used.clear()
+        predict(out, shinra, localized, tmp_path / "pred.jsonl", bridge=given, **settings)
+        assert used and set(used) == {expected}
+    used.clear()  # a model fine-tuned elsewhere: the published 5
+    plain = AutoModelForTokenClassification.from_pretrained(out)
+    del plain.config.bridge_gaps
+    plain.save_pretrained(tmp_path / "plain")
+    shutil.copy(out / "vocab.txt", tmp_path / "plain")
+    shutil.copy(out / "tokenizer_config.json", tmp_path / "plain")
+    predict(tmp_path / "plain", shinra, localized, tmp_path / "pred.jsonl", **settings)
+    assert used and set(used) == {5}
 
 
 def leaderboard_dir(shinra: Path, root: Path) -> Path:

@@ -302,10 +302,9 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
     p.add_argument(
         "--bridge-gaps",
         type=int,
-        default=5,
         metavar="N",
-        help="relabel runs of up to N O tokens between two I- of one attribute (default: 5, as "
-        "published; 0: off)",
+        help="relabel runs of up to N O tokens between two I- of one attribute (default: the "
+        "model's finetune.bridge_gaps, else 5 as published; 0: off)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="windows per batch (default: 16)")
     p.add_argument("--max-length", type=int, default=512, help="window length (default: 512)")

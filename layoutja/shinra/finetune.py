@@ -3,8 +3,9 @@
 It trains `LayoutLMForTokenClassification` (or, `finetune.text_only`, a BERT's or a text-only
 ELECTRA discriminator's token classifier on the same windows without boxes: the baseline) on
 pages localized beforehand (`layoutja localize`), and reports the dev F1 (the SHINRA scorer on
-held-out pages, gaps bridged as published) after every epoch, each rank predicting a share of
-the dev pages. Epoch e is a seeded permutation of the training windows; step s takes its s-th
+held-out pages, gaps bridged as at prediction: `finetune.bridge_gaps`, which the exported
+config records as `predict`'s default) after every epoch, each rank predicting a share of the dev
+pages. Epoch e is a seeded permutation of the training windows; step s takes its s-th
 global batch, cut into micro-batches as pretraining's (`micro_batch_slice`), so the windows of a
 step depend on the step alone, on any number of processes.
 
@@ -66,7 +67,7 @@ class FinetuneTask:
         self.tokenizer_dir = tokenizer_for(model_dir, tokenizer, model)  # exported with it
         check_vocabulary(localized, self.tokenizer_dir, tokenizer or model)
         self.specials = SpecialIds.from_vocab(load_vocab(self.tokenizer_dir / "vocab.txt"))
-        self.data = load_pages(shinra_dir, localized)
+        self.data = load_pages(shinra_dir, localized, overlaps=recipe.finetune.overlaps)
         dev = dev_split(self.data.pages, recipe.finetune.dev_fraction, recipe.schedule.seed)
         self.dev = [p for p in self.data.pages if p.page_id in dev]
         self.train = [p for p in self.data.pages if p.page_id not in dev]
@@ -91,6 +92,7 @@ class FinetuneTask:
         self.max_steps = epochs * self.steps_per_epoch if epochs else recipe.schedule.max_steps
         text_only = recipe.finetune.text_only
         head = load_classifier(model_dir, self.data.names, text_only, self.specials.pad)
+        head.config.bridge_gaps = recipe.finetune.bridge_gaps  # `predict`'s default for it
         self.model = TokenClassifier(head, text_only)
         self.fingerprint = f"{len(self.train)}:{len(self.items)}:{len(self.data.names)}"
         self.out = out
@@ -155,12 +157,13 @@ class FinetuneTask:
         return bool(self.dev) and (step % self.steps_per_epoch == 0 or step == self.max_steps)
 
     def evaluate(self, model: torch.nn.Module, step: int) -> dict:
-        """Dev F1 (html_offset, the SHINRA scorer; gaps bridged as published), each rank
+        """Dev F1 (html_offset, the SHINRA scorer; gaps bridged as the recipe says), each rank
         predicting every world-th dev page; a model better on dev than every earlier one
         becomes the run directory's export. The main process gets the scores, the others {}."""
         data, names = self.recipe.data, self.data.names
         rank, world = self.trainer.rank, self.trainer.world
-        decoder, labeled = Decoder(self.data.dirs, names), {n[2:] for n in names[1:]}
+        decoder = Decoder(self.data.dirs, names, self.recipe.finetune.bridge_gaps)
+        labeled = {n[2:] for n in names[1:]}
         records = []
         for page, labels in predict_pages(model, self.dev[rank::world], self.specials,
                                           data.max_length, data.margin):  # fmt: skip
