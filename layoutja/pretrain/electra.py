@@ -19,8 +19,9 @@ Two forms share the objective:
   both take the 2-D boxes through the shared LayoutLM embeddings.
 
 Both export with their heads (generator/ and discriminator/), so pretraining goes on from an
-export (`--init`) and the discriminator's replaced-token detection can be evaluated; the
-discriminator's body is what fine-tuning starts from.
+export (`--init`; from two checkpoints published apart, such as izumi-lab's, `from_electra`) and
+the discriminator's replaced-token detection can be evaluated; the discriminator's body is what
+fine-tuning starts from.
 
 As in MVLM, the generator's vocabulary projection is computed only at the masked positions.
 """

@@ -8,7 +8,8 @@ their positions in it, dropout from (seed, step, rank); so a run that is stopped
 on as many processes or not, takes the same steps as one that was not.
 
 Output directory:
-    config.json, model.safetensors, vocab.txt, ...  the exported MVLM model (at the end), or
+    config.json, model.safetensors, vocab.txt, ...  the exported MVLM model (at the end) with
+    README.md                                        its model card, or
     generator/, discriminator/                       the exported ELECTRA models
     packed/                                          a plain-text corpus, tokenized and packed
     checkpoints/step-0000100/   model, optimizer, scheduler, scaler, RNG (accelerate) + position
@@ -190,7 +191,9 @@ class PretrainTask:
             else:
                 wait_until_packed(data, self.tokenizer_dir, packed, max_length - 2)
             data, facts = packed, {**manifest_facts(packed), "source": str(data)}
-        base = {"": init, "generator": init_generator or init} if init else {}
+        base = {"": init} if init else {}  # what each export started from, for its card
+        if init_generator:
+            base["generator"] = init_generator
         self.card = ModelCard(recipe, out, base, facts)
         self.files = localized_files(data)
         if self.boxes and "bbox" not in pq.read_schema(self.files[0]).names:

@@ -95,10 +95,10 @@ class ModelCard:
     ) -> None:
         """Write `directory`/README.md for `model` (the run's export `subdirectory`, at `step`),
         after its tokenizer files; its code loads `location` (default: `directory`)."""
-        text = self.text(directory, model, subdirectory, step, location or directory)
+        text = self._text(directory, model, subdirectory, step, location or directory)
         (directory / "README.md").write_text(text, encoding="utf-8")
 
-    def text(
+    def _text(
         self,
         directory: Path,
         model: PreTrainedModel,
