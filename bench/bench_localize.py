@@ -303,7 +303,8 @@ def cpu_split(files: list[Path], tokenizer_dir: str) -> None:
 def memory(files: list[Path], tokenizer_dir: str, pages: int, workers: int) -> None:
     """RSS and PSS of each worker with its browser, every `pages // 20` pages of a long run."""
     from layoutja.localize.config import LocalizeConfig
-    from layoutja.localize.pool import PageTask, WorkerPool
+    from layoutja.localize.pool import WorkerPool
+    from layoutja.localize.sources import PageTask
 
     tasks = [PageTask(files[i % len(files)], f"{i}.html", str(i), "") for i in range(pages)]
     every = max(1, pages // 20)

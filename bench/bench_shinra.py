@@ -145,7 +145,10 @@ def as_lists(root: Path):
     from layoutja.pretrain.order import window_spans
     from layoutja.shinra.data import load_pages
 
-    labels = {p.page_id: p.labels.tolist() for p in load_pages(root, root / "localized").pages}
+    labels = {
+        p.page_id: p.labels.tolist()
+        for p in load_pages(root, root / "localized", overlaps="first").pages
+    }
     parts = sorted((root / "localized").glob("part-*.parquet"))
     columns = ["page_id", "category", "input_ids", "bbox", "html_span"]
     rows = pq.read_table(parts, columns=columns).to_pylist()

@@ -139,11 +139,22 @@ TOKENIZER_FILES = ("vocab.txt", "tokenizer_config.json", "special_tokens_map.jso
 
 
 def copy_tokenizer(src: Path, dst: Path) -> None:
-    """Copy the tokenizer files of `src` into `dst`, so AutoTokenizer loads `dst`."""
+    """Copy the MeCab tokenizer files of `src` into `dst`, so AutoTokenizer loads `dst`.
+
+    The copy's configuration names `BertJapaneseTokenizer`: a MeCab directory whose
+    configuration names no class is valid for BertJapaneseTokenizer (many hand-made ones look
+    like that), but beside a model AutoTokenizer would take the model type's tokenizer instead
+    (BertTokenizer for LayoutLM), which splits Japanese into other tokens.
+    """
     dst.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
         if (src / name).exists():
             shutil.copy(src / name, dst / name)
+    config = dst / "tokenizer_config.json"
+    if config.exists():
+        values = json.loads(config.read_text(encoding="utf-8"))
+        values["tokenizer_class"] = "BertJapaneseTokenizer"
+        config.write_text(json.dumps(values, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
 def model_type(name_or_path: str | Path, what: str = "a model config") -> str:

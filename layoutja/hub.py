@@ -26,6 +26,7 @@ from layoutja.common import TOKENIZER_FILES, UserError
 # What a model needs beside its weights: configuration, tokenizer, remote code of custom models.
 _MODEL_FILES = ["*.json", "*.py", "vocab.txt"]
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+PUBLISHED_LAYOUTLM = "jri-advtechlab/layoutlm-wikipedia-ja"
 PUBLISHED_LAYOUTLM_FIX = "--tokenizer cl-tohoku/bert-base-japanese-v2"
 
 
@@ -41,10 +42,10 @@ def resolve(name_or_path: str | os.PathLike, revision: str | None = None, *,
         return path
     if path.exists():
         raise UserError(f"{path}: is a file; a {what} directory or a hub name is expected")
-    name, _, inline = str(name_or_path).partition("@")
-    if not _REPO_ID.fullmatch(name) or name.startswith("."):
+    name = hub_name(name_or_path)
+    if name is None:
         raise UserError(f"{name_or_path}: no such {what} directory (nor a hub name owner/name)")
-    revision = inline or revision
+    revision = str(name_or_path).partition("@")[2] or revision
     files = list(TOKENIZER_FILES) if tokenizer_only else _MODEL_FILES
     local = _snapshot(name, revision, files, what)
     if not tokenizer_only and not any(local.glob("*.safetensors")):
@@ -54,6 +55,15 @@ def resolve(name_or_path: str | os.PathLike, revision: str | None = None, *,
         if not any(local.glob("*.safetensors")):
             local = _snapshot(name, revision, ["pytorch_model*.bin"], what)
     return local
+
+
+def hub_name(name_or_path: str | os.PathLike) -> str | None:
+    """The hub repository (`owner/name`) that `name_or_path` names, without its @REVISION; None
+    for a local path or what cannot be a repository name."""
+    if Path(name_or_path).exists():
+        return None
+    name = str(name_or_path).partition("@")[0]
+    return name if _REPO_ID.fullmatch(name) and not name.startswith(".") else None
 
 
 def _snapshot(name: str, revision: str | None, patterns: list[str], what: str) -> Path:
@@ -123,7 +133,7 @@ def tokenizer_for(model_dir: Path, tokenizer: str | os.PathLike | None, model: s
         if is_mecab_tokenizer(model_dir):
             return model_dir
         found = _tokenizer_class(model_dir)
-        hint = f" (for jri-advtechlab/layoutlm-wikipedia-ja: {PUBLISHED_LAYOUTLM_FIX})"
+        hint = f" (for {PUBLISHED_LAYOUTLM}: {PUBLISHED_LAYOUTLM_FIX})"
         raise UserError(
             f"{model}: its tokenizer is {found}, not a MeCab BertJapaneseTokenizer; give "
             f"--tokenizer NAME_OR_DIR, the MeCab tokenizer it was trained with{hint}"

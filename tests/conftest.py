@@ -185,4 +185,26 @@ def recipe(name: str, **settings):
     return load_config(TRAIN / f"{name}.yaml", overrides)
 
 
+def model_card(directory: Path) -> tuple[dict, str, str]:
+    """A model directory's card (README.md): its front matter, its text and its Python code."""
+    import yaml
+
+    text = (directory / "README.md").read_text(encoding="utf-8")
+    _, front, body = text.split("---\n", 2)
+    code = body.split("```python\n", 1)[1].split("```", 1)[0]
+    return yaml.safe_load(front), body, code
+
+
+def run_python(*codes: str, cwd: Path) -> str:
+    """Run pieces of Python code, one after the other, in a fresh interpreter (as a user
+    would); returns what they print."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", "\n".join(codes)], cwd=cwd,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
 from .slurm_cluster import slurm  # noqa: E402, F401 (the real-SLURM fixture)

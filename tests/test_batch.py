@@ -18,14 +18,8 @@ import pytest
 
 from layoutja.common import UserError
 from layoutja.localize.config import LocalizeConfig
-from layoutja.localize.pool import (
-    PAGES_AHEAD,
-    PageTask,
-    WorkerPool,
-    find_pages,
-    in_shard,
-    localize_corpus,
-)
+from layoutja.localize.pool import PAGES_AHEAD, WorkerPool, localize_corpus
+from layoutja.localize.sources import PageTask, find_pages, in_shard
 from layoutja.localize.store import SCHEMA, Store, record_batch
 from layoutja.text.tokenizer import JapaneseTokenizer
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,7 @@ from layoutja.shinra.rawpage import RawPage
 from layoutja.shinra.records import decode
 from layoutja.shinra.score import html_mismatches, read_jsonl, score
 
-from .conftest import make_shinra, recipe, tiny_bert
+from .conftest import make_shinra, model_card, recipe, run_python, tiny_bert
 
 TRAIN = Path(__file__).resolve().parents[1] / "train"
 
@@ -143,6 +145,30 @@ def test_the_export_is_the_best_model_on_dev_and_the_last_is_beside_it(trained):
         assert any(not torch.equal(exported[k], v) for k, v in kept_last.items())
 
 
+def test_the_exports_model_cards_give_the_dev_scores_and_their_code_runs(trained, bert, tmp_path):
+    out, _ = trained
+    best = json.loads((out / "best.json").read_text())
+    evaluations = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    final = [m for m in evaluations if "dev_macro_f1" in m][-1]
+    codes = []
+    for directory, scores in [(out, best), (out / "last", final)]:
+        meta, text, code = model_card(directory)
+        assert meta["pipeline_tag"] == "token-classification"
+        assert {"layoutja", "layoutlm", "token-classification"} <= set(meta["tags"])
+        held_out = f"dev_macro_f1 {scores['dev_macro_f1']}, dev_micro_f1 {scores['dev_micro_f1']}"
+        assert held_out in text
+        assert "- training pages: 18" in text and "- held-out (dev) pages: 6" in text
+        assert f"It started from `{bert}`" in text and "bbox" in code
+        codes.append(code)
+    assert f"held out: epoch {best['epoch']}, dev_macro_f1" in model_card(out)[1]
+    printed = run_python(*codes, cwd=tmp_path).splitlines()
+    names = AutoModelForTokenClassification.from_pretrained(out).config.label2id
+    assert len(printed) == 2
+    for line in printed:  # a label for each token of こんにちは, [CLS] and [SEP] included
+        labels = ast.literal_eval(line)  # the snippet prints a list of label names
+        assert len(labels) >= 3 and set(labels) <= set(names)
+
+
 def test_text_only_baseline_runs_the_same_pipeline(shinra, bert, localized, tmp_path):
     config = recipe("finetune-tiny", epochs=2, text_only="true")
     last = finetune(config, shinra, bert, localized, tmp_path / "bl", progress=False)
@@ -150,6 +176,35 @@ def test_text_only_baseline_runs_the_same_pipeline(shinra, bert, localized, tmp_
     assert last["epoch"] == 2
     model = AutoModelForTokenClassification.from_pretrained(tmp_path / "bl")
     assert type(model).__name__ == "BertForTokenClassification"
+
+
+def test_bridge_gaps_is_the_recipes_for_the_dev_f1_and_predicts_default(
+    shinra, bert, localized, tmp_path, monkeypatch
+):
+    from layoutja.shinra import records
+    from layoutja.shinra.predict import predict
+
+    used = []  # the gap each decoded page is bridged with
+    bridge = records.bridge_gaps
+    monkeypatch.setattr(records, "bridge_gaps",
+                        lambda *args: used.append(args[2]) or bridge(*args))  # fmt: skip
+    out = tmp_path / "ft"
+    finetune(recipe("finetune-tiny", epochs=1, bridge_gaps=2), shinra, bert, localized, out,
+             progress=False)  # fmt: skip
+    assert used and set(used) == {2}  # the dev evaluation
+    settings = {"max_length": 128, "margin": 32}
+    for given, expected in [(None, 2), (0, 0)]:  # the model's recipe, unless told otherwise
+        used.clear()
+        predict(out, shinra, localized, tmp_path / "pred.jsonl", bridge=given, **settings)
+        assert used and set(used) == {expected}
+    used.clear()  # a model fine-tuned elsewhere: the published 5
+    plain = AutoModelForTokenClassification.from_pretrained(out)
+    del plain.config.bridge_gaps
+    plain.save_pretrained(tmp_path / "plain")
+    shutil.copy(out / "vocab.txt", tmp_path / "plain")
+    shutil.copy(out / "tokenizer_config.json", tmp_path / "plain")
+    predict(tmp_path / "plain", shinra, localized, tmp_path / "pred.jsonl", **settings)
+    assert used and set(used) == {5}
 
 
 def leaderboard_dir(shinra: Path, root: Path) -> Path:

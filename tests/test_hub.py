@@ -14,12 +14,15 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import (
+    AutoModel,
     AutoModelForMaskedLM,
+    AutoModelForPreTraining,
     AutoModelForTokenClassification,
     AutoTokenizer,
     BertForPreTraining,
@@ -33,7 +36,7 @@ from layoutja.common import UserError, device
 from layoutja.hub import resolve
 from layoutja.shinra.classifier import TokenClassifier
 
-from .conftest import TRAIN, make_shinra, tiny_bert
+from .conftest import TRAIN, make_shinra, model_card, run_python, tiny_bert
 from .hubcache import add_repo
 
 BERT = "cl-tohoku/bert-base-japanese-v2"
@@ -41,6 +44,7 @@ LAYOUTLM = "jri-advtechlab/layoutlm-wikipedia-ja"
 IZUMI = "izumi-lab/electra-base-japanese-discriminator"
 IZUMI_GENERATOR = "izumi-lab/electra-base-japanese-generator"
 IZUMI_ORDER = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+DRIFT = 0.25  # how far one word's embedding in izumi's generator is from the discriminator's
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -56,7 +60,10 @@ def _as_pytorch_bin(directory: Path) -> None:
     (directory / "model.safetensors").unlink()
 
 
-def _izumi_repo(ipadic_dir: Path, out: Path, cls, **config) -> Path:
+def _izumi_repo(ipadic_dir: Path, out: Path, cls, embeddings: dict | None = None,
+                **config) -> torch.nn.Module:  # fmt: skip
+    """One of izumi-lab's two ELECTRA repositories in `out` (`embeddings`: its own copy of the
+    embedding module's weights); returns the model."""
     out.mkdir(parents=True)
     tokens = (ipadic_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
     tokens = IZUMI_ORDER + [t for t in tokens if t not in IZUMI_ORDER]
@@ -72,12 +79,16 @@ def _izumi_repo(ipadic_dir: Path, out: Path, cls, **config) -> Path:
                                                   for t in IZUMI_ORDER})  # fmt: skip
     torch.manual_seed(2)
     # ElectraConfig's pad_token_id stays its default 0: the vocabulary says otherwise.
-    settings = {"vocab_size": len(tokens), "embedding_size": 32, "num_hidden_layers": 2,
-                "num_attention_heads": 2, "max_position_embeddings": 128,
-                "tokenizer_class": "BertJapaneseTokenizer", **config}  # fmt: skip
-    cls(ElectraConfig(**settings)).save_pretrained(out)
+    # As published: the embeddings as wide as the discriminator, the generator a third as wide.
+    settings = {"vocab_size": len(tokens), "embedding_size": 48, "num_hidden_layers": 2,
+                "max_position_embeddings": 128, "tokenizer_class": "BertJapaneseTokenizer",
+                **config}  # fmt: skip
+    model = cls(ElectraConfig(**settings))
+    if embeddings is not None:
+        model.electra.embeddings.load_state_dict(embeddings)
+    model.save_pretrained(out)
     _as_pytorch_bin(out)
-    return out
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -104,11 +115,15 @@ def hub(tmp_path_factory, unidic_dir, ipadic_dir) -> Path:
     shutil.copytree(bert, second)
     (second / "README.md").write_text("a later revision\n")
     add_repo(home, BERT, second, revision="v2")
-    common = {"hidden_size": 48, "num_attention_heads": 2, "intermediate_size": 96}
-    add_repo(home, IZUMI, _izumi_repo(ipadic_dir, work / "izumi", ElectraForPreTraining,
-                                      **common))  # fmt: skip
-    add_repo(home, IZUMI_GENERATOR, _izumi_repo(ipadic_dir, work / "izumi-gen",
-                                                ElectraForMaskedLM, **common))  # fmt: skip
+    wide = {"hidden_size": 48, "num_attention_heads": 3, "intermediate_size": 96}
+    discriminator = _izumi_repo(ipadic_dir, work / "izumi", ElectraForPreTraining, **wide)
+    # The generator's own copy of the embeddings: the discriminator's, one word's drifted.
+    embeddings = {k: v.clone() for k, v in discriminator.electra.embeddings.state_dict().items()}
+    embeddings["word_embeddings.weight"][7] += DRIFT
+    _izumi_repo(ipadic_dir, work / "izumi-gen", ElectraForMaskedLM, embeddings, hidden_size=16,
+                num_attention_heads=1, intermediate_size=32)  # fmt: skip
+    add_repo(home, IZUMI, work / "izumi")
+    add_repo(home, IZUMI_GENERATOR, work / "izumi-gen")
     return home
 
 
@@ -141,10 +156,21 @@ def error(capsys, *argv: str | Path) -> str:
     return capsys.readouterr().err
 
 
-def localize(offline: Path, shinra: Path, tokenizer: str, out: Path) -> Path:
-    run("localize", shinra / "html", "--tokenizer", tokenizer, "--out", out, "--workers", "1",
-        "--quiet")  # fmt: skip
-    return out
+@pytest.fixture(scope="module")
+def pages(shinra, tmp_path_factory) -> Callable[[str], Path]:
+    """The SHINRA pages localized with a tokenizer (a hub name), once per tokenizer; called by
+    tests that are `offline`."""
+    done = {}
+
+    def localized(tokenizer: str) -> Path:
+        if tokenizer not in done:
+            out = tmp_path_factory.mktemp("pages")
+            run("localize", shinra / "html", "--tokenizer", tokenizer, "--out", out,
+                "--workers", "1", "--quiet")  # fmt: skip
+            done[tokenizer] = out
+        return done[tokenizer]
+
+    return localized
 
 
 def finetuning(shinra: Path, model: str | Path, localized: Path, out: Path, *extra: str) -> list:
@@ -187,8 +213,10 @@ def test_a_fresh_process_takes_hf_home_and_offline_mode_from_the_environment(hub
     assert type(model).__name__ == "LayoutLMForMaskedLM"
 
 
-def test_the_published_layoutlm_by_name_with_the_mecab_tokenizer(offline, shinra, tmp_path, capsys):
-    localized = localize(offline, shinra, BERT, tmp_path / "localized")
+def test_the_published_layoutlm_by_name_with_the_mecab_tokenizer(
+    offline, pages, shinra, tmp_path, capsys
+):
+    localized = pages(BERT)
     # Its own tokenizer files are not MeCab: the error names the fix.
     message = error(capsys, *finetuning(shinra, LAYOUTLM, localized, tmp_path / "no"))
     assert "LayoutLMTokenizer" in message and f"--tokenizer {BERT}" in message
@@ -196,8 +224,15 @@ def test_the_published_layoutlm_by_name_with_the_mecab_tokenizer(offline, shinra
     wrong = finetuning(shinra, LAYOUTLM, localized, tmp_path / "no2", "--tokenizer", IZUMI)
     assert "vocabulary is not" in error(capsys, *wrong)
     out = finetune(shinra, LAYOUTLM, localized, tmp_path / "ft", "--tokenizer", BERT)
-    # What layoutja writes carries the MeCab tokenizer, never the published defect.
+    # What layoutja writes carries the MeCab tokenizer, never the published defect; its model
+    # card names the published model and says why no --tokenizer is needed here.
     assert type(AutoTokenizer.from_pretrained(out)).__name__ == "BertJapaneseTokenizer"
+    meta, text, _ = model_card(out)
+    assert (
+        meta["base_model"] == LAYOUTLM
+        and f"[{LAYOUTLM}](https://huggingface.co/{LAYOUTLM})" in text
+    )
+    assert f"`--tokenizer {BERT}`" in text and "needs no `--tokenizer`" in text
     model = AutoModelForTokenClassification.from_pretrained(out)
     assert type(model).__name__ == "LayoutLMForTokenClassification"
     # Prediction takes the fine-tuned model by hub name as well.
@@ -229,15 +264,15 @@ def test_fill_mask_with_the_published_layoutlm(offline, capsys):
     assert lines[0] == "[MASK] 1:" and len(lines) == 3
 
 
-def test_the_bert_baseline_by_name(offline, shinra, tmp_path):
-    localized = localize(offline, shinra, BERT, tmp_path / "localized")
+def test_the_bert_baseline_by_name(offline, pages, shinra, tmp_path):
+    localized = pages(BERT)
     out = finetune(shinra, BERT, localized, tmp_path / "ft", "--finetune.text_only", "true")
     model = AutoModelForTokenClassification.from_pretrained(out)
     assert type(model).__name__ == "BertForTokenClassification"
 
 
 def test_izumi_electra_with_unk_0_and_pad_3_end_to_end(
-    offline, shinra, tmp_path, capsys, monkeypatch
+    offline, pages, shinra, tmp_path, capsys, monkeypatch
 ):
     from layoutja.pretrain.windows import SpecialIds, collate
     from layoutja.text.tokenizer import load_vocab
@@ -247,7 +282,7 @@ def test_izumi_electra_with_unk_0_and_pad_3_end_to_end(
     padded = collate([([1, 7, 2], [[0] * 4] * 3), ([1, 2], [[0] * 4] * 2)], specials.pad)
     row, mask = padded["input_ids"][1].tolist(), padded["attention_mask"][1].tolist()
     assert row[:2] == [1, 2] and set(row[2:]) == {3} and set(mask[2:]) == {0}
-    localized = localize(offline, shinra, IZUMI, tmp_path / "localized")
+    localized = pages(IZUMI)
     out = finetune(shinra, IZUMI, localized, tmp_path / "ft", "--finetune.text_only", "true")
     model = AutoModelForTokenClassification.from_pretrained(out)
     assert type(model).__name__ == "ElectraForTokenClassification"
@@ -271,3 +306,69 @@ def test_izumi_electra_with_unk_0_and_pad_3_end_to_end(
     assert all(batch == {model} and model == device() for model, batch in seen)
     run("fill-mask", "--model", IZUMI_GENERATOR, "--top-k", "3", "東京は[MASK]の首都である。")
     assert len(capsys.readouterr().out.splitlines()) == 4
+
+
+def test_finetune_and_predict_refuse_pages_localized_with_another_vocabulary(
+    offline, pages, shinra, tmp_path, capsys
+):
+    izumi_pages = pages(IZUMI)  # ipadic, [UNK] = 0: BERT's ids would mean other tokens
+    commands = [
+        finetuning(shinra, BERT, izumi_pages, tmp_path / "ft"),
+        finetuning(shinra, LAYOUTLM, izumi_pages, tmp_path / "ft2", "--tokenizer", BERT),
+        ["predict", "--model", BERT, "--data", shinra, "--localized", izumi_pages, "--out",
+         tmp_path / "pred.jsonl"],
+    ]  # fmt: skip
+    for command in commands:
+        message = error(capsys, *command)
+        assert f"localized with the vocabulary of {IZUMI}" in message
+        assert f"not with {BERT}'s" in message
+        assert f"layoutja localize {shinra / 'html'} --tokenizer {BERT} --out" in message
+    assert not (tmp_path / "ft" / "checkpoints").exists() and not (tmp_path / "pred.jsonl").exists()
+
+
+def test_izumi_generator_and_discriminator_go_on_pretraining_text_only_and_layout_aware(
+    offline, pages, tmp_path, capfd
+):
+    localized = pages(IZUMI)
+    published = ElectraForPreTraining.from_pretrained(resolve(IZUMI)).state_dict()
+    common = ["pretrain", "--config", TRAIN / "electra-tiny.yaml", "--data", localized,
+              "--schedule.max_steps", "2", "--checkpoint.save_every", "2", "--quiet"]  # fmt: skip
+    # One export holds both models; a discriminator published alone needs its generator.
+    capfd.readouterr()
+    assert main([str(a) for a in [*common, "--init", IZUMI, "--out", tmp_path / "no"]]) == 1
+    assert "--init-generator" in capfd.readouterr().err
+    codes = []
+    for layout in ("false", "true"):
+        out = tmp_path / f"layout-{layout}"
+        run(*common, "--init", IZUMI, "--init-generator", IZUMI_GENERATOR, "--out", out,
+            "--electra.layout", layout)  # fmt: skip
+        report = capfd.readouterr().err
+        assert "the discriminator's is kept, the generator's dropped" in report
+        assert f"word_embeddings.weight: max |Δ| {DRIFT}," in report
+        assert "position_embeddings.weight: identical" in report
+        discriminator = AutoModelForPreTraining.from_pretrained(out / "discriminator",
+                                                                trust_remote_code=True)  # fmt: skip
+        generator = AutoModelForMaskedLM.from_pretrained(out / "generator", trust_remote_code=True)
+        weights = discriminator.state_dict()
+        body = "layoutlm." if layout == "true" else "electra."
+        for name, tensor in published.items():  # every weight copied (2 small steps since)
+            mapped = body + name.removeprefix("electra.") if name.startswith("electra.") else name
+            torch.testing.assert_close(weights[mapped], tensor, atol=2e-3, rtol=0)
+        # One embedding module: the generator decodes with the discriminator's word embeddings.
+        words = generator.get_input_embeddings().weight
+        assert torch.equal(words, discriminator.get_input_embeddings().weight)
+        assert discriminator.config.pad_token_id == 3 and generator.config.pad_token_id == 3
+        for part, name in (("discriminator", IZUMI), ("generator", IZUMI_GENERATOR)):
+            assert type(AutoTokenizer.from_pretrained(out / part)).__name__ == (
+                "BertJapaneseTokenizer"
+            )
+            meta, _, code = model_card(out / part)
+            assert meta["base_model"] == name
+            codes.append(code)
+    assert type(discriminator).__name__ == "LayoutElectraDiscriminator"
+    assert type(generator).__name__ == "LayoutElectraGenerator"
+    assert type(AutoModel.from_pretrained(out / "discriminator")).__name__ == "LayoutLMModel"
+    new = [f"layoutlm.embeddings.{a}_position_embeddings.weight" for a in "xyhw"]
+    assert f"new (random init): {', '.join(new)}\n" in report
+    assert "copied from" in report and "not used" not in report
+    assert len(run_python(*codes, cwd=tmp_path).splitlines()) == 4  # each card's code runs

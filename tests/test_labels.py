@@ -40,5 +40,5 @@ def test_the_gap_length_is_a_parameter_and_0_turns_it_off():
     assert bridged(tags, max_gap=0) == tags
     i = NAMES.index("I-国")
     ids = [i, 0, i]
-    assert bridge_gaps(ids, NAMES, 0) == ids and bridge_gaps(ids, NAMES) == [i, i, i]
+    assert bridge_gaps(ids, NAMES, 0) == ids and bridge_gaps(ids, NAMES, 5) == [i, i, i]
     assert ids == [i, 0, i]  # the input is not changed

@@ -32,7 +32,7 @@ from layoutja.text.tokenizer import load_vocab
 from layoutja.training.config import load_config
 from layoutja.training.trainer import TrainingStopped
 
-from .conftest import recipe, tiny_bert
+from .conftest import model_card, recipe, run_python, tiny_bert
 
 TRAIN = Path(__file__).resolve().parents[1] / "train"
 SPECIALS = SpecialIds(pad=0, cls=2, sep=3, mask=4)
@@ -82,6 +82,66 @@ def test_init_refuses_a_vocabulary_that_does_not_fit(bert_dir, tmp_path):
         init_model(bert_dir, tmp_path / "lm", tokenizer=short)
     with pytest.raises(UserError, match="cannot load a BERT"):
         layoutlm_from_bert(tmp_path / "nothing")
+
+
+def test_a_tokenizer_config_without_its_class_still_exports_the_mecab_tokenizer(
+    localized_dir, unidic_dir, tmp_path
+):
+    """A MeCab directory whose tokenizer_config.json names no class (valid for
+    BertJapaneseTokenizer, as many hand-made ones are): beside a LayoutLM, AutoTokenizer would
+    take LayoutLM's BertTokenizer. Every directory layoutja writes names the class."""
+    from layoutja.text.tokenizer import JapaneseTokenizer
+
+    unnamed = tmp_path / "unnamed"
+    shutil.copytree(unidic_dir, unnamed)
+    config = json.loads((unnamed / "tokenizer_config.json").read_text(encoding="utf-8"))
+    del config["tokenizer_class"]
+    (unnamed / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    bert = tiny_bert(BertForPreTraining, unnamed, tmp_path / "bert")
+    init_model(bert, tmp_path / "lm")
+    pretrain(tiny(max_steps=1), localized_dir, tmp_path / "run", init=str(tmp_path / "lm"),
+             progress=False)  # fmt: skip
+    text = "東京国際空港は東京都大田区にある。"
+    expected = JapaneseTokenizer.from_pretrained(unnamed).encode(text).tokens
+    written = [tmp_path / "lm", tmp_path / "run", tmp_path / "run/checkpoints/step-0000001/hf"]
+    for directory in written:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        assert type(tokenizer).__name__ == "BertJapaneseTokenizer", directory
+        assert tokenizer.tokenize(text) == expected
+
+
+def test_every_export_has_a_model_card_whose_code_runs(localized_dir, bert_dir, tmp_path):
+    init_model(bert_dir, tmp_path / "lm")
+    out = tmp_path / "run"
+    config = tiny(max_steps=2, save_every=1, log_every=1)
+    pretrain(config, localized_dir, out, init=str(tmp_path / "lm"), progress=False)
+    exports = [tmp_path / "lm", out, out / "checkpoints" / "step-0000001" / "hf"]
+    codes = []
+    for directory in exports:
+        meta, text, code = model_card(directory)
+        assert (meta["language"], meta["library_name"]) == ("ja", "transformers")
+        assert meta["pipeline_tag"] == "fill-mask" and "layout-aware" in meta["tags"]
+        assert "license" in meta and meta["license"] is None  # left for the user to fill
+        assert "base_model" not in meta  # started from a local directory, not a hub model
+        assert f'model_dir = "{directory}"' in code and "bbox" in code
+        codes.append(code)
+    vocabulary = len(load_vocab(out / "vocab.txt"))
+    shapes = run_python(*codes, cwd=tmp_path).splitlines()
+    assert len(shapes) == 3 and all(s.endswith(f", {vocabulary}])") for s in shapes)
+    _, made, _ = model_card(tmp_path / "lm")
+    assert "layoutja init-model copied every BERT weight" in made
+    assert "layoutlm.embeddings.x_position_embeddings.weight" in made and "## Training" not in made
+    _, text, _ = model_card(out)
+    manifest = json.loads((localized_dir / "manifest.json").read_text())
+    assert f"- pages: {manifest['counts']['pages']:,}" in text
+    assert f"- tokens: {manifest['counts']['tokens']:,}" in text
+    assert manifest["tokenizer_vocab_sha256"] in text and manifest["chromium"] in text
+    assert f"It started from `{tmp_path / 'lm'}`" in text and "2 steps of a global batch" in text
+    assert "max_steps: 2" in text  # the recipe
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert f"last logged (step 2): loss {last['loss']}" in text and "held out: none" in text
+    _, at_step_1, _ = model_card(exports[2])
+    assert "1 steps of a global batch" in at_step_1 and "last logged (step 1)" in at_step_1
 
 
 def test_windows_overlap_by_the_margin_and_cover_every_token():

@@ -22,8 +22,9 @@ from layoutja.shinra.labels import (
 from layoutja.shinra.rawpage import RawPage
 from layoutja.shinra.records import Decoder, gold_records
 from layoutja.shinra.score import html_mismatches, score
+from layoutja.training.config import load_config
 
-from .conftest import SHINRA
+from .conftest import SHINRA, TRAIN
 
 # A Shift_JIS page (NEC's ① is cp932's, as browsers decode "shift_jis"); tokens per line.
 SJIS_PAGE = (
@@ -53,7 +54,7 @@ def test_real_annotations_label_exactly_their_tokens(request):
         raw = RawPage.read(SHINRA / "Airport_HTML" / f"{row['page_id']}.html")
         mine = [a for a in annotations if a.page_id == row["page_id"]]
         skipped = []
-        labels = page_labels(row["html_span"], raw, mine, names, skipped)
+        labels = page_labels(row["html_span"], raw, mine, names, skipped, overlaps="first")
         begins = [i for i, label in enumerate(labels) if names[label].startswith("B-")]
         assert len(begins) == len(set(mine)) - len(skipped)
         reasons = {reason for reason, _ in skipped}
@@ -79,7 +80,7 @@ def test_hand_made_page():
 
     annotations = [
         annotation("名前", (0, 3), (0, 9), "東京国際空港"),
-        annotation("別名", (0, 5), (0, 9), "国際空港"),  # overlaps the longer 名前: dropped
+        annotation("別名", (0, 5), (0, 9), "国際空港"),  # overlaps 名前, placed first: dropped
         annotation("IATA", (1, 15), (1, 18), "HND"),
         annotation("IATA", (1, 15), (1, 18), "HND"),  # the same annotation twice: once
         annotation("所在地", (1, 4), (1, 6), "大阪"),  # text does not match the offsets
@@ -88,7 +89,8 @@ def test_hand_made_page():
     ]
     names = label_names({"名前", "別名", "IATA", "所在地"})
     skipped = []
-    labels = [names[i] for i in page_labels(spans, raw, annotations, names, skipped)]
+    labels = page_labels(spans, raw, annotations, names, skipped, overlaps="first")
+    labels = [names[i] for i in labels]
     assert labels == ["B-名前", "I-名前", "I-名前", "O", "B-IATA"]
     assert [a.attribute for _, a in skipped] == ["所在地", "所在地", "未定義", "別名"]
     assert Counter(reason for reason, _ in skipped) == {
@@ -97,6 +99,31 @@ def test_hand_made_page():
         "offsets outside the page": 1,
         "attribute not extracted": 1,
     }
+
+
+def test_of_overlapping_annotations_the_first_in_file_order_labels_the_tokens():
+    """The published system keeps the first of overlapping annotations (in file order);
+    `overlaps="longest"` keeps the longest instead."""
+    raw = RawPage("<p>東京国際空港</p>")
+    spans = [[0, 3, 0, 5], [0, 5, 0, 7], [0, 7, 0, 9]]  # 東京 / 国際 / 空港
+    annotations = [
+        annotation("別名", (0, 5), (0, 9), "国際空港"),
+        annotation("名前", (0, 3), (0, 9), "東京国際空港"),  # longer, later in the file
+    ]
+    names = label_names({"名前", "別名"})
+    found = {}
+    for rule in ("first", "longest"):
+        skipped = []
+        labels = page_labels(spans, raw, annotations, names, skipped, overlaps=rule)
+        found[rule] = ([names[i] for i in labels], [(r, a.attribute) for r, a in skipped])
+    assert found["first"] == (["O", "B-別名", "I-別名"], [("overlaps another annotation", "名前")])
+    assert found["longest"] == (
+        ["B-名前", "I-名前", "I-名前"],
+        [("overlaps another annotation", "別名")],
+    )
+    assert load_config(TRAIN / "finetune-tiny.yaml").finetune.overlaps == "first"  # the default
+    with pytest.raises(UserError, match="finetune.overlaps must be first or longest"):
+        load_config(TRAIN / "finetune-tiny.yaml", {"finetune.overlaps": "biggest"})
 
 
 def test_raw_page_positions_and_cuts():
@@ -126,7 +153,8 @@ def test_a_shift_jis_page_is_decoded_as_the_localizer_decodes_it(tmp_path):
     annotations = [annotation("名前", (1, 9), (1, 15), "東京国際空港"),
                    annotation("別名", (2, 4), (2, 7), "羽田①")]  # fmt: skip
     skipped = []
-    labels = [names[i] for i in page_labels(SJIS_SPANS, raw, annotations, names, skipped)]
+    labels = page_labels(SJIS_SPANS, raw, annotations, names, skipped, overlaps="first")
+    labels = [names[i] for i in labels]
     assert labels == ["B-名前", "I-名前", "I-名前", "B-別名", "I-別名", "O"] and not skipped
 
 
@@ -157,11 +185,11 @@ def test_shift_jis_labels_records_and_scores_round_trip(tmp_path):
            "input_ids": list(range(10, 16)), "bbox": [[0, 0, 1, 1]] * 6,
            "html_span": SJIS_SPANS}  # fmt: skip
     pq.write_table(pa.Table.from_pylist([row]), localized / "part-00000.parquet")
-    data = load_pages(shinra, localized)
+    data = load_pages(shinra, localized, overlaps="first")
     assert not data.skipped
     (page,) = data.pages
     assert page.title == "東京国際空港"
-    records = Decoder(data.dirs, data.names).records(page, page.labels, "1.6.5.3", None)
+    records = Decoder(data.dirs, data.names, 5).records(page, page.labels, "1.6.5.3", None)
     expected = gold_records(data.annotations, {"1"})
     key = lambda r: r["attribute"]  # noqa: E731
     assert [r["html_offset"] for r in sorted(records, key=key)] == [

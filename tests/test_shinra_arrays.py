@@ -143,5 +143,5 @@ def test_labels_are_stored_beside_the_arrays(tmp_path):
     (root / "annotation" / "1.6.5.3_dist.jsonl").write_text(json.dumps(gold) + "\n", "utf-8")
     (tmp_path / "loc").mkdir()
     write_part(tmp_path / "loc" / "part-00000.parquet", [6])
-    (page,) = load_pages(root, tmp_path / "loc").pages
+    (page,) = load_pages(root, tmp_path / "loc", overlaps="first").pages
     assert page.labels.dtype == np.int32 and page.labels.tolist() == [0, 0, 1, 2, 0, 0]

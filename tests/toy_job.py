@@ -37,7 +37,7 @@ class ToyTask:
     def __init__(self, trainer: Trainer, args: argparse.Namespace):
         self.trainer, self.args = trainer, args
         self.model, self.max_steps = Toy(), args.steps
-        self.tokenizer_dir, self.fingerprint = Path(args.out), "toy"
+        self.tokenizer_dir, self.fingerprint, self.card = Path(args.out), "toy", None
 
     def batches(self, step: int):
         while True:

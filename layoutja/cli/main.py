@@ -86,7 +86,8 @@ def _localize_config(args: argparse.Namespace) -> LocalizeConfig:
 
 
 def cmd_localize(args: argparse.Namespace) -> None:
-    from layoutja.localize.pool import localize_corpus, parse_shard
+    from layoutja.localize.pool import localize_corpus
+    from layoutja.localize.sources import parse_shard
     from layoutja.text.pagetext import HTML_SUFFIXES
 
     config = _localize_config(args)

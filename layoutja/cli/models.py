@@ -36,6 +36,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         args.data,
         args.out,
         init=args.init,
+        init_generator=args.init_generator,
         tokenizer=args.tokenizer,
         revision=args.revision,
         resume=args.resume,
@@ -228,7 +229,15 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
     p.add_argument(
         "--init",
         help="MVLM: a BERT (converted on the fly) or a LayoutLM; ELECTRA: an export (generator/ "
-        "and discriminator/); a directory or a hub name",
+        "and discriminator/), or with --init-generator a published discriminator; a directory "
+        "or a hub name",
+    )
+    p.add_argument(
+        "--init-generator",
+        metavar="NAME",
+        help="ELECTRA: the generator published beside the --init discriminator (e.g. "
+        "izumi-lab/electra-base-japanese-generator); with electra.layout true both are made "
+        "layout-aware (every weight copied, 2-D embeddings new); pin with NAME@REVISION",
     )
     p.add_argument(
         "--tokenizer",
@@ -294,10 +303,9 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
     p.add_argument(
         "--bridge-gaps",
         type=int,
-        default=5,
         metavar="N",
-        help="relabel runs of up to N O tokens between two I- of one attribute (default: 5, as "
-        "published; 0: off)",
+        help="relabel runs of up to N O tokens between two I- of one attribute (default: the "
+        "model's finetune.bridge_gaps, else 5 as published; 0: off)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="windows per batch (default: 16)")
     p.add_argument(

@@ -1,4 +1,4 @@
-"""Localize a corpus: find the pages, split them into shards, keep N browser workers busy.
+"""Localize a corpus: keep N browser workers busy on the pages of a shard (`sources`).
 
 Each worker is a process with its own tokenizer and Chromium, started in its own process group so
 that the whole group (Playwright's driver and Chromium included) can be killed. The parent keeps
@@ -18,8 +18,6 @@ contained:
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import multiprocessing
 import os
 import pickle
@@ -37,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from layoutja.common import Progress, UserError
 from layoutja.localize.config import LocalizeConfig
-from layoutja.text.pagetext import HTML_SUFFIXES
+from layoutja.localize.sources import PageTask, find_pages, in_shard
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -45,61 +43,6 @@ if TYPE_CHECKING:
     from layoutja.localize.browser import Browser
     from layoutja.localize.store import Store
     from layoutja.text.tokenizer import JapaneseTokenizer
-
-
-@dataclass(frozen=True)
-class PageTask:
-    path: Path
-    source: str  # path relative to the input root, POSIX style: the page's key in the output
-    page_id: str
-    category: str  # SHINRA category (the directory above the file), "" for flat layouts
-
-
-def find_pages(src: str) -> list[PageTask]:
-    """The HTML pages under SRC: a SHINRA root (with `html/`), a directory, or a glob, sorted."""
-    path = Path(src)
-    if any(c in src for c in "*?["):
-        files = [Path(p) for p in glob.glob(src, recursive=True)]
-        root = Path(os.path.commonpath([p.parent for p in files])) if files else path.parent
-    elif path.is_dir():
-        root = path / "html" if (path / "html").is_dir() else path
-        files = [p for p in root.rglob("*") if p.suffix.lower() in HTML_SUFFIXES]
-    elif path.exists():
-        root, files = path.parent, [path]
-    else:
-        raise UserError(f"{src}: no such file or directory")
-    files = sorted(p for p in files if p.is_file() and p.suffix.lower() in HTML_SUFFIXES)
-    if not files:
-        raise UserError(f"{src}: no .html files found")
-    tasks = []
-    for p in files:
-        rel = p.relative_to(root)
-        category = _printable(rel.parent.as_posix()) if rel.parent != Path(".") else ""
-        tasks.append(PageTask(p, _printable(rel.as_posix()), _printable(p.stem), category))
-    return tasks
-
-
-def _printable(name: str) -> str:
-    """A file name as valid Unicode: undecodable bytes (surrogates from the OS) as \\xNN."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'I/N' → (I, N), 0 ≤ I < N."""
-    try:
-        index, count = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise UserError(f"--shard {text!r}: expected I/N, e.g. 0/8") from None
-    if not 0 <= index < count:
-        raise UserError(f"--shard {text!r}: need 0 <= I < N")
-    return index, count
-
-
-def in_shard(task: PageTask, shard: tuple[int, int]) -> bool:
-    """Deterministic split by a hash of the page's relative path (stable when pages are added)."""
-    index, count = shard
-    digest = hashlib.blake2b(task.source.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % count == index
 
 
 # --- worker process -------------------------------------------------------------------------

@@ -55,6 +55,54 @@ _BOXES = {"bbox": np.int16, "px": np.float32, "html_span": np.int32}  # 4 values
 MUST_MATCH = ("format", "tokenizer_vocab_sha256", "viewport", "normalization")
 
 
+def read_manifests(directory: Path) -> list[dict]:
+    """The manifests of a localized directory (one per shard), [] where it has none."""
+    if not directory.is_dir():
+        return []
+    manifests = []
+    for path in sorted(directory.glob("manifest*.json")):
+        try:
+            manifests.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: cannot read the manifest: {e}") from None
+    return manifests
+
+
+def manifest_facts(directory: Path) -> dict:
+    """What the manifests of localized pages (or of a packed text corpus) say about the data,
+    for a model card: source, pages (instances), tokens, tokenizer, vocabulary hash, Chromium."""
+    manifests = read_manifests(directory)
+    if not manifests:
+        return {}
+    keys = ("source", "tokenizer", "tokenizer_vocab_sha256", "chromium")
+    facts = {key: manifests[0][key] for key in keys if manifests[0].get(key)}
+    counts = [m.get("counts", m) for m in manifests]  # localized: "counts"; packed: top level
+    for key in ("pages", "instances", "tokens"):
+        if any(key in c for c in counts):
+            facts[key] = sum(c.get(key, 0) for c in counts)
+    return facts
+
+
+def check_vocabulary(localized: Path, tokenizer_dir: Path, tokenizer: str) -> None:
+    """Refuse pages localized with a vocabulary other than `tokenizer`'s (in `tokenizer_dir`):
+    their ids would mean other tokens to the model and train silently into garbage. The error
+    names both vocabularies and the command that localizes the pages with the right one."""
+    from layoutja.text.tokenizer import vocab_sha256
+
+    ours = vocab_sha256(tokenizer_dir)
+    for manifest in read_manifests(localized):
+        theirs = manifest.get("tokenizer_vocab_sha256")
+        if theirs and theirs != ours:
+            source = manifest.get("source", "PAGES")
+            raise UserError(
+                f"{localized}: these pages were localized with the vocabulary of "
+                f"{manifest.get('tokenizer', '?')} (vocab.txt sha256 {theirs[:12]}), not with "
+                f"{tokenizer}'s ({ours[:12]}): their token ids would mean other tokens. Localize "
+                f"them with {tokenizer}: layoutja localize {source} --tokenizer {tokenizer} "
+                "--out NEW_DIR"
+            )
+
+
 def record_batch(record: dict) -> pa.RecordBatch:
     """One page as a one-row batch of `SCHEMA`; per-token values are lists or numpy arrays.
 

@@ -19,8 +19,9 @@ Two forms share the objective:
   both take the 2-D boxes through the shared LayoutLM embeddings.
 
 Both export with their heads (generator/ and discriminator/), so pretraining goes on from an
-export (`--init`) and the discriminator's replaced-token detection can be evaluated; the
-discriminator's body is what fine-tuning starts from.
+export (`--init`; from two checkpoints published apart, such as izumi-lab's, `from_electra`) and
+the discriminator's replaced-token detection can be evaluated; the discriminator's body is what
+fine-tuning starts from.
 
 As in MVLM, the generator's vocabulary projection is computed only at the masked positions.
 """
@@ -234,7 +235,10 @@ def load_electra(init: Path, *, layout: bool, discriminator_weight: float = 50.0
     parts = {name: init / name for name in ("generator", "discriminator")}
     missing = [str(p) for p in parts.values() if not (p / "config.json").is_file()]
     if missing:
-        raise UserError(f"{init}: not an ELECTRA export (no {', '.join(missing)})")
+        raise UserError(
+            f"{init}: not an ELECTRA export (no {', '.join(missing)}); a discriminator published "
+            "on its own (izumi-lab's) takes its generator with --init-generator NAME"
+        )
     kind = model_type(parts["discriminator"])
     if (kind == "layoutlm") != layout:
         form = "layout-aware" if layout else "text-only"

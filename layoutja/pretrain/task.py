@@ -8,7 +8,8 @@ their positions in it, dropout from (seed, step, rank); so a run that is stopped
 on as many processes or not, takes the same steps as one that was not.
 
 Output directory:
-    config.json, model.safetensors, vocab.txt, ...  the exported MVLM model (at the end), or
+    config.json, model.safetensors, vocab.txt, ...  the exported MVLM model (at the end) with
+    README.md                                        its model card, or
     generator/, discriminator/                       the exported ELECTRA models
     packed/                                          a plain-text corpus, tokenized and packed
     checkpoints/step-0000100/   model, optimizer, scheduler, scaler, RNG (accelerate) + position
@@ -34,7 +35,9 @@ from transformers import PreTrainedModel
 
 from layoutja.common import UserError
 from layoutja.hub import is_mecab_tokenizer, resolve, resolve_tokenizer, tokenizer_for
+from layoutja.localize.store import check_vocabulary, manifest_facts, read_manifests
 from layoutja.pretrain.electra import ElectraPretraining, load_electra, new_electra
+from layoutja.pretrain.from_electra import published_electra
 from layoutja.pretrain.mvlm import MVLMModel, load_layoutlm, new_layoutlm
 from layoutja.pretrain.order import Corpus, Order, page_lengths
 from layoutja.pretrain.textcorpus import pack_text_corpus, wait_until_packed
@@ -47,7 +50,8 @@ from layoutja.pretrain.windows import (
     fixed_batches,
     localized_files,
 )
-from layoutja.text.tokenizer import load_vocab, vocab_sha256
+from layoutja.text.tokenizer import load_vocab
+from layoutja.training.card import ModelCard
 from layoutja.training.config import Recipe
 from layoutja.training.job import StopSignals
 from layoutja.training.trainer import Trainer
@@ -57,21 +61,17 @@ def data_tokenizer(data: Path, init: Path | None, init_name: str | None,
                    tokenizer: str | None) -> Path:  # fmt: skip
     """The MeCab tokenizer to train with: `tokenizer`, else the initial model's own, else the
     one the data was localized with; the data's vocabulary must be the same."""
-    manifests = sorted(data.glob("manifest*.json")) if data.is_dir() else []
-    manifest = json.loads(manifests[0].read_text(encoding="utf-8")) if manifests else {}
+    manifests = read_manifests(data)
+    localized_with = manifests[0].get("tokenizer") if manifests else None
     if init is not None:
         if tokenizer is None and not is_mecab_tokenizer(init):  # e.g. the published LayoutLM:
-            tokenizer = manifest.get("tokenizer")  # the data knows the MeCab tokenizer
+            tokenizer = localized_with  # the data knows the MeCab tokenizer
         path = tokenizer_for(init, tokenizer, init_name or str(init))
-    elif tokenizer or manifest.get("tokenizer"):
-        path = resolve_tokenizer(tokenizer or manifest["tokenizer"])
+    elif tokenizer or localized_with:
+        path = resolve_tokenizer(tokenizer or localized_with)
     else:
         raise UserError(f"{data}: no manifest names its tokenizer; give --tokenizer")
-    expected = manifest.get("tokenizer_vocab_sha256")
-    if expected and vocab_sha256(path) != expected:
-        raise UserError(
-            f"{path}: not the vocabulary {data} was localized with (vocab.txt hashes differ)"
-        )
+    check_vocabulary(data, path, tokenizer or init_name or localized_with)
     return path
 
 
@@ -91,14 +91,24 @@ def is_text_corpus(data: Path) -> bool:
 
 
 def build_model(
-    recipe: Recipe, specials: SpecialIds, vocab_size: int, init: Path | None, report: bool = True
+    recipe: Recipe,
+    specials: SpecialIds,
+    vocab_size: int,
+    init: Path | None,
+    report: bool = True,
+    generator: Path | None = None,
 ) -> MVLMModel | ElectraPretraining:
     """The training module of the recipe's objective, new or from `init` (MVLM: a BERT or a
-    LayoutLM; ELECTRA: an export with generator/ and discriminator/): its forward returns the
-    loss(es), its `exports()` the Hugging Face models to save."""
+    LayoutLM; ELECTRA: an export with generator/ and discriminator/, or with `generator` a
+    published discriminator and its generator): its forward returns the loss(es), its
+    `exports()` the Hugging Face models to save. `report`: print what a conversion copied."""
     if recipe.objective == "electra":
         e = recipe.electra
-        if init:
+        if init and generator:
+            model = published_electra(init, generator, layout=e.layout,
+                                      pad_token_id=specials.pad, report=report,
+                                      discriminator_weight=e.discriminator_weight)  # fmt: skip
+        elif init:
             model = load_electra(init, layout=e.layout, pad_token_id=specials.pad,
                                  discriminator_weight=e.discriminator_weight)  # fmt: skip
         elif not recipe.model:
@@ -134,6 +144,7 @@ class PretrainTask:
         out: Path,
         *,
         init: str | None = None,
+        init_generator: str | None = None,
         tokenizer: str | None = None,
         revision: str | None = None,
     ):
@@ -151,17 +162,26 @@ class PretrainTask:
             )
         if text and not tokenizer:
             raise UserError(f"{data}: plain text; give --tokenizer DIR (its vocabulary)")
+        if init_generator and not (init and recipe.objective == "electra"):
+            raise UserError("--init-generator NAME goes with --init NAME (its discriminator) "
+                            "in an ELECTRA recipe")  # fmt: skip
         init_dir = trainer.main_first(lambda: resolve(init, revision)) if init else None
-        # An ELECTRA export has its tokenizer beside each model: the discriminator's is used.
-        own = init_dir / "discriminator" if init_dir and recipe.objective == "electra" else init_dir
+        generator = trainer.main_first(lambda: resolve(init_generator)) if init_generator else None
+        own = init_dir
+        if init_dir and recipe.objective == "electra" and not generator:
+            own = init_dir / "discriminator"  # an export: its tokenizer is beside each model
         self.tokenizer_dir = data_tokenizer(data, own, init, tokenizer)
+        if generator:  # the generator's vocabulary must be the discriminator's
+            tokenizer_for(generator, str(self.tokenizer_dir), init_generator)
         vocab = load_vocab(self.tokenizer_dir / "vocab.txt")
         self.vocab_size, self.specials = len(vocab), SpecialIds.from_vocab(vocab)
-        self.model = build_model(recipe, self.specials, len(vocab), init_dir, trainer.is_main)
+        self.model = build_model(recipe, self.specials, len(vocab), init_dir, trainer.is_main,
+                                 generator)  # fmt: skip
         positions = min(m.config.max_position_embeddings for m in self.model.exports().values())
         max_length = recipe.data.max_length
         if max_length > positions:
             raise UserError(f"data.max_length {max_length} > the model's {positions} positions")
+        facts = manifest_facts(data)  # for the model cards
         if text:  # tokenized once, by the main process; the other ranks wait for it
             packed = out / "packed"
             if trainer.is_main:
@@ -175,7 +195,11 @@ class PretrainTask:
                 )
             else:
                 wait_until_packed(data, self.tokenizer_dir, packed, max_length - 2)
-            data = packed
+            data, facts = packed, {**manifest_facts(packed), "source": str(data)}
+        base = {"": init} if init else {}  # what each export started from, for its card
+        if init_generator:
+            base["generator"] = init_generator
+        self.card = ModelCard(recipe, out, base, facts)
         self.files = localized_files(data)
         if self.boxes and "bbox" not in pq.read_schema(self.files[0]).names:
             raise UserError(f"{data}: tokens without boxes (packed text): text-only ELECTRA only")
@@ -302,15 +326,18 @@ def pretrain(
     out: str | Path,
     *,
     init: str | None = None,
+    init_generator: str | None = None,
     tokenizer: str | None = None,
     revision: str | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> dict:
     """Pretrain on localized pages (or, for text-only ELECTRA, a plain-text corpus), from
-    scratch or from `init` (a directory or hub name at `revision`); returns the last logged
-    metrics (main process)."""
+    scratch or from `init` (a directory or hub name at `revision`; with `init_generator`, a
+    published ELECTRA discriminator and its generator); returns the last logged metrics (main
+    process)."""
     trainer = Trainer(recipe, out, resume=resume, progress=progress)
-    task = PretrainTask(recipe, trainer, Path(data), Path(out), init=init, tokenizer=tokenizer,
+    task = PretrainTask(recipe, trainer, Path(data), Path(out), init=init,
+                        init_generator=init_generator, tokenizer=tokenizer,
                         revision=revision)  # fmt: skip
     return trainer.fit(task)

@@ -130,8 +130,10 @@ def read_parts(localized: Path, html_dir: Path) -> Iterator[list[Page]]:
         yield pages
 
 
-def load_pages(shinra_dir: Path, localized: Path, names: list[str] | None = None) -> ShinraSet:
-    """Localized pages of a SHINRA directory with their titles and labels (from its annotations).
+def load_pages(shinra_dir: Path, localized: Path, names: list[str] | None = None, *,
+               overlaps: str) -> ShinraSet:  # fmt: skip
+    """Localized pages of a SHINRA directory with their titles and labels (from its annotations;
+    of overlapping ones the `overlaps` one, "first" or "longest", labels the tokens).
 
     `names` fixes the label set (a fine-tuned model's); by default it is built from the ENE
     definitions (attributes with extraction_task) or, without them, the annotated attributes.
@@ -153,7 +155,8 @@ def load_pages(shinra_dir: Path, localized: Path, names: list[str] | None = None
             raw = RawPage.read(page.path)
             page.title = page_title(raw.source)
             mine = by_page.pop(page.page_id, [])
-            page.labels = page_labels(page.html_span, raw, mine, names, skipped)
+            page.labels = page_labels(page.html_span, raw, mine, names, skipped,
+                                      overlaps=overlaps)  # fmt: skip
             pages.append(page)
     skipped += [("page not localized", a) for page in by_page.values() for a in page]
     return ShinraSet(dirs, pages, names, annotations, skipped, attributes)

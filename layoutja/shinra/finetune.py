@@ -3,8 +3,9 @@
 It trains `LayoutLMForTokenClassification` (or, `finetune.text_only`, a BERT's or a text-only
 ELECTRA discriminator's token classifier on the same windows without boxes: the baseline) on
 pages localized beforehand (`layoutja localize`), and reports the dev F1 (the SHINRA scorer on
-held-out pages, gaps bridged as published) after every epoch, each rank predicting a share of
-the dev pages. Epoch e is a seeded permutation of the training windows; step s takes its s-th
+held-out pages, gaps bridged as at prediction: `finetune.bridge_gaps`, which the exported
+config records as `predict`'s default) after every epoch, each rank predicting a share of the dev
+pages. Epoch e is a seeded permutation of the training windows; step s takes its s-th
 global batch, cut into micro-batches as pretraining's (`micro_batch_slice`), so the windows of a
 step depend on the step alone, on any number of processes.
 
@@ -28,6 +29,7 @@ from transformers import PreTrainedModel
 
 from layoutja.common import UserError
 from layoutja.hub import resolve, tokenizer_for
+from layoutja.localize.store import check_vocabulary, manifest_facts
 from layoutja.pretrain.order import micro_batch_slice, window_spans
 from layoutja.pretrain.windows import SpecialIds
 from layoutja.shinra.classifier import TokenClassifier, labeled_batch, load_classifier
@@ -36,6 +38,7 @@ from layoutja.shinra.predict import predict_pages
 from layoutja.shinra.records import Decoder, gold_records, spelling_for
 from layoutja.shinra.score import score
 from layoutja.text.tokenizer import load_vocab
+from layoutja.training.card import ModelCard
 from layoutja.training.checkpoint import export
 from layoutja.training.config import Recipe
 from layoutja.training.trainer import Trainer
@@ -62,8 +65,9 @@ class FinetuneTask:
         model_dir = trainer.main_first(lambda: resolve(model, revision))
         self.recipe, self.trainer = recipe, trainer
         self.tokenizer_dir = tokenizer_for(model_dir, tokenizer, model)  # exported with it
+        check_vocabulary(localized, self.tokenizer_dir, tokenizer or model)
         self.specials = SpecialIds.from_vocab(load_vocab(self.tokenizer_dir / "vocab.txt"))
-        self.data = load_pages(shinra_dir, localized)
+        self.data = load_pages(shinra_dir, localized, overlaps=recipe.finetune.overlaps)
         dev = dev_split(self.data.pages, recipe.finetune.dev_fraction, recipe.schedule.seed)
         self.dev = [p for p in self.data.pages if p.page_id in dev]
         self.train = [p for p in self.data.pages if p.page_id not in dev]
@@ -88,9 +92,13 @@ class FinetuneTask:
         self.max_steps = epochs * self.steps_per_epoch if epochs else recipe.schedule.max_steps
         text_only = recipe.finetune.text_only
         head = load_classifier(model_dir, self.data.names, text_only, self.specials.pad)
+        head.config.bridge_gaps = recipe.finetune.bridge_gaps  # `predict`'s default for it
         self.model = TokenClassifier(head, text_only)
         self.fingerprint = f"{len(self.train)}:{len(self.items)}:{len(self.data.names)}"
         self.out = out
+        counts = {"train_pages": len(self.train), "dev_pages": len(self.dev),
+                  "labels": len(self.data.names)}  # fmt: skip
+        self.card = ModelCard(recipe, out, {"": model}, {**manifest_facts(localized), **counts})
         saved = out / BEST
         self.best = json.loads(saved.read_text()) if trainer.wants_resume and saved.exists() else {}
         if trainer.is_main:
@@ -149,12 +157,13 @@ class FinetuneTask:
         return bool(self.dev) and (step % self.steps_per_epoch == 0 or step == self.max_steps)
 
     def evaluate(self, model: torch.nn.Module, step: int) -> dict:
-        """Dev F1 (html_offset, the SHINRA scorer; gaps bridged as published), each rank
+        """Dev F1 (html_offset, the SHINRA scorer; gaps bridged as the recipe says), each rank
         predicting every world-th dev page; a model better on dev than every earlier one
         becomes the run directory's export. The main process gets the scores, the others {}."""
         data, names = self.recipe.data, self.data.names
         rank, world = self.trainer.rank, self.trainer.world
-        decoder, labeled = Decoder(self.data.dirs, names), {n[2:] for n in names[1:]}
+        decoder = Decoder(self.data.dirs, names, self.recipe.finetune.bridge_gaps)
+        labeled = {n[2:] for n in names[1:]}
         records = []
         precision = self.trainer.accelerator.mixed_precision  # the training's
         for page, labels in predict_pages(model, self.dev[rank::world], self.specials,
@@ -175,7 +184,9 @@ class FinetuneTask:
         }
         if result["dev_macro_f1"] > self.best.get("dev_macro_f1", -1.0):
             self.best = {**result, "step": step}
-            export({"": model.model}, self.tokenizer_dir, self.out)
+            held_out = {k: v for k, v in self.best.items() if k != "step"}
+            card = dataclasses.replace(self.card, held_out=held_out)
+            export({"": model.model}, self.tokenizer_dir, self.out, card, step)
             (self.out / BEST).write_text(json.dumps(self.best) + "\n")
         return result
 

@@ -10,8 +10,9 @@ is NFKC-normalized and stripped, `attribute_name`).
 Nothing is mislabeled silently. An annotation is skipped, and reported with its reason, when:
 - its offsets fall outside the page, or the raw text between them is not its `text`;
 - its page is not among the localized pages, or no rendered token covers it;
-- it overlaps an annotation already placed (annotations are placed longest first, then by
-  position and attribute name, so the choice is deterministic);
+- it overlaps (shares a token with) an annotation already placed: annotations are placed in
+  file order, so the first of overlapping ones labels the tokens, as in the published system
+  (`overlaps="longest"`: longest first, then by position and attribute name);
 - its attribute has `extraction_task: false` in the ENE definitions (when given).
 """
 
@@ -83,10 +84,13 @@ def page_labels(
     annotations: list[Annotation],
     names: list[str],
     skipped: list[tuple[str, Annotation]],
+    *,
+    overlaps: str,
 ) -> np.ndarray:
     """Label ids (int32) for the tokens of one page (their `html_span`s, an (n, 4) array),
-    given its annotations; annotations that cannot be placed go to `skipped` as (reason,
-    annotation)."""
+    given its annotations (in file order); annotations that cannot be placed go to `skipped` as
+    (reason, annotation). Of overlapping annotations the `overlaps` one ("first" or "longest")
+    labels the tokens."""
     spans = np.asarray(spans, dtype=np.int64).reshape(-1, 4)
     index = {name: i for i, name in enumerate(names)}
     starts = raw.indexes(spans[:, 0], spans[:, 1])
@@ -104,7 +108,8 @@ def page_labels(
             skipped.append(("attribute not extracted", a))
         else:
             placed.append((start, end, a))
-    placed.sort(key=lambda p: (-(p[1] - p[0]), p[0], p[2].attribute))
+    if overlaps == "longest":
+        placed.sort(key=lambda p: (-(p[1] - p[0]), p[0], p[2].attribute))
     for start, end, a in placed:
         # Tokens whose raw range overlaps [start, end) (an empty one: starts inside it), in
         # reading order of the raw file.
@@ -122,10 +127,10 @@ def page_labels(
     return labels
 
 
-def bridge_gaps(labels: Sequence[int], names: Sequence[str], max_gap: int = 5) -> list[int]:
+def bridge_gaps(labels: Sequence[int], names: Sequence[str], max_gap: int) -> list[int]:
     """`labels` (ids into `names`) with every run of at most `max_gap` O tokens that lies between
     two `I-x` tokens of the same attribute x relabeled `I-x`: the published post-processing
-    (`--bridge-gaps 5`); a `max_gap` of 0 turns it off.
+    (a `max_gap` of 5, the recipe's `finetune.bridge_gaps`); a `max_gap` of 0 turns it off.
 
     The published rule names two I- tokens, and it is read literally: the token after the run
     must be `I-x` (a `B-x` there starts a new value, so the run stays O), and so must the token

@@ -16,14 +16,16 @@ import torch
 
 from layoutja.common import UserError, device, inference_precision
 from layoutja.hub import resolve, tokenizer_for
+from layoutja.localize.store import check_vocabulary
 from layoutja.pretrain.order import window_spans
 from layoutja.pretrain.windows import SpecialIds
 from layoutja.shinra.classifier import TokenClassifier, labeled_batch
 from layoutja.shinra.data import Page, ShinraDir, merge_windows, read_parts, window
 from layoutja.shinra.labels import read_annotations
 from layoutja.shinra.leaderboard import read_leaderboard
-from layoutja.shinra.records import BRIDGE_GAPS, Decoder, spelling_for, write_jsonl
+from layoutja.shinra.records import Decoder, spelling_for, write_jsonl
 from layoutja.text.tokenizer import load_vocab
+from layoutja.training.config import Finetune
 
 
 @torch.no_grad()
@@ -71,7 +73,7 @@ def predict_pages(
 def predict(
     model: str | Path, shinra_dir: str | Path, localized: str | Path, out: str | Path, *,
     leaderboard: str | Path | None = None, system: str | None = None,
-    targets: set[str] | None = None, bridge: int = BRIDGE_GAPS, max_length: int = 512,
+    targets: set[str] | None = None, bridge: int | None = None, max_length: int = 512,
     margin: int = 128, batch_size: int = 16, tokenizer: str | None = None,
     revision: str | None = None, precision: str | None = None,
 ) -> dict:  # fmt: skip
@@ -80,13 +82,16 @@ def predict(
     accelerator when there is one. Each page's category is its directory's, or with a
     `leaderboard` input (system `system`) the one given there, and only the pages it lists are
     predicted; only that category's attributes are kept (the ENE definitions', which a
-    leaderboard input needs; without them, the annotated ones). Returns the counts: records,
-    pages, and leaderboard pages not localized."""
+    leaderboard input needs; without them, the annotated ones). `bridge` (gap bridging) defaults
+    to the model's fine-tuning recipe's. Returns the counts: records, pages, and leaderboard
+    pages not localized."""
     from transformers import AutoModelForTokenClassification
 
     dirs = ShinraDir.of(Path(shinra_dir))
     model_dir = resolve(model, revision)
-    vocab = load_vocab(tokenizer_for(model_dir, tokenizer, str(model)) / "vocab.txt")
+    tokenizer_dir = tokenizer_for(model_dir, tokenizer, str(model))
+    check_vocabulary(Path(localized), tokenizer_dir, tokenizer or str(model))
+    vocab = load_vocab(tokenizer_dir / "vocab.txt")
     specials = SpecialIds.from_vocab(vocab)
     try:
         classifier = AutoModelForTokenClassification.from_pretrained(model_dir)
@@ -94,6 +99,8 @@ def predict(
         raise UserError(f"{model}: not a fine-tuned model: {e}") from None
     config = classifier.config
     names = [config.id2label[i] for i in range(config.num_labels)]
+    if bridge is None:  # as the model was evaluated; the published rule for other models
+        bridge = getattr(config, "bridge_gaps", Finetune().bridge_gaps)
     classifier = TokenClassifier(classifier, text_only=config.model_type != "layoutlm")
     classifier.to(device())
     attributes = dirs.attributes(read_annotations(dirs.annotations))

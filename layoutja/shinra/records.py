@@ -19,8 +19,6 @@ from layoutja.shinra.leaderboard import kept_attributes
 from layoutja.shinra.plaintext import PlainText
 from layoutja.shinra.rawpage import RawPage
 
-BRIDGE_GAPS = 5  # the published post-processing: runs of up to 5 O between two I- of one attribute
-
 
 def spelling_for(attributes: dict[str, set[str]], ene: str, labeled: set[str]) -> dict[str, str]:
     """Label attribute → the ENE's spelling of it, for the labeled attributes that are the
@@ -78,7 +76,7 @@ class Decoder:
     """Records of a SHINRA directory's pages from their predicted labels: reads each raw page
     (and its plain text) once, bridges gaps (`bridge` O tokens at most; 0: off) and decodes."""
 
-    def __init__(self, dirs: ShinraDir, names: list[str], bridge: int = BRIDGE_GAPS):
+    def __init__(self, dirs: ShinraDir, names: list[str], bridge: int):
         self.dirs, self.names, self.bridge = dirs, names, bridge
 
     def records(self, page: Page, labels: np.ndarray, ene: str,

@@ -4,6 +4,7 @@
                                     (accelerate's state), trainer_state.json (step, overflow
                                     steps, global batch size, data fingerprint), and hf/: the
                                     model(s) as Hugging Face directories with their tokenizer
+                                    and model card
 
 A checkpoint is written under a temporary name and renamed once complete; only complete ones
 are listed. The main process of the job writes; every rank reads (OUT is on a filesystem that
@@ -20,6 +21,7 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel
 
 from layoutja.common import UserError, copy_tokenizer
+from layoutja.training.card import ModelCard
 
 STATE = "trainer_state.json"
 
@@ -46,10 +48,11 @@ def load_checkpoint(accelerator: Accelerator, out: Path, wanted: bool) -> dict:
 
 
 def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int,
-                    models: dict[str, PreTrainedModel], tokenizer_dir: Path) -> Path:  # fmt: skip
+                    models: dict[str, PreTrainedModel], tokenizer_dir: Path,
+                    card: ModelCard | None = None) -> Path:  # fmt: skip
     """Save model, optimizer, scheduler, scaler, RNG and `state` as checkpoints/step-N, with
-    `models` exported into its `hf/`, under a temporary name first so a kill mid-save loses
-    nothing; returns its path. Called on every rank."""
+    `models` exported into its `hf/` (with their `card`), under a temporary name first so a
+    kill mid-save loses nothing; returns its path. Called on every rank."""
     final = out / "checkpoints" / f"step-{state['step']:07d}"
     tmp = final.with_name(f".tmp-{final.name}")
     if accelerator.is_main_process:
@@ -60,7 +63,7 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int,
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        export(models, tokenizer_dir, tmp / "hf")
+        export(models, tokenizer_dir, tmp / "hf", card, state["step"], final / "hf")
         (tmp / STATE).write_text(json.dumps(state))
         if final.exists():
             shutil.rmtree(final)
@@ -71,10 +74,18 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int,
     return final
 
 
-def export(models: dict[str, PreTrainedModel], tokenizer_dir: Path, out: Path) -> None:
+def export(
+    models: dict[str, PreTrainedModel],
+    tokenizer_dir: Path,
+    out: Path,
+    card: ModelCard | None = None,
+    step: int | None = None,
+    location: Path | None = None,
+) -> None:
     """Save each Hugging Face model (`{subdirectory: model}`, "" for `out` itself) with its
-    tokenizer files beside it (AutoModel and AutoTokenizer load the directory); called by the
-    main process."""
+    tokenizer files beside it (AutoModel and AutoTokenizer load the directory) and, given a
+    `card`, its model card (README.md) for the model at `step`, whose code loads `location`
+    (where `out` is found once written; default `out`). Called by the main process."""
     from transformers.utils import logging as transformers_logging
 
     # A "Writing model shards" bar per save, every checkpoint, is noise in a training log.
@@ -85,6 +96,8 @@ def export(models: dict[str, PreTrainedModel], tokenizer_dir: Path, out: Path) -
             target = out / subdirectory
             model.save_pretrained(target)
             copy_tokenizer(tokenizer_dir, target)
+            if card is not None:
+                card.write(target, model, subdirectory, step, (location or out) / subdirectory)
     finally:
         if bars:
             transformers_logging.enable_progress_bar()

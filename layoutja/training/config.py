@@ -10,7 +10,8 @@ A recipe has an `objective` and sections; the defaults below are the published M
     data:       window length and overlap, masking, background batch workers
     checkpoint: how often to log and save, how many checkpoints to keep
     electra:    ELECTRA's own settings (layout-aware or not, generator size, loss weight)
-    finetune:   SHINRA fine-tuning's own settings (dev split, text-only baseline)
+    finetune:   SHINRA fine-tuning's own settings (dev split, text-only baseline, overlapping
+                annotations, gap bridging)
 
 The command line is derived from the same dataclasses (`add_recipe_arguments`): every setting
 is `--section.key VALUE` (values parsed as YAML, e.g. `--optimizer.learning_rate 1e-4`,
@@ -113,6 +114,16 @@ class Electra:
 class Finetune:
     dev_fraction: float = setting(0.1, "share of pages held out for the dev F1")
     text_only: bool = setting(False, "no boxes: a BERT or ELECTRA token classifier (baseline)")
+    overlaps: str = setting(
+        "first",
+        "of annotations that overlap, the one that labels the tokens: first (in file order, as "
+        "published) or longest",
+    )
+    bridge_gaps: int = setting(
+        5,
+        "runs of up to this many O between two I- of one attribute become I- in the dev F1 and "
+        "by default at prediction (as published; 0: off)",
+    )
 
 
 @dataclass
@@ -218,6 +229,12 @@ def _validate(recipe: Recipe) -> None:
         raise UserError(f"schedule.mixed_precision must be fp16, bf16 or no, not {precision!r}")
     if recipe.electra.generator_factor < 1:
         raise UserError("electra.generator_factor must be at least 1")
+    if recipe.finetune.overlaps not in ("first", "longest"):
+        raise UserError(
+            f"finetune.overlaps must be first or longest, not {recipe.finetune.overlaps!r}"
+        )
+    if recipe.finetune.bridge_gaps < 0:
+        raise UserError("finetune.bridge_gaps must be at least 0 (0: off)")
     c = recipe.checkpoint
     if recipe.data.shuffle_parts < 1 or recipe.schedule.timeout_minutes <= 0:
         raise UserError("data.shuffle_parts must be at least 1, schedule.timeout_minutes above 0")

@@ -38,6 +38,7 @@ from accelerate import Accelerator
 from transformers import PreTrainedModel
 
 from layoutja.common import Preempted, Progress, UserError
+from layoutja.training.card import ModelCard
 from layoutja.training.checkpoint import export, latest_checkpoint, load_checkpoint, save_checkpoint
 from layoutja.training.config import Recipe
 from layoutja.training.job import StopSignals, check_shared_output, main_first, make_accelerator
@@ -53,6 +54,7 @@ class Task(Protocol):
     model: torch.nn.Module
     max_steps: int
     tokenizer_dir: Path  # copied beside every export
+    card: ModelCard | None  # the model card (README.md) written beside every export
     fingerprint: str  # of the data: a resume on other data warns
 
     def batches(self, step: int) -> Iterator[list[dict]]:
@@ -311,7 +313,7 @@ class Trainer:
             if state["step"] % every.save_every == 0 or done or evaluates or stop:
                 models = task.exports(accelerator.unwrap_model(model))
                 saved = save_checkpoint(accelerator, out, dict(state), every.keep_checkpoints,
-                                        models, task.tokenizer_dir)  # fmt: skip
+                                        models, task.tokenizer_dir, task.card)  # fmt: skip
         batches.close()  # its DataLoader workers stop now, not at interpreter exit
         bar.close()
         log.close()
@@ -323,7 +325,8 @@ class Trainer:
             )
         accelerator.wait_for_everyone()
         if self.is_main:
-            export(task.exports(accelerator.unwrap_model(model)), task.tokenizer_dir, out)
+            models = task.exports(accelerator.unwrap_model(model))
+            export(models, task.tokenizer_dir, out, task.card, state["step"])
         accelerator.wait_for_everyone()
         accelerator.end_training()
         return last if self.is_main else {}
