@@ -114,20 +114,12 @@ mvlm() {  # mvlm PRECISION COMPILE [PROCESSES]: MVLM as published, a few steps
 }
 
 padding() {  # the padding share of real localized pages, with and without length grouping
-  $PY - "$DATA/localized" "$BATCH" <<'EOF'
+  $PY - "$DATA/localized" <<'EOF'
 import sys
-import numpy as np
-from layoutja.pretrain.order import Corpus, Order
-from layoutja.pretrain.windows import localized_files
-corpus = Corpus.index(localized_files(sys.argv[1]), 510, 128)
-per_device = int(sys.argv[2])
-for grouped in (0, 8 * per_device):
-    windows = corpus.windows[Order(corpus, 42, 64, grouped).epoch(1)]
-    lengths = windows[:, 3] - windows[:, 2] + 2
-    chunks = lengths[: len(lengths) // per_device * per_device].reshape(-1, per_device)
-    padded = -(-chunks.max(1) // 8) * 8  # batches are padded to a multiple of 8
-    share = 1 - chunks.sum() / (padded * per_device).sum()
-    print(f"{'grouped by length' if grouped else 'shuffled'}: padding {share:.1%} of positions")
+from pathlib import Path
+sys.path.insert(0, "bench")
+from bench_data import padding
+padding(sorted(Path(sys.argv[1]).glob("part-*.parquet")))
 EOF
 }
 
@@ -166,7 +158,7 @@ if [ -z "$DATA" ] && [ -x "${LAYOUTJA_CHROMIUM:-/usr/bin/chromium}" ]; then
   step "preparing the demo's pages here (--prepare)" bench/device_check.sh --prepare "$DATA"
 fi
 if [ -n "$DATA" ]; then
-  step "padding share of the prepared real pages, $BATCH windows a batch" padding
+  step "padding share of the prepared real pages" padding
   step "fine-tuning and predict on the device" finetune
 else
   echo "== padding share, fine-tuning and predict: skipped (no DEVICE_CHECK_DATA, no browser)"

@@ -304,7 +304,7 @@ def test_prediction_under_autocast_gives_the_labels_of_fp32(trained, shinra, loc
     out, _ = trained
     model = TokenClassifier(AutoModelForTokenClassification.from_pretrained(out), False)
     specials = SpecialIds.from_vocab(load_vocab(out / "vocab.txt"))
-    pages = load_pages(shinra, localized).pages[:6]
+    pages = load_pages(shinra, localized, overlaps="first").pages[:6]
     labels = {}
     for precision in ("no", "bf16"):
         predicted = predict_pages(model, pages, specials, 128, 32, precision=precision)

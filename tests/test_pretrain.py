@@ -139,9 +139,11 @@ def test_every_export_has_a_model_card_whose_code_runs(localized_dir, bert_dir, 
     assert f"It started from `{tmp_path / 'lm'}`" in text and "2 steps of a global batch" in text
     assert "max_steps: 2" in text  # the recipe
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert f"last logged (step 2): loss {last['loss']}" in text and "held out: none" in text
+    assert f"last logged (step 2): loss {last['loss']}" in text
+    assert f"held out: eval_loss {last['eval_loss']}" in text  # the last step evaluates
     _, at_step_1, _ = model_card(exports[2])
     assert "1 steps of a global batch" in at_step_1 and "last logged (step 1)" in at_step_1
+    assert "held out: none" in at_step_1
 
 
 def test_windows_overlap_by_the_margin_and_cover_every_token():
