@@ -373,8 +373,33 @@ def main() -> None:
               f"{ready[name][1] / 2**20:14.1f} {ready[name][2]:9.1f} {mixing}")  # fmt: skip
     if "layoutja order" in ready:
         padding(parts)
+        for workers in args.workers:
+            masked_batches(parts, workers, args.windows)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def masked_batches(parts: list[Path], workers: int, windows: int) -> None:
+    """What the trainer's data path delivers on one process: masked, collated micro-batches of
+    32 windows (MVLM masking, global batch 256) from `MaskedBatches` through a DataLoader."""
+    from layoutja.pretrain.order import Corpus, Order
+    from layoutja.pretrain.windows import MVLM_MASKING, Batcher, MaskedBatches, SpecialIds
+
+    order = Order(Corpus.index(parts, MAX_TOKENS, MARGIN), 0, SHUFFLE_PARTS)
+    batcher = Batcher(SpecialIds(PAD, CLS, SEP, MASK), 8000, MVLM_MASKING, MAX_TOKENS + 2)
+    dataset = MaskedBatches(order, batcher, rank=0, world=1, start_step=0, global_batch=256,
+                            per_device=32)  # fmt: skip
+    start, cpu = time.perf_counter(), sum(os.times()[:4])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers)
+    batches = list(itertools.islice(loader, windows // 32))
+    del loader  # workers joined: their CPU time is in os.times()' children's
+    seconds, cpu = time.perf_counter() - start, sum(os.times()[:4]) - cpu
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    print(
+        f"trainer batches (MaskedBatches, 32 × ≤512 masked), {workers} workers: "
+        f"{len(batches) * 32 / seconds:,.0f} windows/s, {tokens / seconds:,.0f} tokens/s, "
+        f"CPU {cpu / (len(batches) * 32) * 1e6:.0f} us/window"
+    )
 
 
 def padding(parts: list[Path]) -> None:
@@ -384,6 +409,12 @@ def padding(parts: list[Path]) -> None:
 
     corpus = Corpus.index(parts, MAX_TOKENS, MARGIN)
     for per_device, batch in ((8, 64), (32, 256)):
+        if len(corpus) < batch:
+            print(
+                f"padding share, {per_device} windows a micro-batch: fewer windows than a "
+                f"global batch of {batch}"
+            )
+            continue
         shares = []
         for grouped in (0, batch):
             windows = corpus.windows[Order(corpus, 42, SHUFFLE_PARTS, grouped).epoch(1)]

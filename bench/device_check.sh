@@ -51,7 +51,8 @@ step() {  # step TITLE COMMAND...: run it, print its output; on failure its erro
     echo "FAILED (exit $status):"
     tail -n 25 "$WORK/step.log" | sed 's/^/  /'
   else
-    grep -v -E "^(W[0-9]{4}|\*+$|Setting OMP)" "$WORK/step.log" | tail -n 20
+    # without torchrun's banner and transformers' progress bars
+    grep -v -E "^(W[0-9]{4}|\*+$|Setting OMP)|it/s\]" "$WORK/step.log" | tail -n 20
   fi
 }
 

@@ -98,5 +98,5 @@ def test_the_device_check_runs_end_to_end_at_toy_size_on_the_cpu():
     for run in ("fp16, compile false", "bf16, compile true"):
         assert f"{run}: 4 steps" in out, out
     assert "without layout" in out and "tokens/s" in out
-    assert "padding share, 32 windows a micro-batch (global 256): shuffled" in out
+    assert "padding share, 8 windows a micro-batch" in out
     assert "fine-tuning (10 epochs):" in out and "layoutja" in out
