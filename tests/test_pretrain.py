@@ -74,6 +74,13 @@ def test_init_refuses_a_vocabulary_that_does_not_fit(bert_dir, tmp_path):
     (other / "vocab.txt").write_text("\n".join(renamed) + "\n", encoding="utf-8")
     with pytest.raises(UserError, match=f"vocabulary is not .*, {len(lines) - 20} differ"):
         init_model(bert_dir, tmp_path / "lm", tokenizer=other)
+    swapped = tmp_path / "swapped"  # two tokens trade places: two ids differ, not four
+    shutil.copytree(bert_dir, swapped)
+    trade = list(lines)
+    trade[30], trade[31] = lines[31], lines[30]
+    (swapped / "vocab.txt").write_text("\n".join(trade) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=f"{len(lines)} vs {len(lines)} tokens, 2 differ"):
+        init_model(bert_dir, tmp_path / "lm", tokenizer=swapped)
     short = tmp_path / "short"
     shutil.copytree(bert_dir, short)
     (short / "vocab.txt").write_text("\n".join(lines[:-10]) + "\n", encoding="utf-8")
