@@ -145,7 +145,9 @@ def tokenizer_for(model_dir: Path, tokenizer: str | os.PathLike | None, model: s
     vocab = load_vocab(chosen / "vocab.txt")
     if (model_dir / "vocab.txt").is_file():
         own = load_vocab(model_dir / "vocab.txt")
-        differ = sum(own.get(token) != i for token, i in vocab.items()) + abs(len(own) - len(vocab))
+        # Ids whose token differs, each counted once, and the ids only one of them has.
+        by_id, own_by_id = sorted(vocab, key=vocab.get), sorted(own, key=own.get)
+        differ = sum(a != b for a, b in zip(by_id, own_by_id)) + abs(len(own) - len(vocab))
         if differ:
             raise UserError(
                 f"{tokenizer}: its vocabulary is not {model}'s ({len(vocab)} vs {len(own)} "

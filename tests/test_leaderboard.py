@@ -48,7 +48,7 @@ def test_the_system_argument_chooses_among_several(tmp_path):
     assert read_leaderboard(path, system="other") == {"1": ("T", "1.2"), "2": ("T", "1.4")}
     assert read_leaderboard(path, system="sys") == {"1": ("T", "1.1"), "2": ("T", "1.3")}
     with pytest.raises(UserError, match=r"leaderboard.jsonl: line 1: .*several systems in ENEs "
-                       r"\('other', 'sys'\): choose one"):  # fmt: skip
+                       r"\('other', 'sys'\): choose one with --system NAME"):  # fmt: skip
         read_leaderboard(path)
     # A chosen system that a line lacks, with the names that line has.
     path = write(tmp_path, two_systems("1", "1.1", "1.2"), page("2", ("1.3", 0.9)))

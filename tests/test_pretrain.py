@@ -74,6 +74,13 @@ def test_init_refuses_a_vocabulary_that_does_not_fit(bert_dir, tmp_path):
     (other / "vocab.txt").write_text("\n".join(renamed) + "\n", encoding="utf-8")
     with pytest.raises(UserError, match=f"vocabulary is not .*, {len(lines) - 20} differ"):
         init_model(bert_dir, tmp_path / "lm", tokenizer=other)
+    swapped = tmp_path / "swapped"  # two tokens trade places: two ids differ, not four
+    shutil.copytree(bert_dir, swapped)
+    trade = list(lines)
+    trade[30], trade[31] = lines[31], lines[30]
+    (swapped / "vocab.txt").write_text("\n".join(trade) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match=f"{len(lines)} vs {len(lines)} tokens, 2 differ"):
+        init_model(bert_dir, tmp_path / "lm", tokenizer=swapped)
     short = tmp_path / "short"
     shutil.copytree(bert_dir, short)
     (short / "vocab.txt").write_text("\n".join(lines[:-10]) + "\n", encoding="utf-8")
@@ -231,7 +238,7 @@ def test_tiny_recipe_lowers_the_loss_and_exports_an_auto_model(localized_dir, be
     assert logits.shape[-1] == len(load_vocab(out / "vocab.txt"))
 
 
-def test_resume_matches_an_uninterrupted_run(localized_dir, unidic_dir, tmp_path):
+def test_resume_matches_an_uninterrupted_run(localized_dir, unidic_dir, tmp_path, capfd):
     config = tiny(max_steps=12, save_every=4, keep_checkpoints=5, log_every=2)
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     pretrain(config, localized_dir, whole, tokenizer=str(unidic_dir), progress=False)
@@ -246,6 +253,8 @@ def test_resume_matches_an_uninterrupted_run(localized_dir, unidic_dir, tmp_path
     assert resumed == pytest.approx(losses[2:], rel=1e-5)  # steps 6..12
     with pytest.raises(UserError, match="--resume"):
         pretrain(config, localized_dir, cut, tokenizer=str(unidic_dir), progress=False)
+    pretrain(config, localized_dir, cut, tokenizer=str(unidic_dir), resume=True, progress=False)
+    assert "already at step 12 of 12: nothing to train" in capfd.readouterr().err
 
 
 def test_a_nan_loss_stops_with_the_last_checkpoint_intact(localized_dir, unidic_dir, tmp_path):
@@ -338,3 +347,29 @@ def test_a_run_logs_held_out_metrics_every_eval_every_steps(localized_dir, bert_
     for m in evaluated:
         assert 0 <= m["eval_accuracy"] <= 1 and m["eval_loss_without_layout"] > 0
     assert evaluated[-1]["eval_loss"] < evaluated[0]["eval_loss"]
+
+
+def test_fill_mask_never_proposes_special_or_unused_tokens(unidic_dir, tmp_path):
+    from layoutja.pretrain.fillmask import fill_mask, unproposable
+
+    vocab = load_vocab(unidic_dir / "vocab.txt")
+    bracketed = unproposable(vocab)
+    assert {vocab["[UNK]"], vocab["[PAD]"], vocab["[unused3]"]} <= set(bracketed)
+    bert = tiny_bert(BertForMaskedLM, unidic_dir, tmp_path / "bert")
+    init_model(bert, tmp_path / "lm")
+    for directory, model_class in ((bert, BertForMaskedLM), (tmp_path / "lm", LayoutLMForMaskedLM)):
+        model = model_class.from_pretrained(directory)
+        with torch.no_grad():  # the bracketed entries would win every [MASK] by far
+            model.cls.predictions.bias[bracketed] += 100.0
+        model.save_pretrained(directory)
+        answers = fill_mask(directory, "東京は[MASK]の首都である。", top_k=5)
+        tokens = [token for token, _ in answers[0]]
+        assert len(tokens) == 5 and not any(t.startswith("[") for t in tokens), tokens
+
+
+def test_the_defaults_are_the_published_recipe_spelled_out_in_mvlm_base():
+    import dataclasses
+
+    defaults = dataclasses.asdict(load_config(None))
+    published = dataclasses.asdict(load_config(TRAIN / "mvlm-base.yaml"))
+    assert defaults == published

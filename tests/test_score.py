@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import unicodedata
 
 import pytest
 
@@ -245,3 +246,22 @@ def test_score_command_conventions_put_macro_and_micro_at_the_top(tmp_path, caps
     argv = ["score", "--gold", gold, "--pred", pred, "--target", gold]
     assert main([*argv, "--convention", "leaderboard-2022"]) == 1
     assert "--target is for --convention 2019" in capsys.readouterr().err
+
+
+def test_tables_align_full_width_attribute_names_by_display_width():
+    from layoutja.shinra.score import format_table, pad
+
+    assert pad("所在地", 8) == "所在地  " and pad("abc", 4) == "abc "
+    assert pad("国際空港の所在地", 9) == "国際空港 "  # cut by columns, not characters
+    scores = {"precision": 0.5, "recall": 0.5, "f1": 0.5}
+    table = format_table({"html_offset": {
+        "per_ene": {"1.6.5.3": {"attributes": {"所在地": scores, "IATA": scores},
+                                "macro": scores, "micro": scores}},
+        "macro": scores, "micro": scores}})  # fmt: skip
+    lines = table.splitlines()[2:]
+
+    def columns(text: str) -> int:  # what a terminal shows: full-width characters take two
+        return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+    widths = [columns(line.split(" 0.500")[0]) for line in lines]
+    assert len(set(widths)) == 1, lines  # every figure starts in the same column

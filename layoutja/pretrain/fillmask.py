@@ -3,7 +3,8 @@
 A text-only masked LM (BERT, an ELECTRA generator) answers through transformers' fill-mask
 pipeline. A layout-aware model (LayoutLM from an MVLM run, a layout-aware ELECTRA generator)
 needs boxes, so the text is first rendered as a small HTML page and localized like any page;
-`[MASK]` stays one token there and gets the box of its rendered text.
+`[MASK]` stays one token there and gets the box of its rendered text. Special and unused
+vocabulary entries (`[UNK]`, `[unused3]`, any `[...]`) are never proposed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from layoutja.pretrain import layout_electra
 LAYOUT_AWARE = ("layoutlm", layout_electra.MODEL_TYPE)
 
 
+def unproposable(vocab: dict[str, int]) -> list[int]:
+    """The ids of special and unused entries (`[PAD]`, `[UNK]`, `[unused0]`, ...): no answer."""
+    return sorted(i for token, i in vocab.items() if token.startswith("[") and token.endswith("]"))
+
+
 def fill_mask(model: str | Path, text: str, top_k: int = 5, *, tokenizer: str | None = None,
               revision: str | None = None) -> list[list[tuple[str, float]]]:  # fmt: skip
     """For each [MASK] in `text`, the `top_k` (token, probability) pairs of `model` (a directory
@@ -33,11 +39,14 @@ def fill_mask(model: str | Path, text: str, top_k: int = 5, *, tokenizer: str | 
     if model_type(model_dir) not in LAYOUT_AWARE:
         from transformers import AutoTokenizer, pipeline
 
-        fill = pipeline("fill-mask", model=str(model_dir), top_k=top_k, device=device(),
-                        tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir))  # fmt: skip
+        words = AutoTokenizer.from_pretrained(tokenizer_dir)
+        skipped = set(unproposable(words.get_vocab()))
+        fill = pipeline("fill-mask", model=str(model_dir), top_k=top_k + len(skipped),
+                        device=device(), tokenizer=words)  # fmt: skip
         answers = fill(text)
         answers = [answers] if answers and isinstance(answers[0], dict) else answers
-        return [[(a["token_str"], a["score"]) for a in one] for one in answers]
+        return [[(a["token_str"], a["score"]) for a in one if a["token"] not in skipped][:top_k]
+                for one in answers]  # fmt: skip
     return _fill_layoutlm(model_dir, tokenizer_dir, text, top_k)
 
 
@@ -61,6 +70,7 @@ def _fill_layoutlm(
     inputs = {"input_ids": torch.tensor([ids]), "bbox": torch.tensor([boxes])}
     logits = model(**{k: v.to(model.device) for k, v in inputs.items()}).logits[0].float()
     tokens = {i: t for t, i in tokenizer.vocab.items()}
+    logits[:, unproposable(tokenizer.vocab)] = -torch.inf
     out = []
     for position in (i for i, t in enumerate(ids) if t == specials.mask):
         probabilities = logits[position].softmax(-1)

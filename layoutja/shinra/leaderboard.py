@@ -24,7 +24,7 @@ def _page(record: dict, system: str | None) -> tuple[str, str, str]:
         raise TypeError('"ENEs" is not a non-empty object of system name → entries')
     present = ", ".join(map(repr, sorted(systems)))
     if system is None and len(systems) > 1:
-        raise ValueError(f"several systems in ENEs ({present}): choose one")
+        raise ValueError(f"several systems in ENEs ({present}): choose one with --system NAME")
     if system is not None and system not in systems:
         raise ValueError(f"no system {system!r} in ENEs (present: {present})")
     entries = systems[system if system is not None else next(iter(systems))]

@@ -21,6 +21,7 @@ ints; an offset that is not such a dict counts as absent.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -237,6 +238,17 @@ _COUNTS = {
 }
 
 
+def pad(text: str, width: int) -> str:
+    """`text` cut or padded to `width` terminal columns (full-width characters take two)."""
+    out, used = "", 0
+    for char in text:
+        columns = 2 if unicodedata.east_asian_width(char) in "WF" else 1
+        if used + columns > width:
+            break
+        out, used = out + char, used + columns
+    return out + " " * (width - used)
+
+
 def format_table(result: dict[str, dict]) -> str:
     """Per attribute, per ENE and overall P/R/F1 with the counts, one block per entry of `result`
     (an offset kind of `score`, or a name for the result of `score_leaderboard`)."""
@@ -251,17 +263,19 @@ def format_table(result: dict[str, dict]) -> str:
         for ene, e in scores["per_ene"].items():
             for name, s in e["attributes"].items():
                 rows.append(
-                    f"{ene} {name:<30.30} {s['precision']:6.3f} {s['recall']:6.3f} "
+                    f"{pad(f'{ene} {name}', 40)} {s['precision']:6.3f} {s['recall']:6.3f} "
                     f"{s['f1']:6.3f} " + " ".join(f"{s[k]:5d}" for k in counts)
                 )
             for avg in ("macro", "micro"):
                 s = e[avg]
                 rows.append(
-                    f"{ene} ({avg}){'':<22} {s['precision']:6.3f} {s['recall']:6.3f} {s['f1']:6.3f}"
+                    f"{pad(f'{ene} ({avg})', 40)} {s['precision']:6.3f} {s['recall']:6.3f} "
+                    f"{s['f1']:6.3f}"
                 )
         for avg in ("macro", "micro"):
             s = scores[avg]
             rows.append(
-                f"overall {avg:<32} {s['precision']:6.3f} {s['recall']:6.3f} {s['f1']:6.3f}"
+                f"{pad(f'overall {avg}', 40)} {s['precision']:6.3f} {s['recall']:6.3f} "
+                f"{s['f1']:6.3f}"
             )
     return "\n".join(rows)

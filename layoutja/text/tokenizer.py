@@ -82,7 +82,9 @@ class TokenizerConfig:
         mecab = dict(data.get("mecab_kwargs") or {})
         dic = mecab.get("mecab_dic", "unidic_lite")
         if dic is not None and dic.replace("-", "_") not in DICTIONARIES:
-            raise UserError(f"{source}: unknown mecab_dic {dic!r} (supported: {DICTIONARIES})")
+            raise UserError(
+                f"{source}: unknown mecab_dic {dic!r} (supported: {', '.join(DICTIONARIES)})"
+            )
         specials = {k: content(data.get(k, v)) for k, v in DEFAULT_SPECIALS.items()}
         extra = [content(t) for t in data.get("additional_special_tokens") or []]
         extra += [content(t) for t in (data.get("added_tokens_decoder") or {}).values()]

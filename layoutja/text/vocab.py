@@ -148,7 +148,9 @@ def train_vocab(inputs: list[str | Path], out: Path, config: VocabConfig) -> dic
     """
     dic = config.dic.replace("-", "_")
     if dic not in DICTIONARIES:
-        raise UserError(f"unknown MeCab dictionary {config.dic!r}: choose one of {DICTIONARIES}")
+        raise UserError(
+            f"unknown MeCab dictionary {config.dic!r}: choose one of {', '.join(DICTIONARIES)}"
+        )
     if config.alphabet not in ("jis", "corpus"):
         raise UserError(f"unknown alphabet {config.alphabet!r}: choose 'jis' or 'corpus'")
     config = VocabConfig(**{**config.__dict__, "dic": dic})

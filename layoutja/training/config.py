@@ -97,8 +97,8 @@ class Data:
 
 @dataclass
 class Checkpoint:
-    log_every: int = setting(10, "steps between metrics lines")
-    save_every: int = setting(1000, "steps between checkpoints")
+    log_every: int = setting(50, "steps between metrics lines")
+    save_every: int = setting(2000, "steps between checkpoints")
     keep_checkpoints: int = setting(3, "checkpoints kept (the latest ones)")
     eval_every: int = setting(2000, "pretraining: steps between held-out evaluations")
 

@@ -261,6 +261,9 @@ class Trainer:
         model, optimizer = accelerator.prepare(task.model, optimizer)
         accelerator.register_for_checkpointing(scheduler)  # ours: stepped once per step
         state = self._resume(task)
+        if state["step"] >= task.max_steps and self.is_main:
+            print(f"{out}: already at step {state['step']} of {task.max_steps}: nothing to "
+                  "train (raise schedule.max_steps to go on)", file=sys.stderr)  # fmt: skip
         if self.is_main:
             (out / "recipe.yaml").write_text(recipe.dump(), encoding="utf-8")
 
