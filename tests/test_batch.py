@@ -273,6 +273,8 @@ def test_stored_records_are_the_single_page_records(unidic_dir, tmp_path):
         for task in find_pages(str(corpus)):
             record = localize_file(task.path, tok, browser)
             row = stored[task.source]
+            # html/<category>/<id>.html: the single page gets the category a batch run gives
+            assert record["category"] == row["category"] == task.path.parent.name != ""
             for key in ("tokens", "input_ids", "bbox", "html_span", "dropped", "page_height"):
                 assert row[key] == record[key], (task.source, key)
             assert row["px"] == [[float(np.float32(v)) for v in box] for box in record["px"]]

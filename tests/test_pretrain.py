@@ -277,6 +277,9 @@ def test_config_errors_are_clear(tmp_path):
         load_config(None, {"optimizer": "1"})
     assert load_config(TRAIN / "mvlm-base.yaml").optimizer.learning_rate == 5e-5
     assert load_config(None, {"model.hidden_size": "48"}).model == {"hidden_size": 48}
+    with pytest.raises(UserError, match="model.hidden_sizee is not an architecture setting .*"
+                                        "did you mean model.hidden_size"):  # fmt: skip
+        load_config(None, {"model.hidden_sizee": "32"})
 
 
 def test_two_processes_train_as_one_data_parallel_job(localized_dir, bert_dir, tmp_path):

@@ -197,12 +197,16 @@ def rendering(name: str | Path) -> Iterator[None]:
 
 
 def localize_file(path: Path, tokenizer: JapaneseTokenizer, browser: Browser) -> dict:
-    """Localize one HTML file; its record names it (page id = file name without suffix)."""
+    """Localize one HTML file; its record names it (page id = file name without suffix) and,
+    for a page of the SHINRA layout (`html/<category>/<page_id>.html`), its category, as a
+    batch run over the SHINRA directory does."""
     try:
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
-    record = {"page_id": path.stem, "category": "", "source": path.name}
+    shinra = path.parent.parent.name == "html"
+    record = {"page_id": path.stem, "category": path.parent.name if shinra else "",
+              "source": path.name}  # fmt: skip
     with rendering(path):
         record.update(localize_html(data, tokenizer, browser))
     return record

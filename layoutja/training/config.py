@@ -186,6 +186,21 @@ def _unknown(where: str, key: str) -> UserError:
     return UserError(f"{where}: unknown setting {key!r}{hint}; valid: {', '.join(valid_keys())}")
 
 
+def _check_architecture_key(where: str, name: str) -> None:
+    """A `model.KEY` must be a setting of the configurations layoutja builds (LayoutLM, ELECTRA):
+    transformers would take any name, and a typo would train the default silently."""
+    import difflib
+
+    from transformers import ElectraConfig, LayoutLMConfig
+
+    known = set(LayoutLMConfig().to_dict()) | set(ElectraConfig().to_dict())
+    if name not in known:
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f" (did you mean model.{close[0]}?)" if close else ""
+        raise UserError(f"{where}: model.{name} is not an architecture setting of LayoutLM or "
+                        f"ELECTRA{hint}")  # fmt: skip
+
+
 def load_config(path: str | Path | None, overrides: dict[str, str] | None = None) -> Recipe:
     """A Recipe: its defaults, then a YAML recipe, then `section.key` overrides (YAML text)."""
     where = str(path or "settings")
@@ -205,6 +220,8 @@ def load_config(path: str | Path | None, overrides: dict[str, str] | None = None
         elif key == "model":
             if not isinstance(value, dict):
                 raise UserError(f"{where}: model is a mapping of architecture settings")
+            for name in value:
+                _check_architecture_key(where, name)
             recipe.model = dict(value)
         elif key in SECTIONS:
             if not isinstance(value, dict):
