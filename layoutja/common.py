@@ -174,6 +174,14 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def allow_tf32() -> None:
+    """On CUDA, what runs in fp32 (an fp32 run, what autocast leaves in fp32) uses tensor cores."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def inference_precision(where: torch.device, precision: str | None = None):
     """A context for inference in `precision` (fp16 | bf16 | no; None: fp16 on CUDA, fp32 on
     the CPU), under autocast, as training runs; on CUDA what stays fp32 uses TF32."""
@@ -182,8 +190,7 @@ def inference_precision(where: torch.device, precision: str | None = None):
     import torch
 
     if where.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        allow_tf32()
     precision = precision or ("fp16" if where.type == "cuda" else "no")
     if precision == "no":
         return contextlib.nullcontext()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
+from layoutja.common import UserError
 from layoutja.pretrain.order import Corpus, Order, Owner, micro_batch_slice
 from layoutja.pretrain.windows import (
     MVLM_MASKING,
@@ -71,6 +72,11 @@ def test_the_same_global_batches_on_any_number_of_processes_and_workers(order, u
     assert later == one[5:7]
     masked = sum(label != -100 for b in one for _, labels, _ in b for label in labels)
     assert masked > 0 and one[0] != one[1]
+
+
+def test_a_margin_as_wide_as_a_window_is_refused(localized_dir):
+    with pytest.raises(UserError, match="margin 62 must be smaller than max_length - 2"):
+        Corpus.index(localized_files(localized_dir), max_tokens=62, margin=62)
 
 
 def test_each_window_once_per_epoch_and_epochs_differ(order):

@@ -76,6 +76,8 @@ class Corpus:
     ) -> Corpus:
         """The windows of `files`; `lengths` gives each file's page lengths (by default read
         here; a data-parallel job reads a share of the files per rank and gathers them)."""
+        if max_tokens <= margin:
+            raise UserError(f"margin {margin} must be smaller than max_length - 2 ({max_tokens})")
         per_part = (lengths or (lambda fs: [page_lengths(f) for f in fs]))(files)
         rows, bounds = [], [0]
         for part, pages in enumerate(per_part):

@@ -230,8 +230,10 @@ class PretrainTask:
         held_pages = pages[np.sort(chosen)]
         corpus, held = corpus.without(held_pages)
         if self.trainer.is_main:
-            sources = [pq.read_table(self.files[part], columns=["source"]).column(0)[page]
-                       for part, page in held_pages.tolist()]  # fmt: skip
+            sources = []
+            for part in np.unique(held_pages[:, 0]).tolist():  # each part's column read once
+                column = pq.read_table(self.files[part], columns=["source"]).column(0)
+                sources += column.take(held_pages[held_pages[:, 0] == part, 1]).to_pylist()
             (out / "eval_pages.txt").write_text("".join(f"{s}\n" for s in sources), "utf-8")
         mine = np.arange(self.trainer.rank, len(held), self.trainer.world)
         per_device = self.recipe.schedule.per_device_batch_size
@@ -293,14 +295,14 @@ class PretrainTask:
         with every box set to 0,0,0,0 (`..._without_layout`): same windows, same masks, so the
         gap is what the layout is worth. Each rank scores its share; the sums are reduced."""
         accelerator = self.trainer.accelerator
-        variants = {"": None, "_without_layout": 0} if self.boxes else {"": None}
+        variants = ("", "_without_layout") if self.boxes else ("",)
         sums: dict[str, torch.Tensor] = {}
         model.eval()
         with torch.no_grad(), accelerator.autocast():
             for batch in self.eval_batches:
                 inputs = {k: v.to(accelerator.device) for k, v in batch.items()}
-                for suffix, box in variants.items():
-                    boxes = {} if box is None else {"bbox": torch.zeros_like(inputs["bbox"])}
+                for suffix in variants:
+                    boxes = {"bbox": torch.zeros_like(inputs["bbox"])} if suffix else {}
                     for name, value in model.scores(**{**inputs, **boxes}).items():
                         sums[name + suffix] = sums.get(name + suffix, 0) + value.float()
         model.train()

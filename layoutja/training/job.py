@@ -27,7 +27,7 @@ import torch
 from accelerate import Accelerator, InitProcessGroupKwargs
 from accelerate.utils import broadcast_object_list, gather_object
 
-from layoutja.common import UserError
+from layoutja.common import UserError, allow_tf32
 from layoutja.training.config import Recipe
 
 MARKER = ".layoutja-job"  # written by the main process into OUT, read back by every rank
@@ -39,9 +39,7 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     if precision == "fp16" and not torch.cuda.is_available():
         precision = "no"  # fp16 autocast needs a GPU; CPU runs train in fp32
     if torch.cuda.is_available():
-        # What autocast leaves in fp32 (an fp32 run, the loss's logits) runs on tensor cores.
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        allow_tf32()
     timeout = timedelta(minutes=recipe.schedule.timeout_minutes)
     # cpu=True without a GPU: otherwise ranks launched by torchrun/accelerate on CPUs would each
     # train alone instead of as one data-parallel job.
