@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from transformers import BertConfig, BertForPreTraining
+from transformers.utils import logging as transformers_logging
 
 from layoutja.common import copy_tokenizer
 from layoutja.text.tokenizer import load_vocab
@@ -35,6 +36,7 @@ def main() -> None:
         intermediate_size=2 * args.hidden,
         max_position_embeddings=512,
     )
+    transformers_logging.disable_progress_bar()  # writing a tiny model needs no bar
     BertForPreTraining(config).save_pretrained(out)
     copy_tokenizer(tokenizer, out)
     print(f"wrote a tiny BERT ({args.hidden} wide, {args.layers} layers) to {out}")

@@ -167,3 +167,61 @@ def test_init_model_and_pretrain_commands(unidic_dir, localized_dir, tmp_path):
         and "unknown setting 'bogus'; valid: objective, model.*, optimizer.learning_rate"
         in result.stderr.decode()
     )
+
+
+def test_pretrain_and_finetune_help_show_exactly_the_settings_each_reads():
+    pretrain = layoutja("pretrain", "--help").stdout.decode()
+    finetune = layoutja("finetune", "--help").stdout.decode()
+    for shown in ("--model.KEY VALUE", "--objective", "--electra.layout",
+                  "--data.mask_probability", "--data.shuffle_parts", "--checkpoint.eval_every",
+                  "--schedule.max_steps"):  # fmt: skip
+        assert shown in pretrain, shown
+    for hidden in ("--finetune.", "--schedule.epochs"):
+        assert hidden not in pretrain, hidden
+    for shown in ("--finetune.dev_fraction", "--finetune.text_only", "--schedule.epochs",
+                  "--data.max_length", "--optimizer.learning_rate"):  # fmt: skip
+        assert shown in finetune, shown
+    for hidden in ("--objective", "--electra.", "--data.mask_probability", "--model.",
+                   "--data.eval_pages", "--checkpoint.eval_every", "mvlm-base"):  # fmt: skip
+        assert hidden not in finetune, hidden
+    assert "train/finetune-shinra.yaml" in finetune
+    # A setting of the other command is refused by name, before anything runs.
+    result = layoutja("pretrain", "--data", "d", "--out", "o", "--finetune.dev_fraction", "0.2")
+    assert result.returncode == 1
+    assert "--finetune.dev_fraction is a setting of `layoutja finetune`" in result.stderr.decode()
+    result = layoutja("finetune", "--config", "train/finetune-tiny.yaml", "--data", "d",
+                      "--model", "m", "--localized", "l", "--out", "o",
+                      "--model.hidden_size", "8")  # fmt: skip
+    assert result.returncode == 1
+    assert "fine-tuning takes the architecture of --model" in result.stderr.decode()
+    result = layoutja("finetune", "--data", "d", "--model", "m", "--localized", "l", "--out", "o")
+    assert result.returncode == 2 and "--config" in result.stderr.decode()
+
+
+def test_model_commands_print_no_transformers_bars_or_expected_load_reports(unidic_dir, tmp_path):
+    from transformers import BertForPreTraining, ElectraConfig, ElectraForPreTraining
+
+    from layoutja.common import copy_tokenizer
+    from layoutja.text.tokenizer import load_vocab
+
+    from .conftest import tiny_bert
+
+    # A BERT as published: its pooler and next-sentence head have no place in a masked LM or a
+    # LayoutLM, which transformers would report at length.
+    bert = tiny_bert(BertForPreTraining, unidic_dir, tmp_path / "bert")
+    runs = [layoutja("init-model", "--from", bert, "--out", tmp_path / "lm"),
+            layoutja("fill-mask", "--model", bert, "東京は[MASK]の首都である。")]  # fmt: skip
+    for result in runs:
+        err = result.stderr.decode()
+        assert result.returncode == 0, err
+        for noise in ("Loading weights", "Writing model shards", "LOAD REPORT", "UNEXPECTED"):
+            assert noise not in err, err
+    # A discriminator has no masked-LM head: refused, not answered with random weights.
+    size = len(load_vocab(unidic_dir / "vocab.txt"))
+    config = ElectraConfig(vocab_size=size, embedding_size=16, hidden_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=32)  # fmt: skip
+    ElectraForPreTraining(config).save_pretrained(tmp_path / "disc")
+    copy_tokenizer(unidic_dir, tmp_path / "disc")
+    result = layoutja("fill-mask", "--model", tmp_path / "disc", "東京は[MASK]の首都である。")
+    assert result.returncode == 1 and "not a masked LM" in result.stderr.decode()
+    assert "LOAD REPORT" not in result.stderr.decode()

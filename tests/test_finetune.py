@@ -262,6 +262,9 @@ def test_predict_takes_the_leaderboard_pages_their_category_and_its_attributes(
                              capture_output=True, text=True, timeout=300)  # fmt: skip
         assert run.returncode == 0, run.stderr
         assert "1 pages of" in run.stderr  # 4242 is not localized
+        # 2002's category is not in the definitions: it gets no records, and a warning says so
+        assert re.search(rf"1 pages of .*--system {system}.* not list.*: 9\.9 \(1\)",
+                         run.stderr.replace("\n", " ")), run.stderr  # fmt: skip
         found[system] = read_jsonl(path)
         # (html_mismatches finds a page under html/<ENE>/: here, its directory's ENE)
         in_directory = [{**r, "ENE": "1.6.5.3"} for r in found[system]]
@@ -311,3 +314,82 @@ def test_prediction_under_autocast_gives_the_labels_of_fp32(trained, shinra, loc
         labels[precision] = np.concatenate([page_labels for _, page_labels in predicted])
     agree = (labels["no"] == labels["bf16"]).mean()
     assert agree > 0.99 and (labels["bf16"] > 0).any()
+
+
+def test_a_text_only_electra_discriminator_fine_tunes_text_only_and_the_last_line_names_the_export(
+    shinra, bert, localized, tmp_path, capfd
+):
+    import yaml
+    from transformers import ElectraConfig, ElectraForPreTraining
+
+    from layoutja.cli.main import main
+    from layoutja.common import copy_tokenizer
+    from layoutja.text.tokenizer import load_vocab
+
+    size = len(load_vocab(bert / "vocab.txt"))
+    config = ElectraConfig(vocab_size=size, embedding_size=32, hidden_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=64,
+                           max_position_embeddings=128)  # fmt: skip
+    discriminator = tmp_path / "discriminator"
+    ElectraForPreTraining(config).save_pretrained(discriminator)
+    copy_tokenizer(bert, discriminator)
+    out = tmp_path / "ft"
+    capfd.readouterr()
+    code = main(["finetune", "--config", str(TRAIN / "finetune-tiny.yaml"), "--data", str(shinra),
+                 "--model", str(discriminator), "--localized", str(localized), "--out", str(out),
+                 "--schedule.epochs", "2", "--quiet"])  # fmt: skip
+    err = capfd.readouterr().err
+    assert code == 0, err
+    # No finetune.text_only needed: an ELECTRA discriminator has no boxes to take.
+    assert "a text-only ELECTRA discriminator: fine-tuned without boxes" in err
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["finetune"]["text_only"] is True
+    model = AutoModelForTokenClassification.from_pretrained(out)
+    assert type(model).__name__ == "ElectraForTokenClassification"
+    # The last line says which epoch the export in OUT is, and where the last epoch's is.
+    best = json.loads((out / "best.json").read_text())
+    assert (f"the model in {out} is epoch {best['epoch']}'s, the best on dev (macro F1 "
+            f"{best['dev_macro_f1']}") in err  # fmt: skip
+    assert f"the last epoch's is in {out / 'last'}" in err
+
+
+def test_a_run_refused_at_its_start_leaves_no_output_directory(
+    shinra, bert, localized, tmp_path, capfd
+):
+    from layoutja.cli.main import main
+
+    common = ["finetune", "--config", str(TRAIN / "finetune-tiny.yaml"), "--data", str(shinra),
+              "--model", str(bert), "--localized", str(localized), "--quiet",
+              "--schedule.global_batch_size", "100000",
+              "--schedule.per_device_batch_size", "100000"]  # fmt: skip
+    out = tmp_path / "new" / "run"
+    capfd.readouterr()
+    assert main([*common, "--out", str(out)]) == 1
+    err = capfd.readouterr().err
+    assert "fewer than one global batch" in err and f"{out}: removed" in err
+    assert not out.exists()
+    # A directory that held something before is left as it is.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main([*common, "--out", str(mine)]) == 1
+    assert "removed" not in capfd.readouterr().err and (mine / "notes.txt").exists()
+    # Pretraining as well: an --init that does not exist is found after OUT was made.
+    out = tmp_path / "pretrain"
+    assert (
+        main(
+            [
+                "pretrain",
+                "--config",
+                str(TRAIN / "mvlm-tiny.yaml"),
+                "--data",
+                str(localized),
+                "--init",
+                str(tmp_path / "no-model"),
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
+    assert "no such model directory" in capfd.readouterr().err and not out.exists()

@@ -4,12 +4,29 @@ fill-mask, plot, score and compare (the data stages are in layoutja.cli.main).""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from layoutja.common import UserError
 from layoutja.training.config import add_recipe_arguments
+
+
+def without_bars(command: Callable[[argparse.Namespace], None]):
+    """`command` with transformers' progress bars off: loading or writing a model's weights
+    takes a second or two, and bars for it would bury layoutja's own lines (hub downloads keep
+    their bars: they are huggingface_hub's)."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> None:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        command(args)
+
+    return run
 
 
 def cmd_init_model(args: argparse.Namespace) -> None:
@@ -25,7 +42,7 @@ def cmd_init_model(args: argparse.Namespace) -> None:
 def _recipe(args: argparse.Namespace):
     from layoutja.training.config import load_config, recipe_overrides
 
-    return load_config(args.config, recipe_overrides(args, args.extra))
+    return load_config(args.config, recipe_overrides(args, args.extra, args.command))
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -50,8 +67,6 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from layoutja.shinra.finetune import finetune
 
     recipe = _recipe(args)
-    if args.config is None and "objective" not in vars(args):
-        raise UserError("give --config RECIPE (e.g. train/finetune-shinra.yaml)")
     last = finetune(
         recipe,
         args.data,
@@ -63,12 +78,15 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         resume=args.resume,
         progress=not args.quiet,
     )
-    if last.get("dev_macro_f1") is not None:
-        print(
-            f"epoch {last['epoch']}: dev macro F1 {last['dev_macro_f1']}, "
-            f"micro F1 {last['dev_micro_f1']}; model in {args.out}",
-            file=sys.stderr,
-        )
+    best = last.get("best")
+    if best:
+        print(f"epoch {last['epoch']}: dev macro F1 {last['dev_macro_f1']}, micro F1 "
+              f"{last['dev_micro_f1']}\nthe model in {args.out} is epoch {best['epoch']}'s, the "
+              f"best on dev (macro F1 {best['dev_macro_f1']}, micro F1 {best['dev_micro_f1']}); "
+              f"the last epoch's is in {Path(args.out) / 'last'}", file=sys.stderr)  # fmt: skip
+    elif last:
+        print(f"step {last['step']}: loss {last['loss']}; the model (no dev pages: the last) is "
+              f"in {args.out}", file=sys.stderr)  # fmt: skip
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -93,6 +111,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     )
     print(f"wrote {counts['records']} records for {counts['pages']} pages to {args.out}",
           file=sys.stderr)  # fmt: skip
+    undefined = counts["undefined_enes"]
+    if undefined:
+        listed = ", ".join(f"{ene} ({n})" for ene, n in sorted(undefined.items()))
+        print(f"warning: {sum(undefined.values())} pages of {args.pages} are classified "
+              f"(--system {args.system or 'the only one'}) as ENEs that the definitions in "
+              f"{args.data} do not list, so no attribute is kept for them: {listed}",
+              file=sys.stderr)  # fmt: skip
     if counts["not_localized"]:
         print(f"warning: {counts['not_localized']} pages of {args.pages} are not localized in "
               f"{args.localized}: no predictions for them", file=sys.stderr)  # fmt: skip
@@ -208,7 +233,7 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
     p.add_argument(
         "--max-2d-positions", type=int, default=1024, help="2-D embedding rows (default: 1024)"
     )
-    p.set_defaults(func=cmd_init_model)
+    p.set_defaults(func=without_bars(cmd_init_model))
 
     p = sub.add_parser(
         "pretrain",
@@ -248,8 +273,8 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_recipe_arguments(p)
-    p.set_defaults(func=cmd_pretrain)
+    add_recipe_arguments(p, "pretrain")
+    p.set_defaults(func=without_bars(cmd_pretrain))
 
     p = sub.add_parser(
         "finetune",
@@ -275,8 +300,8 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_recipe_arguments(p)
-    p.set_defaults(func=cmd_finetune)
+    add_recipe_arguments(p, "finetune")
+    p.set_defaults(func=without_bars(cmd_finetune))
 
     p = sub.add_parser(
         "predict",
@@ -315,7 +340,7 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
     )
     p.add_argument("--max-length", type=int, default=512, help="window length (default: 512)")
     p.add_argument("--margin", type=int, default=128, help="window overlap (default: 128)")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=without_bars(cmd_predict))
 
     p = sub.add_parser(
         "fill-mask",
@@ -327,7 +352,7 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
     add_tokenizer_argument(p)
     p.add_argument("text", metavar="TEXT", help="text with one or more [MASK]")
     p.add_argument("--top-k", type=int, default=5, help="candidates per mask (default: 5)")
-    p.set_defaults(func=cmd_fill_mask)
+    p.set_defaults(func=without_bars(cmd_fill_mask))
 
     p = sub.add_parser(
         "plot",

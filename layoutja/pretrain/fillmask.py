@@ -13,11 +13,12 @@ import html
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForMaskedLM
+from transformers import AutoModelForMaskedLM, PreTrainedModel
 
 from layoutja.common import UserError, device, model_type
 from layoutja.hub import resolve, tokenizer_for
 from layoutja.pretrain import layout_electra
+from layoutja.pretrain.from_bert import quiet_loading
 
 LAYOUT_AWARE = ("layoutlm", layout_electra.MODEL_TYPE)
 
@@ -41,24 +42,41 @@ def fill_mask(model: str | Path, text: str, top_k: int = 5, *, tokenizer: str | 
 
         words = AutoTokenizer.from_pretrained(tokenizer_dir)
         skipped = set(unproposable(words.get_vocab()))
-        fill = pipeline("fill-mask", model=str(model_dir), top_k=top_k + len(skipped),
-                        device=device(), tokenizer=words)  # fmt: skip
+        fill = pipeline("fill-mask", model=masked_lm(model_dir, str(model)),
+                        top_k=top_k + len(skipped), device=device(), tokenizer=words)  # fmt: skip
         answers = fill(text)
         answers = [answers] if answers and isinstance(answers[0], dict) else answers
         return [[(a["token_str"], a["score"]) for a in one if a["token"] not in skipped][:top_k]
                 for one in answers]  # fmt: skip
-    return _fill_layoutlm(model_dir, tokenizer_dir, text, top_k)
+    return _fill_layoutlm(model_dir, tokenizer_dir, text, top_k, str(model))
+
+
+def masked_lm(model_dir: Path, name: str) -> PreTrainedModel:
+    """The masked LM of `model_dir`. What transformers reports as unused (a BERT's pooler and
+    next-sentence head) is expected and not shown; a model without a masked-LM head (an ELECTRA
+    discriminator, a token classifier) is refused: its answers would come from random weights."""
+    with quiet_loading():
+        model, info = AutoModelForMaskedLM.from_pretrained(model_dir, output_loading_info=True)
+    head = sorted(key for key in info["missing_keys"] if ".pooler." not in key)
+    if head:
+        raise UserError(
+            f"{name}: not a masked LM ({len(head)} weights of the masked-LM head, such as "
+            f"{head[0]}, are missing): fill-mask takes an MVLM run, a BERT or an ELECTRA "
+            "generator (an ELECTRA discriminator detects replaced tokens; it fills no masks)"
+        )
+    return model
 
 
 @torch.no_grad()
 def _fill_layoutlm(
-    model_dir: Path, tokenizer_dir: Path, text: str, top_k: int
+    model_dir: Path, tokenizer_dir: Path, text: str, top_k: int, name: str
 ) -> list[list[tuple[str, float]]]:
     from layoutja.localize.browser import Browser
     from layoutja.localize.page import localize_html, rendering
     from layoutja.pretrain.windows import CLS_BOX, SEP_BOX, SpecialIds
     from layoutja.text.tokenizer import JapaneseTokenizer
 
+    model = masked_lm(model_dir, name).to(device()).eval()  # refused before any rendering
     tokenizer = JapaneseTokenizer.from_pretrained(tokenizer_dir)
     specials = SpecialIds.from_vocab(tokenizer.vocab)
     page = f"<!DOCTYPE html><html><body><p>{html.escape(text)}</p></body></html>"
@@ -66,7 +84,6 @@ def _fill_layoutlm(
         record = localize_html(page.encode("utf-8"), tokenizer, browser)
     ids = [specials.cls, *record["input_ids"], specials.sep]
     boxes = [CLS_BOX, *record["bbox"], SEP_BOX]  # as in training windows
-    model = AutoModelForMaskedLM.from_pretrained(model_dir).to(device()).eval()
     inputs = {"input_ids": torch.tensor([ids]), "bbox": torch.tensor([boxes])}
     logits = model(**{k: v.to(model.device) for k, v in inputs.items()}).logits[0].float()
     tokens = {i: t for t, i in tokenizer.vocab.items()}

@@ -53,7 +53,7 @@ from layoutja.pretrain.windows import (
 from layoutja.text.tokenizer import load_vocab
 from layoutja.training.card import ModelCard
 from layoutja.training.config import Recipe
-from layoutja.training.job import StopSignals
+from layoutja.training.job import StopSignals, removed_unless_trained
 from layoutja.training.trainer import Trainer
 
 
@@ -338,8 +338,9 @@ def pretrain(
     scratch or from `init` (a directory or hub name at `revision`; with `init_generator`, a
     published ELECTRA discriminator and its generator); returns the last logged metrics (main
     process)."""
-    trainer = Trainer(recipe, out, resume=resume, progress=progress)
-    task = PretrainTask(recipe, trainer, Path(data), Path(out), init=init,
-                        init_generator=init_generator, tokenizer=tokenizer,
-                        revision=revision)  # fmt: skip
-    return trainer.fit(task)
+    with removed_unless_trained(Path(out)):
+        trainer = Trainer(recipe, out, resume=resume, progress=progress)
+        task = PretrainTask(recipe, trainer, Path(data), Path(out), init=init,
+                            init_generator=init_generator, tokenizer=tokenizer,
+                            revision=revision)  # fmt: skip
+        return trainer.fit(task)

@@ -86,7 +86,10 @@ def load_classifier(model_dir: Path, names: list[str], text_only: bool,
         model = LayoutLMForTokenClassification(config)
         model.layoutlm.load_state_dict(mlm.layoutlm.state_dict())
         return model
-    raise UserError(f"{model_dir}: a {kind} model; fine-tuning takes LayoutLM or BERT")
+    raise UserError(
+        f"{model_dir}: a {kind} model; fine-tuning takes a LayoutLM, a BERT or "
+        "(finetune.text_only: true) an ELECTRA discriminator"
+    )
 
 
 def labeled_batch(items: list[tuple], pad: int) -> dict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 from accelerate.utils import gather_object
 from transformers import PreTrainedModel
 
-from layoutja.common import UserError
+from layoutja.common import UserError, model_type
 from layoutja.hub import resolve, tokenizer_for
 from layoutja.localize.store import check_vocabulary, manifest_facts
 from layoutja.pretrain.order import micro_batch_slice, window_spans
@@ -41,6 +42,7 @@ from layoutja.text.tokenizer import load_vocab
 from layoutja.training.card import ModelCard
 from layoutja.training.checkpoint import export
 from layoutja.training.config import Recipe
+from layoutja.training.job import removed_unless_trained
 from layoutja.training.trainer import Trainer
 
 BEST = "best.json"  # the dev scores and step of the model exported in the run directory
@@ -90,6 +92,13 @@ class FinetuneTask:
             )
         epochs = recipe.schedule.epochs
         self.max_steps = epochs * self.steps_per_epoch if epochs else recipe.schedule.max_steps
+        if not recipe.finetune.text_only and model_type(model_dir) == "electra":
+            # a text-only ELECTRA discriminator has no 2-D embeddings: its only fine-tuning is
+            # the text-only one (recorded in the run's recipe.yaml and model card)
+            recipe.finetune.text_only = True
+            if trainer.is_main:
+                print(f"{model}: a text-only ELECTRA discriminator: fine-tuned without boxes "
+                      "(finetune.text_only: true)", file=sys.stderr)  # fmt: skip
         text_only = recipe.finetune.text_only
         head = load_classifier(model_dir, self.data.names, text_only, self.specials.pad)
         head.config.bridge_gaps = recipe.finetune.bridge_gaps  # `predict`'s default for it
@@ -205,8 +214,11 @@ def finetune(
 ) -> dict:
     """Fine-tune `model` (a directory or a hub name at `revision`; `tokenizer`: the MeCab
     tokenizer when the model's own is not one) on a SHINRA directory whose pages are localized
-    in `localized`; returns the last logged metrics (main process)."""
-    trainer = Trainer(recipe, out, resume=resume, progress=progress)
-    task = FinetuneTask(recipe, trainer, Path(shinra_dir), str(model), Path(localized),
-                        Path(out), tokenizer, revision)  # fmt: skip
-    return trainer.fit(task)
+    in `localized`; returns the last logged metrics with `best`, the dev scores, epoch and step
+    of the model exported in `out` (main process)."""
+    with removed_unless_trained(Path(out)):
+        trainer = Trainer(recipe, out, resume=resume, progress=progress)
+        task = FinetuneTask(recipe, trainer, Path(shinra_dir), str(model), Path(localized),
+                            Path(out), tokenizer, revision)  # fmt: skip
+        last = trainer.fit(task)
+    return {**last, "best": task.best} if last else last

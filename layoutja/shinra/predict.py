@@ -7,7 +7,7 @@ decoded (its raw HTML read once) as soon as its last window is labeled, then dro
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -84,7 +84,8 @@ def predict(
     predicted; only that category's attributes are kept (the ENE definitions', which a
     leaderboard input needs; without them, the annotated ones). `bridge` (gap bridging) defaults
     to the model's fine-tuning recipe's. Returns the counts: records, pages, and leaderboard
-    pages not localized."""
+    pages not localized, and the leaderboard's ENEs the definitions lack (ENE → pages; those
+    pages get no records)."""
     from transformers import AutoModelForTokenClassification
 
     dirs = ShinraDir.of(Path(shinra_dir))
@@ -108,7 +109,7 @@ def predict(
     if given is not None and dirs.definitions is None:
         raise UserError(f"{shinra_dir}: --pages needs the ENE definitions (*definition*.jsonl)")
     labeled = {name[2:] for name in names[1:]}
-    seen = set()
+    seen, undefined = set(), Counter()  # pages predicted; leaderboard ENEs not defined: pages
 
     def pages() -> Iterator[Page]:
         for part in read_parts(Path(localized), dirs.html):
@@ -128,9 +129,12 @@ def predict(
             # A category that no attribute list names keeps every attribute, unless it is
             # the leaderboard's choice (the published system kept only the category's).
             known = given is not None or ene in attributes
+            if given is not None and ene not in attributes:
+                undefined[ene] += 1
             spelling = spelling_for(attributes, ene, labeled) if known else None
             yield from decoder.records(page, labels, ene, spelling)
 
     count = write_jsonl(records(), Path(out))
     missing = len(set(given) - seen) if given is not None else 0
-    return {"records": count, "pages": len(seen), "not_localized": missing}
+    return {"records": count, "pages": len(seen), "not_localized": missing,
+            "undefined_enes": dict(undefined)}  # fmt: skip

@@ -13,9 +13,10 @@ A recipe has an `objective` and sections; the defaults below are the published M
     finetune:   SHINRA fine-tuning's own settings (dev split, text-only baseline, overlapping
                 annotations, gap bridging)
 
-The command line is derived from the same dataclasses (`add_recipe_arguments`): every setting
-is `--section.key VALUE` (values parsed as YAML, e.g. `--optimizer.learning_rate 1e-4`,
-`--model.hidden_size 128`), and an unknown key is refused with the valid names.
+The command line is derived from the same dataclasses (`add_recipe_arguments`): every setting a
+command reads is `--section.key VALUE` (values parsed as YAML, e.g. `--optimizer.learning_rate
+1e-4`, `--model.hidden_size 128`); `pretrain --help` and `finetune --help` list only their own,
+and an unknown key is refused with the valid names.
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ from layoutja.common import UserError, read_yaml_mapping
 OBJECTIVES = ("mvlm", "electra", "token-classification")
 
 
-def setting(default: Any, help: str) -> Any:
-    """A recipe field with its `--help` text."""
-    return field(default=default, metadata={"help": help})
+COMMANDS = ("pretrain", "finetune")
+
+
+def setting(default: Any, help: str, only: str | None = None) -> Any:
+    """A recipe field with its `--help` text; `only`: the one command that reads it (pretrain or
+    finetune), so the other's `--help` does not offer it."""
+    return field(default=default, metadata={"help": help, "only": only})
 
 
 @dataclass
@@ -51,7 +56,7 @@ class Optimizer:
 @dataclass
 class Schedule:
     max_steps: int = setting(100_000, "optimizer steps (fine-tuning: used when epochs is 0)")
-    epochs: int = setting(0, "fine-tuning: passes over the training windows (0: max_steps)")
+    epochs: int = setting(0, "passes over the training windows (0: max_steps)", "finetune")
     warmup_steps: int = setting(1000, "linear warmup steps, then linear decay to 0")
     global_batch_size: int = setting(256, "= per-device batch × devices × accumulation")
     per_device_batch_size: int = setting(32, "micro-batch size on one device")
@@ -75,23 +80,29 @@ class Schedule:
 class Data:
     max_length: int = setting(512, "window length, [CLS] and [SEP] included")
     margin: int = setting(128, "overlap of consecutive windows")
-    mask_probability: float = setting(0.15, "share of tokens masked (MVLM, ELECTRA)")
-    data_workers: int = setting(1, "background processes preparing batches (0: in the loop)")
+    mask_probability: float = setting(0.15, "share of tokens masked", "pretrain")
+    data_workers: int = setting(
+        1, "background processes preparing batches (0: in the loop)", "pretrain"
+    )
     eval_pages: int = setting(
         1000,
-        "pretraining: pages held out (never trained on) for the "
-        "evaluation every checkpoint.eval_every steps (0: none)",
+        "pages held out (never trained on) for the evaluation every checkpoint.eval_every steps "
+        "(0: none)",
+        "pretrain",
     )
     group_by_length: bool = setting(
         False,
-        "pretraining: windows of similar length in one "
-        "micro-batch (less padding; the same windows per epoch)",
+        "windows of similar length in one micro-batch (less padding; the same windows per epoch)",
+        "pretrain",
     )
-    pin_memory: bool = setting(True, "on CUDA: batches in pinned memory, copied asynchronously")
+    pin_memory: bool = setting(
+        True, "on CUDA: batches in pinned memory, copied asynchronously", "pretrain"
+    )
     shuffle_parts: int = setting(
         64,
-        "Parquet parts whose windows are shuffled together (each "
-        "process holds about this many ÷ processes)",
+        "Parquet parts whose windows are shuffled together (each process holds about this many "
+        "÷ processes)",
+        "pretrain",
     )
 
 
@@ -100,7 +111,7 @@ class Checkpoint:
     log_every: int = setting(50, "steps between metrics lines")
     save_every: int = setting(2000, "steps between checkpoints")
     keep_checkpoints: int = setting(3, "checkpoints kept (the latest ones)")
-    eval_every: int = setting(2000, "pretraining: steps between held-out evaluations")
+    eval_every: int = setting(2000, "steps between held-out evaluations", "pretrain")
 
 
 @dataclass
@@ -250,6 +261,9 @@ def _validate(recipe: Recipe) -> None:
         raise UserError(
             f"finetune.overlaps must be first or longest, not {recipe.finetune.overlaps!r}"
         )
+    if recipe.objective == "token-classification" and recipe.model:
+        raise UserError("a fine-tuning recipe has no model section: fine-tuning takes the "
+                        "architecture of --model")  # fmt: skip
     if recipe.finetune.bridge_gaps < 0:
         raise UserError("finetune.bridge_gaps must be at least 0 (0: off)")
     c = recipe.checkpoint
@@ -261,34 +275,64 @@ def _validate(recipe: Recipe) -> None:
         )
 
 
-def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--config` and one `--section.key` option per recipe setting, with its help and default.
+def _for(command: str) -> dict[str, list[dataclasses.Field]]:
+    """The settings `command` (pretrain or finetune) reads, by section."""
+    section_only = {"electra": "pretrain", "finetune": "finetune"}
+    return {
+        section: [f for f in dataclasses.fields(cls)
+                  if (f.metadata["only"] or section_only.get(section, command)) == command]
+        for section, cls in SECTIONS.items()
+    }  # fmt: skip
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """`--config` and one `--section.key` option per setting that `command` reads, with its
+    help and default.
 
     Values stay text (parsed as YAML by `load_config`), so a recipe file and the command line
     read the same way; `recipe_overrides` collects what was given. `--model.KEY` (any
     architecture setting) is accepted by `recipe_overrides` from the unparsed arguments.
     """
-    parser.add_argument("--config", help="YAML recipe (train/*.yaml); defaults: mvlm-base")
-    parser.add_argument("--objective", default=argparse.SUPPRESS, help=f"one of {OBJECTIVES}")
-    for section, cls in SECTIONS.items():
+    if command == "pretrain":
+        parser.add_argument("--config", metavar="RECIPE", help="YAML recipe (train/mvlm-base.yaml, "
+                            "electra-base.yaml, ...; default: the published MVLM recipe, "
+                            "mvlm-base.yaml)")  # fmt: skip
+        parser.add_argument("--objective", default=argparse.SUPPRESS, choices=OBJECTIVES[:2],
+                            help="mvlm (LayoutLM) or electra (default: mvlm)")  # fmt: skip
+        parser.add_argument_group(
+            "recipe section model",
+            "--model.KEY VALUE: an architecture setting of LayoutLMConfig (mvlm) or "
+            "ElectraConfig (electra, the discriminator's), e.g. --model.hidden_size 256 "
+            "--model.num_hidden_layers 4; used when training from scratch (without --init)",
+        )
+    else:
+        parser.add_argument("--config", metavar="RECIPE", required=True,
+                            help="YAML recipe: train/finetune-shinra.yaml (the published) or "
+                            "train/finetune-shinra-bert.yaml (the BERT baseline)")  # fmt: skip
+    # fine-tuning always has a recipe: a default is what applies where the recipe is silent
+    said = "default" if command == "pretrain" else "where the recipe has none"
+    for section, fields in _for(command).items():
+        if not fields:
+            continue
         group = parser.add_argument_group(f"recipe section {section}")
-        for f in dataclasses.fields(cls):
-            kind = get_type_hints(cls)[f.name].__name__
+        for f in fields:
+            kind = get_type_hints(SECTIONS[section])[f.name].__name__
             group.add_argument(f"--{section}.{f.name}", dest=f"{section}.{f.name}",
                                default=argparse.SUPPRESS, metavar=kind.upper(),
-                               help=f"{f.metadata['help']} (default: {f.default})")  # fmt: skip
+                               help=f"{f.metadata['help']} ({said}: {f.default})")  # fmt: skip
 
 
-def recipe_overrides(args: argparse.Namespace, extra: list[str]) -> dict[str, str]:
+def recipe_overrides(args: argparse.Namespace, extra: list[str], command: str) -> dict[str, str]:
     """The `section.key` settings given on the command line, `--model.KEY VALUE` pairs among
-    the unparsed arguments included; anything else unparsed is refused."""
+    the unparsed arguments included (pretrain only); anything else unparsed is refused, a
+    setting of the other command by its name."""
     given = {k: v for k, v in vars(args).items() if "." in k or k == "objective"}
     i = 0
     while i < len(extra):
         item = extra[i]
         key, _, value = item[2:].partition("=")
-        if not item.startswith("--model."):
-            raise _unknown("the command line", item.lstrip("-").split("=")[0])
+        if not (item.startswith("--model.") and command == "pretrain"):
+            raise _not_for(command, key)
         if not value:
             if i + 1 >= len(extra):
                 raise UserError(f"{item}: needs a value")
@@ -296,3 +340,15 @@ def recipe_overrides(args: argparse.Namespace, extra: list[str]) -> dict[str, st
         given[key] = value
         i += 1
     return given
+
+
+def _not_for(command: str, key: str) -> UserError:
+    """The error for a `--KEY` that `command` does not take."""
+    other = "finetune" if command == "pretrain" else "pretrain"
+    section, _, name = key.replace("-", "_").partition(".")
+    theirs = section == "model" or name in [f.name for f in _for(other).get(section, [])]
+    if theirs:
+        why = " (fine-tuning takes the architecture of --model)" if section == "model" else ""
+        return UserError(f"--{key} is a setting of `layoutja {other}`, not of {command}{why}; "
+                         f"`layoutja {command} --help` lists {command}'s")  # fmt: skip
+    return _unknown("the command line", key)

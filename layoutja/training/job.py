@@ -10,15 +10,21 @@ several nodes, under SLURM or not). What the job needs beyond the training loop 
 - hub models downloaded once: the main process first, then each node's first process, then
   the others, each from the cache the earlier ones filled;
 - preemption: SIGTERM or SIGUSR1 to any rank asks the job to stop; the ranks agree at the next
-  step boundary (`StopSignals`), write a checkpoint and exit with EXIT_PREEMPTED.
+  step boundary (`StopSignals`), write a checkpoint and exit with EXIT_PREEMPTED;
+- no leftovers: a run refused or crashed before it logged or saved anything leaves no output
+  directory behind (`removed_unless_trained`).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
+import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -69,6 +75,25 @@ def check_shared_output(accelerator: Accelerator, out: Path) -> None:
             f"{out}: {', '.join(blind)} cannot see what the main process wrote there: OUT must "
             "be on a filesystem that every node shares"
         )
+
+
+@contextmanager
+def removed_unless_trained(out: Path) -> Iterator[None]:
+    """Around a run: where `out` was new (or empty) and the run stops with an error before it
+    wrote a metrics line or a checkpoint, the job's main process removes `out` (nothing in it
+    can be resumed or read) and says so; anything else stays."""
+    main = os.environ.get("RANK", "0") == "0"  # before the accelerator exists
+    fresh = not out.exists() or (out.is_dir() and not any(out.iterdir()))
+    try:
+        yield
+    except BaseException:
+        metrics = out / "metrics.jsonl"
+        trained = (out / "checkpoints").exists() or (metrics.exists() and metrics.stat().st_size)
+        if main and fresh and out.is_dir() and not trained:
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"{out}: removed: the run stopped before its first metrics line or "
+                  "checkpoint", file=sys.stderr)  # fmt: skip
+        raise
 
 
 def main_first(accelerator: Accelerator, fetch: Callable[[], T]) -> T:
