@@ -1,6 +1,6 @@
 """The documentation against the files and code it describes: train/README.md's table of recipes,
-the flags and Python names the docs mention, and the variable that points the tests at the real
-SHINRA sample."""
+the flags and Python names the docs mention, the README's Parquet snippet, and the variable that
+points the tests at the real SHINRA sample."""
 
 from __future__ import annotations
 
@@ -13,13 +13,16 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from layoutja.cli.main import build_parser
+from layoutja.localize.store import SCHEMA, record_batch
 from layoutja.training.config import SECTIONS, Recipe, load_config, valid_keys
 
-from .conftest import SHINRA, SHINRA_MISSING, SHINRA_VARIABLE, TRAIN, shinra_sample
+from .conftest import SHINRA, SHINRA_MISSING, SHINRA_VARIABLE, TRAIN, run_python, shinra_sample
 
 ROOT = TRAIN.parent
 DOCS = ["README.md", "train/README.md", "localize/README.md", "docs/benchmarks.md"]
@@ -213,6 +216,40 @@ def test_every_python_name_the_docs_mention_exists(name):
     sections = "|".join(SECTIONS)
     for key in re.findall(rf"`((?:{sections})\.\w+)`", doc):
         assert key in valid_keys(), f"{name} names the setting {key}, which does not exist"
+
+
+# --- the README's Parquet snippet ----------------------------------------------------------------
+
+
+def page(page_id: str, tokens: list[str]) -> dict:
+    """A localized page's record in the store's schema, boxes derived from the token index."""
+    n = len(tokens)
+    boxes = [[10 * i, 0, 10 * i + 9, 20] for i in range(n)]
+    return {"page_id": page_id, "category": "Airport", "source": f"html/Airport/{page_id}.html",
+            "encoding": "utf-8", "tokens": tokens, "input_ids": list(range(5, 5 + n)),
+            "bbox": boxes, "px": boxes, "html_span": [[0, i, 0, i + 1] for i in range(n)],
+            "dropped": 0, "viewport_width": 1280, "page_width": 1280.0, "page_height": 40.0,
+            "body": [0.0, 0.0, 1280.0, 40.0]}  # fmt: skip
+
+
+def test_the_readmes_parquet_snippet_reads_localized_parts(tmp_path):
+    """The README's way to read the parts runs as shown, with what layoutja installs, on a
+    localized directory: its parts in the store's schema, beside its manifest and failures."""
+    blocks = re.findall(r"```python\n(.*?)```", text("README.md"), re.S)
+    snippet = [b for b in blocks if "part-*.parquet" in b]
+    assert len(snippet) == 1, "the README shows one Python snippet reading the parts"
+    out = tmp_path / "localized"
+    out.mkdir()
+    parts = [[page("1001", ["東京", "国際", "空港", "は"]), page("1002", ["羽田"])],
+             [page("1003", ["成田", "空港"])]]  # fmt: skip
+    for i, pages in enumerate(parts):
+        table = pa.Table.from_batches([record_batch(p) for p in pages], schema=SCHEMA)
+        pq.write_table(table, out / f"part-00000-of-00001-{i:05d}.parquet")
+    (out / "manifest.json").write_text("{}", encoding="utf-8")
+    (out / "failures.jsonl").write_text("", encoding="utf-8")
+    printed = run_python(snippet[0], cwd=tmp_path)
+    first = parts[0][0]
+    assert printed == f"3 {first['page_id']} {first['tokens'][:3]} {first['bbox'][:3]}\n"
 
 
 # --- the real SHINRA sample's variable -----------------------------------------------------------
