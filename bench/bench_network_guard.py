@@ -2,9 +2,9 @@
 browser-level flags, the render deadline) against a bare Chromium with the DevTools block alone
 (the protection before), on the same pre-wrapped real pages, in one run.
 
-Pages: the real SHINRA sample (../shared/shinra-sample) and, when installed (`make bench`),
-Debian's Japanese documentation. Both sides load each page and read every box with the same
-script; the boxes must agree.
+Pages: the real SHINRA sample ($LAYOUTJA_SHINRA_SAMPLE, else ../shared/shinra-sample) and,
+when installed (`make bench`), Debian's Japanese documentation. Both sides load each page and
+read every box with the same script; the boxes must agree.
 
     python bench/bench_network_guard.py [--pages 30] [--rounds 3]
 """

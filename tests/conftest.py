@@ -2,12 +2,14 @@
 
 No model hub is reachable, so every tokenizer the tests compare against transformers is built
 here with `layoutja.vocab.train_vocab` (small vocabularies, so WordPiece splits and [UNK]s are
-frequent). Real text comes from the repository's sample and, when present, from the SHINRA
-sample in ../shared (tests that need only it skip without it).
+frequent). Real text comes from the repository's sample and, when present, from the real SHINRA
+sample: $LAYOUTJA_SHINRA_SAMPLE, else ../shared/shinra-sample beside the clone (tests that need
+only it skip without it, naming the variable).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,22 @@ from layoutja.text.vocab import VocabConfig, train_vocab
 
 DATA = Path(__file__).parent / "data"
 TRAIN = Path(__file__).resolve().parents[1] / "train"
-SHINRA = Path(__file__).resolve().parents[2] / "shared" / "shinra-sample"
+SHINRA_VARIABLE = "LAYOUTJA_SHINRA_SAMPLE"
+
+
+def shinra_sample() -> Path:
+    """The real SHINRA sample's directory: $LAYOUTJA_SHINRA_SAMPLE, else ../shared/shinra-sample
+    beside the clone (README: "The real SHINRA sample")."""
+    given = os.environ.get(SHINRA_VARIABLE)
+    if given:
+        return Path(given).expanduser()
+    return Path(__file__).resolve().parents[2] / "shared" / "shinra-sample"
+
+
+SHINRA = shinra_sample()
+SHINRA_MISSING = (
+    f"the real SHINRA sample is not at {SHINRA}; set {SHINRA_VARIABLE} to its directory (README)"
+)
 
 
 def shinra_files() -> list[Path]:

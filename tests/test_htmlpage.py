@@ -10,7 +10,7 @@ import pytest
 
 from layoutja.text.htmlpage import decode_html, line_starts, parse_html
 
-from .conftest import SHINRA
+from .conftest import SHINRA, SHINRA_MISSING
 
 
 def texts(source: str) -> list[str]:
@@ -67,7 +67,7 @@ def test_positions_are_lines_and_columns_with_any_newline():
 def test_every_character_of_real_pages_points_at_its_source():
     pages = sorted(SHINRA.glob("Airport_HTML/*.html"))
     if not pages:
-        pytest.skip(f"the real SHINRA sample is not at {SHINRA} (a clone without ../shared)")
+        pytest.skip(SHINRA_MISSING)
     for path in pages:
         source = path.read_text(encoding="utf-8")
         page = parse_html(source)

@@ -18,7 +18,7 @@ from layoutja.localize.config import LocalizeConfig, load_localize_config
 from layoutja.localize.page import SPAN_CLOSE, SPAN_OPEN, localize_html
 from layoutja.text.tokenizer import JapaneseTokenizer
 
-from .conftest import SHINRA
+from .conftest import SHINRA, SHINRA_MISSING
 
 RECIPES = Path(__file__).parents[1] / "localize"
 
@@ -58,7 +58,7 @@ def raw_slices(source: str, record: dict) -> list[str]:
 def test_real_pages_positions_boxes_and_geometry(tok, browser):
     pages = sorted(SHINRA.glob("Airport_HTML/*.html"))
     if not pages:
-        pytest.skip(f"the real SHINRA sample is not at {SHINRA} (a clone without ../shared)")
+        pytest.skip(SHINRA_MISSING)
     for path in pages:
         source = path.read_text(encoding="utf-8")
         record = localize(source, tok, browser)
@@ -369,7 +369,7 @@ def test_generated_pages_give_the_reference_records(tok, browser, index):
 def test_real_pages_give_the_reference_records_token_for_token(tok, browser):
     pages = sorted(SHINRA.glob("Airport_HTML/*.html"))
     if not pages:
-        pytest.skip(f"the real SHINRA sample is not at {SHINRA} (a clone without ../shared)")
+        pytest.skip(SHINRA_MISSING)
     for path in pages:
         data = path.read_bytes()
         record = localize(data, tok, browser)

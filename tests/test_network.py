@@ -21,7 +21,7 @@ from layoutja.localize.pool import localize_corpus
 from layoutja.text.htmlpage import decode_html, parse_html
 from layoutja.text.tokenizer import JapaneseTokenizer
 
-from .conftest import SHINRA, tiny_bert
+from .conftest import SHINRA, SHINRA_MISSING, tiny_bert
 from .hostile import hostile_pages, listeners
 from .test_cli import layoutja
 
@@ -140,7 +140,7 @@ def test_blocking_does_not_change_the_boxes_of_real_pages(unidic_dir):
     """The published localizer's layout (subresources missing) is what the new layers give."""
     pages = sorted(SHINRA.glob("Airport_HTML/*.html"))
     if not pages:
-        pytest.skip(f"the real SHINRA sample is not at {SHINRA}")
+        pytest.skip(SHINRA_MISSING)
     from playwright.sync_api import sync_playwright
 
     tok = JapaneseTokenizer.from_pretrained(unidic_dir)

@@ -20,7 +20,7 @@ from layoutja.shinra.score import (
     score_leaderboard,
 )
 
-from .conftest import SHINRA
+from .conftest import SHINRA, SHINRA_MISSING
 
 
 def record(page, attribute, start, end, ene="1.6.5.3", text="x") -> dict:
@@ -37,7 +37,7 @@ def rounded(scores: dict) -> tuple:
 @pytest.fixture
 def sample():
     if not (SHINRA / "Airport_Mini_Answer.json").exists():
-        pytest.skip(f"the real SHINRA sample is not at {SHINRA} (a clone without ../shared)")
+        pytest.skip(SHINRA_MISSING)
     gold = read_jsonl(SHINRA / "Airport_Mini_Answer.json")
     pred = read_jsonl(SHINRA / "Airport_Dummy_Result.json")
     return gold, pred

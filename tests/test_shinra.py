@@ -19,12 +19,13 @@ from layoutja.shinra.labels import (
     page_labels,
     read_annotations,
 )
+from layoutja.shinra.plaintext import PlainText
 from layoutja.shinra.rawpage import RawPage
 from layoutja.shinra.records import Decoder, gold_records
-from layoutja.shinra.score import html_mismatches, score
+from layoutja.shinra.score import html_mismatches, read_jsonl, score
 from layoutja.training.config import load_config
 
-from .conftest import SHINRA, TRAIN
+from .conftest import SHINRA, SHINRA_MISSING, TRAIN
 
 # A Shift_JIS page (NEC's ① is cp932's, as browsers decode "shift_jis"); tokens per line.
 SJIS_PAGE = (
@@ -43,7 +44,7 @@ def annotation(attribute, start, end, text, page="1") -> Annotation:
 def test_real_annotations_label_exactly_their_tokens(request):
     gold = SHINRA / "Airport_Mini_Answer.json"
     if not gold.exists():
-        pytest.skip(f"the real SHINRA sample is not at {SHINRA} (a clone without ../shared)")
+        pytest.skip(SHINRA_MISSING)
     localized_dir = request.getfixturevalue("localized_dir")  # localized only with the sample
     annotations = read_annotations([gold])
     names = label_names({a.attribute for a in annotations})
@@ -70,6 +71,26 @@ def test_real_annotations_label_exactly_their_tokens(request):
                 and (a.start <= (first[0], first[1]) and (last[2], last[3]) <= a.end)
                 for a in mine
             ), (row["page_id"], attribute, first, last)
+
+
+def test_the_plain_text_rebuilds_the_samples_plain_files_and_text_offsets():
+    """README: SHINRA's plain text rebuilds all 7 plain files of the real sample exactly and maps
+    all 186 gold html offsets onto their text offsets."""
+    if not (SHINRA / "Airport_Mini_Answer.json").exists():
+        pytest.skip(SHINRA_MISSING)
+    pages = sorted((SHINRA / "Airport_HTML").glob("*.html"))
+    plains = {page.stem: PlainText(RawPage.read(page)) for page in pages}
+    for page_id, plain in plains.items():
+        text = (SHINRA / "Airport_TEXT" / f"{page_id}.txt").read_text(encoding="utf-8")
+        assert plain.page.source == text, page_id
+    gold = read_jsonl(SHINRA / "Airport_Mini_Answer.json")
+    for r in gold:
+        start, end = (r["html_offset"][k] for k in ("start", "end"))
+        offset = plains[r["page_id"]].offset(
+            (start["line_id"], start["offset"]), (end["line_id"], end["offset"])
+        )
+        assert offset == r["text_offset"], r
+    assert (len(plains), len(gold)) == (7, 186)
 
 
 def test_hand_made_page():
