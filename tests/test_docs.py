@@ -119,11 +119,6 @@ def test_a_recipes_row_states_what_its_file_holds(name):
         assert figure.strip(",") in comments, f"{figure!r} is neither a setting nor in {name}"
 
 
-def test_the_defaults_are_the_published_mvlm_recipe():
-    """train/README.md and config.py: the dataclasses' defaults are train/mvlm-base.yaml."""
-    assert Recipe() == load_config(TRAIN / "mvlm-base.yaml")
-
-
 # --- flags ---------------------------------------------------------------------------------------
 
 FLAG = re.compile(r"(?<![\w-])(--[a-z][\w.-]*\w)(?:[ =]([\w.+-]*\w))?")
