@@ -240,9 +240,9 @@ def test_config_file_flags_manifest_and_plain_progress_lines(unidic_dir, tmp_pat
     published = LocalizeConfig().as_dict()
     assert recorded == {**published, "timeout_s": 30.0, "pages_per_part": 3, "workers": 1}
     assert len(list(out.glob("part-*.parquet"))) == 2  # 4 pages, 3 per part
-    # Not a terminal: plain progress lines (pages/s, ETA), no carriage-return redraws.
+    # Not a terminal: plain progress lines (the rate so far, ETA), no carriage-return redraws.
     assert "\r" not in stderr
-    assert "localize: 4/4 page" in stderr and "page/s, ETA" in stderr
+    assert "localize: 4/4 pages, " in stderr and " pages/s so far, ETA" in stderr
 
 
 def test_record_batches_from_arrays_equal_from_pylist():
