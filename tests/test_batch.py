@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from layoutja.cli.main import EXIT_PAGES_FAILED, main
 from layoutja.common import UserError
 from layoutja.localize.config import LocalizeConfig
 from layoutja.localize.manifest import manifest_facts, read_manifests
@@ -287,9 +288,52 @@ def test_config_file_flags_manifest_and_plain_progress_lines(unidic_dir, tmp_pat
     published = LocalizeConfig().as_dict()
     assert recorded == {**published, "timeout_s": 30.0, "pages_per_part": 3, "workers": 1}
     assert len(list(out.glob("part-*.parquet"))) == 2  # 4 pages, 3 per part
-    # Not a terminal: plain progress lines (the rate so far, ETA), no carriage-return redraws.
+    # Not a terminal: plain progress lines (the rate so far, ETA), no carriage-return redraws;
+    # the summary's rate is the whole run's.
     assert "\r" not in stderr
     assert "localize: 4/4 pages, " in stderr and " pages/s so far, ETA" in stderr
+    assert "pages/s over the whole run, browser start included" in stderr
+
+
+def unreadable(page: Path) -> None:
+    """Make `page` a file that every read fails on (EIO), as a failing disk would."""
+    page.unlink()
+    page.symlink_to("/proc/self/mem")
+
+
+def test_exit_status_by_the_share_of_failed_pages_and_a_rerun_names_them(
+    unidic_dir, tmp_path, capsys
+):
+    corpus = make_corpus(tmp_path / "shinra", pages=10)
+    bad = corpus / "html" / "City" / "1000.html"
+    text = bad.read_bytes()
+    unreadable(bad)
+    out = tmp_path / "out"
+    command = ["localize", str(corpus), "--tokenizer", str(unidic_dir), "--out", str(out),
+               "--workers", "1", "--quiet"]  # fmt: skip
+    assert main(command) == 0  # 1 page of 10 failed: at most the default share (0.1)
+    err = capsys.readouterr().err
+    assert "localized 9 page(s), 1 failed, 0 already done" in err
+    assert "cannot read" in (out / "failures.jsonl").read_text()
+    # A rerun skips the failed page and says so: not "already done".
+    assert main([*command, "--max-failures", "0.05"]) == EXIT_PAGES_FAILED
+    err = capsys.readouterr().err
+    assert "localized 0 page(s), 0 failed, 9 already done" in err
+    assert "skipped 1 page(s) that failed on an earlier run" in err and "--retry-failed" in err
+    assert "1 of 10 pages failed, more than --max-failures 0.05" in err
+    bad.unlink()
+    bad.write_bytes(text)
+    assert main([*command, "--retry-failed"]) == 0
+    assert "localized 1 page(s), 0 failed, 9 already done" in capsys.readouterr().err
+    assert read_parts(out).num_rows == 10 and (out / "failures.jsonl").read_text() == ""
+    # Every page failed: never 0, whatever share is allowed.
+    two = make_corpus(tmp_path / "two", pages=2)
+    for page in list((two / "html").rglob("*.html")):
+        unreadable(page)
+    command = ["localize", str(two), "--tokenizer", str(unidic_dir), "--out", str(tmp_path / "2"),
+               "--workers", "1", "--quiet", "--max-failures", "1"]  # fmt: skip
+    assert main(command) == EXIT_PAGES_FAILED
+    assert "2 of 2 pages failed" in capsys.readouterr().err
 
 
 def test_the_manifest_names_the_tokenizer_from_anywhere(unidic_dir, tmp_path, monkeypatch):

@@ -326,8 +326,10 @@ def localize_corpus(
     }
     store = Store(out, shard, settings, config.pages_per_part, retry_failed)
     pending = [t for t in tasks if t.source not in store.done and t.source not in store.failed]
-    summary = {"pages": len(tasks), "skipped": len(tasks) - len(pending), "ok": 0, "failed": 0}
-    summary.update(tokens=0, dropped_tokens=0)
+    done_before = sum(t.source in store.done for t in tasks)
+    summary = {"pages": len(tasks), "skipped": done_before, "ok": 0, "failed": 0}
+    summary.update(failed_before=len(tasks) - len(pending) - done_before, tokens=0)
+    summary.update(dropped_tokens=0)
     start = time.monotonic()
     if pending:
         count = max(1, min(config.worker_count, len(pending)))
