@@ -29,7 +29,8 @@ class Preempted(Exception):
 
 class Progress:
     """Progress of long work: a tqdm bar on a terminal; elsewhere (make, CI, SLURM logs) one plain
-    line every `interval` seconds and one at the end, instead of thousands of bar redraws."""
+    line every `interval` seconds and one at the end, instead of thousands of bar redraws.
+    `unit` is singular ("page"); `scale`: the unit is bytes, shown in KiB, MiB, GiB."""
 
     def __init__(self, total: int, unit: str, desc: str, enabled: bool = True,
                  initial: int = 0, interval: float = 30.0, scale: bool = False):  # fmt: skip
@@ -68,13 +69,17 @@ class Progress:
         self._last = now = time.monotonic()
         rate = (self.n - self._initial) / max(now - self._start, 1e-9)
         left = (self.total - self.n) / rate if rate > 0 and self.total else 0
-        done = f"{self.n}/{self.total}"
-        if self.scale:
-            done = f"{self.n / 1e6:.1f}/{self.total / 1e6:.1f}M"
+        if self.scale:  # bytes
+            done = f"{human_bytes(self.n)}/{human_bytes(self.total)}"
+            speed = f"{human_bytes(rate)}/s"
+        else:
+            done = f"{self.n}/{self.total} {self.unit}s"
+            speed = f"{rate:.2f} {self.unit}s/s"
         eta = time.strftime("%H:%M:%S", time.gmtime(left)) if rate > 0 else "?"
         extra = f", {self.postfix}" if self.postfix else ""
-        print(f"{self.desc}: {done} {self.unit}, {rate:.2f} {self.unit}/s, ETA {eta}{extra}",
-              file=sys.stderr, flush=True)  # fmt: skip
+        # The rate is the average since this progress began (after any start-up it follows).
+        print(f"{self.desc}: {done}, {speed} so far, ETA {eta}{extra}", file=sys.stderr,
+              flush=True)  # fmt: skip
 
     def close(self) -> None:
         if self._bar is not None:
@@ -87,6 +92,14 @@ class Progress:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def human_bytes(n: float) -> str:
+    """A size for people: 512 B, 12.3 KiB, 4.0 MiB, 1.2 GiB."""
+    units = ["B", "KiB", "MiB", "GiB"]
+    while n >= 1024 and len(units) > 1:
+        n, units = n / 1024, units[1:]
+    return f"{n:.0f} B" if units[0] == "B" else f"{n:.1f} {units[0]}"
 
 
 def read_jsonl(

@@ -66,6 +66,15 @@ def hub_name(name_or_path: str | os.PathLike) -> str | None:
     return name if _REPO_ID.fullmatch(name) and not name.startswith(".") else None
 
 
+def pinned(name_or_path: str | os.PathLike, local: Path) -> tuple[str, str | None]:
+    """What names `name_or_path` (resolved to `local`) from any working directory: (the
+    absolute path, None) for a local directory; (the hub name, the commit of its snapshot)."""
+    name = hub_name(name_or_path)
+    if name is None:
+        return str(Path(name_or_path).resolve()), None
+    return name, local.name if local.parent.name == "snapshots" else None
+
+
 def _snapshot(name: str, revision: str | None, patterns: list[str], what: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (

@@ -1,7 +1,9 @@
 #!/bin/bash
 # Localize a corpus as a SLURM job array: each task takes its shard of the pages (by a hash of
 # each page's path) and all tasks write to one output directory. Resubmitting the same array
-# finishes what is missing (every shard resumes from its journal and parts).
+# finishes what is missing (every shard resumes from its journal and parts). A task exits 3
+# (FAILED) when more than --max-failures (0.1) of its pages failed; resubmitted, it skips them
+# and fails again until EXTRA=--retry-failed (or --max-failures SHARE) is given.
 #
 #   mkdir -p logs && sbatch --array=0-31 localize/slurm-array.sh
 #
@@ -18,6 +20,7 @@ TOKENIZER=${TOKENIZER:-cl-tohoku/bert-base-japanese-v2}      # directory or hub 
 OUT=${OUT:-runs/localized}                                   # shared by every task
 CONFIG=${CONFIG:-localize/published.yaml}                    # the localization setting
 LAYOUTJA=${LAYOUTJA:-.venv/bin/layoutja}
+EXTRA=${EXTRA:-}                                             # more flags, e.g. --retry-failed
 
 set -euo pipefail
 : "${SLURM_ARRAY_TASK_ID:?run this with sbatch --array=0-N}"
@@ -26,4 +29,4 @@ set -euo pipefail
 # One browser per core the task was given (os.cpu_count() would see the whole node).
 exec "$LAYOUTJA" localize "$SRC" --tokenizer "$TOKENIZER" --out "$OUT" \
     --shard "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT" --config "$CONFIG" \
-    --workers "${SLURM_CPUS_PER_TASK:-0}"
+    --workers "${SLURM_CPUS_PER_TASK:-0}" $EXTRA  # unquoted: one word per flag

@@ -16,8 +16,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from layoutja.cli.main import EXIT_PAGES_FAILED, main
 from layoutja.common import UserError
 from layoutja.localize.config import LocalizeConfig
+from layoutja.localize.manifest import manifest_facts, read_manifests
 from layoutja.localize.pool import PAGES_AHEAD, WorkerPool, localize_corpus
 from layoutja.localize.sources import PageTask, find_pages, in_shard
 from layoutja.localize.store import SCHEMA, Store, record_batch
@@ -67,22 +69,68 @@ def test_corpus_to_parquet_then_resume(unidic_dir, tmp_path):
     for row in table.to_pylist():
         assert len(row["tokens"]) == len(row["bbox"]) == len(row["px"]) == len(row["html_span"])
         assert all(0 <= v <= 1000 for box in row["bbox"] for v in box)
+    assert (out / "failures.jsonl").read_text() == ""  # there, empty: no page failed
     again = localize_corpus(str(corpus), str(unidic_dir), out, workers=2, progress=False)
     assert (again["ok"], again["skipped"]) == (0, pages)
     assert read_parts(out).num_rows == pages
 
 
-def test_shards_share_an_output_directory(unidic_dir, tmp_path):
+def test_shards_share_an_output_directory_with_one_manifest(unidic_dir, tmp_path):
     corpus = make_corpus(tmp_path / "shinra", pages=8)
     out = tmp_path / "out"
-    for index in range(2):
+    summaries = [
         localize_corpus(str(corpus), str(unidic_dir), out, shard=(index, 2), progress=False)
+        for index in range(2)
+    ]
     assert {p.name for p in out.glob("manifest*.json")} == {
+        "manifest.json",
         "manifest-00000-of-00002.json",
         "manifest-00001-of-00002.json",
     }
     sources = read_parts(out).column("source").to_pylist()
     assert sorted(sources) == sorted(t.source for t in find_pages(str(corpus)))
+    # manifest.json: the view of both shards, the directory's counts and every part.
+    view = json.loads((out / "manifest.json").read_text())
+    tokens = sum(len(t) for t in read_parts(out).column("tokens").to_pylist())
+    assert (view["counts"]["pages"], view["counts"]["tokens"]) == (8, tokens)
+    assert sorted(view["parts"]) == sorted(p.name for p in out.glob("part-*.parquet"))
+    assert {tag: s["finished"] for tag, s in view["shards"].items()} == {
+        "00000-of-00002": True,
+        "00001-of-00002": True,
+    }
+    assert view["tokenizer_vocab_sha256"] and view["chromium"] and "shard" not in view
+    # Each summary counts the whole directory: after the second shard, all 8 pages.
+    first, second = summaries
+    assert first["totals"]["pages"] == first["ok"] < 8 and first["shards_finished"] == 1
+    assert second["totals"]["pages"] == 8 and second["shards_finished"] == 2
+    # Readers take the shards' records, not the view too: nothing counted twice.
+    assert manifest_facts(out)["pages"] == 8 and len(read_manifests(out)) == 2
+    with pytest.raises(UserError, match="manifest-00000-of-00002.json: .*tokenizer_vocab"):
+        Store(out, (0, 3), {**view, "tokenizer_vocab_sha256": "other"})  # any shard's settings
+
+
+def test_shards_joining_a_run_without_shards(tmp_path):
+    """An unsharded run's record moves aside for the view once shards join it (not while it
+    runs), and that run goes on with its record under its shard name."""
+    settings = {"tokenizer_vocab_sha256": "abc", "viewport": [1280, 854], "normalization": "body"}
+    whole = Store(tmp_path, (0, 1), settings)
+    whole.add(record_batch(fake_record("a")))
+    assert whole.manifest_path.name == "manifest.json"
+    with pytest.raises(UserError, match="another run is writing shard 0/1"):
+        Store(tmp_path, (1, 2), settings)
+    assert whole.close()["counts"]["pages"] == 1
+    shard = Store(tmp_path, (1, 2), settings)
+    shard.add(record_batch(fake_record("b")))
+    view = shard.close()
+    assert view["counts"]["pages"] == 2 and set(view["shards"]) == {
+        "00000-of-00001",
+        "00001-of-00002",
+    }
+    again = Store(tmp_path, (0, 1), settings)
+    assert again.manifest_path.name == "manifest-00000-of-00001.json" and again.done == {"a", "b"}
+    again.add(record_batch(fake_record("c")))
+    assert again.close()["counts"]["pages"] == 3
+    assert json.loads((tmp_path / "manifest.json").read_text())["counts"]["pages"] == 3
 
 
 def fake_record(source: str, tokens: int = 3) -> dict:
@@ -165,9 +213,9 @@ def test_kill_9_loses_only_pages_in_flight(unidic_dir, tmp_path):
 
 def test_store_lock_parts_on_disk_and_torn_failure_lines(tmp_path):
     settings = {"tokenizer_vocab_sha256": "abc", "viewport": [1280, 854], "normalization": "body"}
-    store = Store(tmp_path, (0, 1), settings, pages_per_part=2)
-    with pytest.raises(UserError, match="another run is writing shard 0/1"):
-        Store(tmp_path, (0, 1), settings)
+    store = Store(tmp_path, (0, 2), settings, pages_per_part=2)
+    with pytest.raises(UserError, match="another run is writing shard 0/2"):
+        Store(tmp_path, (0, 2), settings)
     Store(tmp_path, (1, 2), settings).close()  # another shard may share the directory
     for name in "abcd":
         store.add(record_batch(fake_record(name)))
@@ -176,11 +224,11 @@ def test_store_lock_parts_on_disk_and_torn_failure_lines(tmp_path):
         f.write('{"source": "torn')  # killed in the middle of a line
     store.close()
     next(tmp_path.glob("part-*-00000.parquet")).unlink()  # a part deleted by hand
-    again = Store(tmp_path, (0, 1), settings)
+    again = Store(tmp_path, (0, 2), settings)
     assert again.done == {"c", "d"} and again.counts()["pages"] == 2
     again.fail("y.html", "reason")
     again.close()
-    assert set(Store(tmp_path, (0, 1), settings).failed) == {"x.html", "y.html"}
+    assert set(Store(tmp_path, (0, 2), settings).failed) == {"x.html", "y.html"}
 
 
 def test_workers_hold_the_next_page_while_rendering(unidic_dir, tmp_path):
@@ -240,9 +288,61 @@ def test_config_file_flags_manifest_and_plain_progress_lines(unidic_dir, tmp_pat
     published = LocalizeConfig().as_dict()
     assert recorded == {**published, "timeout_s": 30.0, "pages_per_part": 3, "workers": 1}
     assert len(list(out.glob("part-*.parquet"))) == 2  # 4 pages, 3 per part
-    # Not a terminal: plain progress lines (pages/s, ETA), no carriage-return redraws.
+    # Not a terminal: plain progress lines (the rate so far, ETA), no carriage-return redraws;
+    # the summary's rate is the whole run's.
     assert "\r" not in stderr
-    assert "localize: 4/4 page" in stderr and "page/s, ETA" in stderr
+    assert "localize: 4/4 pages, " in stderr and " pages/s so far, ETA" in stderr
+    assert "pages/s over the whole run, browser start included" in stderr
+
+
+def unreadable(page: Path) -> None:
+    """Make `page` a file that every read fails on (EIO), as a failing disk would."""
+    page.unlink()
+    page.symlink_to("/proc/self/mem")
+
+
+def test_exit_status_by_the_share_of_failed_pages_and_a_rerun_names_them(
+    unidic_dir, tmp_path, capsys
+):
+    corpus = make_corpus(tmp_path / "shinra", pages=10)
+    bad = corpus / "html" / "City" / "1000.html"
+    text = bad.read_bytes()
+    unreadable(bad)
+    out = tmp_path / "out"
+    command = ["localize", str(corpus), "--tokenizer", str(unidic_dir), "--out", str(out),
+               "--workers", "1", "--quiet"]  # fmt: skip
+    assert main(command) == 0  # 1 page of 10 failed: at most the default share (0.1)
+    err = capsys.readouterr().err
+    assert "localized 9 page(s), 1 failed, 0 already done" in err
+    assert "cannot read" in (out / "failures.jsonl").read_text()
+    # A rerun skips the failed page and says so: not "already done".
+    assert main([*command, "--max-failures", "0.05"]) == EXIT_PAGES_FAILED
+    err = capsys.readouterr().err
+    assert "localized 0 page(s), 0 failed, 9 already done" in err
+    assert "skipped 1 page(s) that failed on an earlier run" in err and "--retry-failed" in err
+    assert "1 of 10 pages failed, more than --max-failures 0.05" in err
+    bad.unlink()
+    bad.write_bytes(text)
+    assert main([*command, "--retry-failed"]) == 0
+    assert "localized 1 page(s), 0 failed, 9 already done" in capsys.readouterr().err
+    assert read_parts(out).num_rows == 10 and (out / "failures.jsonl").read_text() == ""
+    # Every page failed: never 0, whatever share is allowed.
+    two = make_corpus(tmp_path / "two", pages=2)
+    for page in list((two / "html").rglob("*.html")):
+        unreadable(page)
+    command = ["localize", str(two), "--tokenizer", str(unidic_dir), "--out", str(tmp_path / "2"),
+               "--workers", "1", "--quiet", "--max-failures", "1"]  # fmt: skip
+    assert main(command) == EXIT_PAGES_FAILED
+    assert "2 of 2 pages failed" in capsys.readouterr().err
+
+
+def test_the_manifest_names_the_tokenizer_from_anywhere(unidic_dir, tmp_path, monkeypatch):
+    corpus = make_corpus(tmp_path / "shinra", pages=1)
+    monkeypatch.chdir(unidic_dir.parent)
+    localize_corpus(str(corpus), unidic_dir.name, tmp_path / "out", progress=False)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["tokenizer"] == str(unidic_dir.resolve())  # not the relative name given
+    assert "tokenizer_revision" not in manifest  # a directory has none
 
 
 def test_record_batches_from_arrays_equal_from_pylist():

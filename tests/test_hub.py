@@ -34,6 +34,7 @@ from transformers import (
 from layoutja.cli.main import main
 from layoutja.common import UserError, device
 from layoutja.hub import resolve
+from layoutja.pretrain.task import data_tokenizer
 from layoutja.shinra.classifier import TokenClassifier
 
 from .conftest import TRAIN, make_shinra, model_card, run_python, tiny_bert
@@ -264,6 +265,14 @@ def test_fill_mask_with_the_published_layoutlm(offline, capsys):
     assert lines[0] == "[MASK] 1:" and len(lines) == 3
 
 
+def test_pages_localized_by_hub_name_record_the_commit(offline, pages):
+    localized = pages(BERT)
+    manifest = json.loads((localized / "manifest.json").read_text())
+    commit = resolve(BERT).name  # the snapshot of the cache's main
+    assert (manifest["tokenizer"], manifest["tokenizer_revision"]) == (BERT, commit)
+    assert data_tokenizer(localized, None, None, None).name == commit
+
+
 def test_the_bert_baseline_by_name(offline, pages, shinra, tmp_path):
     localized = pages(BERT)
     out = finetune(shinra, BERT, localized, tmp_path / "ft", "--finetune.text_only", "true")
@@ -320,8 +329,8 @@ def test_finetune_and_predict_refuse_pages_localized_with_another_vocabulary(
     ]  # fmt: skip
     for command in commands:
         message = error(capsys, *command)
-        assert f"localized with the vocabulary of {IZUMI}" in message
-        assert f"not with {BERT}'s" in message
+        assert f"localized with the tokenizer {IZUMI} (manifest.json), whose vocabulary" in message
+        assert f"is not that of {BERT} (" in message
         assert f"layoutja localize {shinra / 'html'} --tokenizer {BERT} --out" in message
     assert not (tmp_path / "ft" / "checkpoints").exists() and not (tmp_path / "pred.jsonl").exists()
 

@@ -26,7 +26,7 @@ from layoutja.common import TOKENIZER_FILES, UserError
 from layoutja.pretrain.from_bert import init_model, layoutlm_from_bert
 from layoutja.pretrain.mvlm import MVLMModel
 from layoutja.pretrain.order import window_spans
-from layoutja.pretrain.task import pretrain
+from layoutja.pretrain.task import data_tokenizer, pretrain
 from layoutja.pretrain.windows import Masking, SpecialIds, mask_tokens
 from layoutja.text.tokenizer import load_vocab
 from layoutja.training.config import load_config
@@ -280,6 +280,26 @@ def test_config_errors_are_clear(tmp_path):
     with pytest.raises(UserError, match="model.hidden_sizee is not an architecture setting .*"
                                         "did you mean model.hidden_size"):  # fmt: skip
         load_config(None, {"model.hidden_sizee": "32"})
+
+
+def test_a_tokenizer_named_by_the_data_that_does_not_resolve_names_its_manifest(
+    unidic_dir, tmp_path, monkeypatch
+):
+    from layoutja.localize.store import Store
+    from layoutja.text.tokenizer import vocab_sha256
+
+    settings = {"tokenizer_vocab_sha256": vocab_sha256(unidic_dir), "viewport": [1280, 854],
+                "normalization": "body"}  # fmt: skip
+    data = tmp_path / "localized"
+    # A manifest of older days, with the tokenizer as given: relative to where it ran.
+    Store(data, (0, 1), {**settings, "tokenizer": "../tokenizer"}).close()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as error:
+        data_tokenizer(data, None, None, None)
+    message = str(error.value)
+    assert "../tokenizer: no such tokenizer directory" in message
+    assert f"named in {data / 'manifest.json'}; give --tokenizer" in message
+    assert data_tokenizer(data, None, None, str(unidic_dir)) == unidic_dir  # --tokenizer: used
 
 
 def test_two_processes_train_as_one_data_parallel_job(localized_dir, bert_dir, tmp_path):

@@ -63,6 +63,10 @@ def test_localize_array_gives_the_pages_of_one_run(slurm: Cluster, unidic_dir, t
     array, single = pages(tmp_path / "array"), pages(tmp_path / "one")
     given = len(list((corpus / "html").rglob("*.html")))  # 10, + 2 real pages where available
     assert len(single) == given and sorted(array) == sorted(single)
+    # The tasks ran at once, and manifest.json counts every shard's pages, each finished.
+    view = json.loads((tmp_path / "array" / "manifest.json").read_text())
+    assert view["counts"]["pages"] == given and len(view["shards"]) == 3
+    assert all(shard["finished"] for shard in view["shards"].values())
     for source, page in single.items():
         assert array[source] == page, source
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from layoutja.common import UserError
+from layoutja.common import Progress, UserError, human_bytes
 from layoutja.localize.page import wrap_tokens
 from layoutja.text.htmlpage import decode_html, parse_html
 from layoutja.text.pagetext import file_texts
@@ -23,6 +23,15 @@ HEAD = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"[unused{i}]" for i in
 
 def read_vocab(d) -> list[str]:
     return (d / "vocab.txt").read_text(encoding="utf-8").splitlines()
+
+
+def test_progress_lines_give_sizes_for_people(capsys):
+    assert [human_bytes(n) for n in (0, 512, 1536, 5 * 2**20, 3 * 2**30)] == [
+        "0 B", "512 B", "1.5 KiB", "5.0 MiB", "3.0 GiB"
+    ]  # fmt: skip
+    with Progress(3000, "B", "MeCab", interval=0, scale=True) as bar:  # a small input
+        bar.update(1500)
+    assert capsys.readouterr().err.startswith("MeCab: 1.5 KiB/2.9 KiB, ")
 
 
 @pytest.mark.parametrize("fixture, dic", [("unidic_dir", "unidic_lite"), ("ipadic_dir", "ipadic")])

@@ -18,6 +18,10 @@ from layoutja.common import EXIT_PREEMPTED, Preempted, UserError
 if TYPE_CHECKING:
     from layoutja.localize.config import LocalizeConfig
 
+# `localize` exits with EXIT_PAGES_FAILED (not 0) when more than this share of its pages failed.
+MAX_FAILURES = 0.1
+EXIT_PAGES_FAILED = 3
+
 
 def _input_lines(path: str | None) -> Iterator[str]:
     """Lines of FILE (or stdin) without their newline; undecodable bytes are a UserError."""
@@ -85,7 +89,7 @@ def _localize_config(args: argparse.Namespace) -> LocalizeConfig:
     )
 
 
-def cmd_localize(args: argparse.Namespace) -> None:
+def cmd_localize(args: argparse.Namespace) -> int:
     from layoutja.localize.pool import localize_corpus
     from layoutja.localize.sources import parse_shard
     from layoutja.text.pagetext import HTML_SUFFIXES
@@ -94,27 +98,49 @@ def cmd_localize(args: argparse.Namespace) -> None:
     src = Path(args.src)
     if src.is_file() and src.suffix.lower() in HTML_SUFFIXES:
         _localize_one(src, args, config)
-        return
+        return 0
     if not args.out:
         raise UserError("--out is required when SRC is a directory or a glob")
+    if not 0 <= args.max_failures <= 1:
+        raise UserError(f"--max-failures {args.max_failures}: a share, from 0 to 1")
+    shard = parse_shard(args.shard)
     summary = localize_corpus(
         args.src,
         args.tokenizer,
         Path(args.out),
         config,
-        shard=parse_shard(args.shard),
+        shard=shard,
         retry_failed=args.retry_failed,
         progress=not args.quiet,
     )
-    totals = summary["totals"]
+    totals, failures = summary["totals"], summary["failures"]
+    sharded = f" (every shard's; {summary['shards_finished']} of {shard[1]} shards finished)"
     print(
         f"localized {summary['ok']} page(s), {summary['failed']} failed, "
         f"{summary['skipped']} already done; {summary['tokens']} tokens "
-        f"({summary['dropped_tokens']} not rendered, dropped); {summary['pages_per_s']} pages/s\n"
+        f"({summary['dropped_tokens']} not rendered, dropped); {summary['pages_per_s']} pages/s "
+        "over the whole run, browser start included\n"
         f"{summary['out']} now holds {totals['pages']} pages, {totals['tokens']} tokens"
-        + (f"; failures: {summary['failures']}" if summary["failures"] else ""),
+        + (sharded if shard[1] > 1 else "")
+        + (f"; failures: {failures}" if failures else ""),
         file=sys.stderr,
     )
+    if summary["failed_before"]:
+        print(
+            f"skipped {summary['failed_before']} page(s) that failed on an earlier run (listed "
+            f"in {failures}); --retry-failed tries them again",
+            file=sys.stderr,
+        )
+    failed, pages = summary["failed"] + summary["failed_before"], summary["pages"]
+    if pages and (failed == pages or failed > args.max_failures * pages):
+        print(
+            f"layoutja localize: {failed} of {pages} pages failed"
+            + (f" in shard {args.shard}" if shard[1] > 1 else "")
+            + f", more than --max-failures {args.max_failures:g} allows (see {failures})",
+            file=sys.stderr,
+        )
+        return EXIT_PAGES_FAILED
+    return 0
 
 
 def _localize_one(src: Path, args: argparse.Namespace, config: LocalizeConfig) -> None:
@@ -222,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
         "record each token's box and raw-HTML position. SRC is one .html file (the record is "
         "printed as JSON, or written to --out), or a directory (SHINRA layout html/<category>/"
         "<page_id>.html, or any tree of .html files) or a quoted glob: Parquet parts, a "
-        "manifest and failures.jsonl go to --out. Re-running the same command resumes.",
+        "manifest and failures.jsonl go to --out. Re-running the same command resumes; it skips "
+        "the pages that failed before unless --retry-failed. Exit status: 0 when at most "
+        f"--max-failures of the pages failed, {EXIT_PAGES_FAILED} when more (or all) did, 1 on "
+        "an error.",
     )
     p.add_argument("src", metavar="SRC", help="an .html file, a directory or a quoted glob")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (or hub name)")
@@ -234,7 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"browser processes (overrides the config; 0: one per core, here {cores})",
     )
     p.add_argument(
-        "--shard", default="0/1", help="I/N: do only shard I of N (default: 0/1, everything)"
+        "--shard",
+        default="0/1",
+        help="I/N: do only shard I of N (default: 0/1, everything); shards share --out, whose "
+        "manifest.json then counts them all",
     )
     p.add_argument(
         "--timeout", type=float, help="seconds to render a page (overrides the config; 60)"
@@ -242,7 +274,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pages-per-part", type=int, help="pages per Parquet part (overrides the config; 500)"
     )
-    p.add_argument("--retry-failed", action="store_true", help="try pages listed in failures again")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="try again the pages an earlier run listed in failures.jsonl (a rerun skips them)",
+    )
+    p.add_argument(
+        "--max-failures",
+        type=float,
+        default=MAX_FAILURES,
+        metavar="SHARE",
+        help=f"exit with code {EXIT_PAGES_FAILED} when more than this share of the pages (of "
+        f"the shard) has failed, or all have (default: {MAX_FAILURES}); else 0, failures listed",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_localize)
 
@@ -269,11 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    code = 0
     try:
         if extra and args.command not in ("pretrain", "finetune"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.extra = extra  # --model.KEY VALUE: architecture settings of a recipe
-        args.func(args)
+        code = args.func(args) or 0  # localize returns its verdict on the pages
     except UserError as e:
         print(f"layoutja {args.command}: error: {e}", file=sys.stderr)
         return 1
@@ -284,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
     except KeyboardInterrupt:
         return 130
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -303,7 +303,7 @@ def localize_corpus(
     `config` is the setting (default: the published one); `workers`, `timeout_s` and
     `pages_per_part`, when given, override it.
     """
-    from layoutja.hub import resolve_tokenizer
+    from layoutja.hub import pinned, resolve_tokenizer
     from layoutja.localize.store import Store
     from layoutja.text.tokenizer import vocab_sha256
 
@@ -312,8 +312,11 @@ def localize_corpus(
     )
     tasks = [t for t in find_pages(src) if in_shard(t, shard)]
     tokenizer_path = resolve_tokenizer(tokenizer_dir)
+    # Recorded so that it resolves from any directory: `pretrain` takes it from the manifest.
+    name, revision = pinned(tokenizer_dir, tokenizer_path)
     settings = {
-        "tokenizer": str(tokenizer_dir),
+        "tokenizer": name,
+        **({"tokenizer_revision": revision} if revision else {}),
         "tokenizer_vocab_sha256": vocab_sha256(tokenizer_path),
         "viewport": list(config.viewport),
         "device_scale_factor": config.device_scale_factor,
@@ -323,8 +326,10 @@ def localize_corpus(
     }
     store = Store(out, shard, settings, config.pages_per_part, retry_failed)
     pending = [t for t in tasks if t.source not in store.done and t.source not in store.failed]
-    summary = {"pages": len(tasks), "skipped": len(tasks) - len(pending), "ok": 0, "failed": 0}
-    summary.update(tokens=0, dropped_tokens=0)
+    done_before = sum(t.source in store.done for t in tasks)
+    summary = {"pages": len(tasks), "skipped": done_before, "ok": 0, "failed": 0}
+    summary.update(failed_before=len(tasks) - len(pending) - done_before, tokens=0)
+    summary.update(dropped_tokens=0)
     start = time.monotonic()
     if pending:
         count = max(1, min(config.worker_count, len(pending)))
@@ -335,14 +340,17 @@ def localize_corpus(
                     _store(store, task, batch, reason, summary)
                     bar.update()
                     bar.set_postfix(tokens=summary["tokens"], failed=summary["failed"])
-    store.close()
+    directory = store.close()
     elapsed = time.monotonic() - start
+    of = f"-of-{shard[1]:05d}"
+    shards = [s for tag, s in directory.get("shards", {}).items() if tag.endswith(of)]
     summary.update(
         seconds=round(elapsed, 2),
         pages_per_s=round(summary["ok"] / elapsed, 2) if elapsed else 0.0,
         out=str(out),
         failures=str(store.failures_path) if store.failed else None,
-        totals=store.counts(),
+        totals=directory["counts"],  # the directory's, every shard's pages
+        shards_finished=sum(s["finished"] for s in shards),
     )
     return summary
 

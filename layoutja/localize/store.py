@@ -7,13 +7,15 @@ half-written file:
   so `kill -9` loses only the pages in flight; a torn last record is ignored on recovery;
 - every `pages_per_part` pages the journal becomes a Parquet part, written under a temporary
   name and renamed into place (atomic), and the journal starts again;
-- `failures.jsonl` gets one line per page that could not be localized, with the reason;
-- the manifest records what the data was made with (tokenizer vocabulary hash, Chromium version,
-  viewport, normalization) and the counts, and is rewritten atomically after every part.
+- `failures.jsonl` gets one line per page that could not be localized, with the reason (it is
+  there, empty, from the start);
+- the manifest records what the data was made with (tokenizer, its vocabulary hash, Chromium
+  version, viewport, normalization) and the counts, and is rewritten atomically after every part.
 
 A run that starts where another stopped recovers the journal into a part, then skips every page
 found in the parts (and, unless asked to retry them, in failures). Shards of one corpus
-(`--shard I/N`) may share an output directory: each has its own file names.
+(`--shard I/N`) may share an output directory: each has its own file names, and `manifest.json`
+is the view of them all (`layoutja.localize.manifest`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from layoutja.common import UserError
+from layoutja.localize.manifest import (
+    VIEW,
+    is_view,
+    read_manifest,
+    read_manifests,
+    view_lock,
+    write_view,
+)
 
 FORMAT = "layoutja-localized/1"
 SCHEMA = pa.schema(
@@ -53,54 +63,6 @@ SCHEMA = pa.schema(
 _BOXES = {"bbox": np.int16, "px": np.float32, "html_span": np.int32}  # 4 values per token
 # Run settings that must match for pages to be mixed in one output directory.
 MUST_MATCH = ("format", "tokenizer_vocab_sha256", "viewport", "normalization")
-
-
-def read_manifests(directory: Path) -> list[dict]:
-    """The manifests of a localized directory (one per shard), [] where it has none."""
-    if not directory.is_dir():
-        return []
-    manifests = []
-    for path in sorted(directory.glob("manifest*.json")):
-        try:
-            manifests.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as e:
-            raise UserError(f"{path}: cannot read the manifest: {e}") from None
-    return manifests
-
-
-def manifest_facts(directory: Path) -> dict:
-    """What the manifests of localized pages (or of a packed text corpus) say about the data,
-    for a model card: source, pages (instances), tokens, tokenizer, vocabulary hash, Chromium."""
-    manifests = read_manifests(directory)
-    if not manifests:
-        return {}
-    keys = ("source", "tokenizer", "tokenizer_vocab_sha256", "chromium")
-    facts = {key: manifests[0][key] for key in keys if manifests[0].get(key)}
-    counts = [m.get("counts", m) for m in manifests]  # localized: "counts"; packed: top level
-    for key in ("pages", "instances", "tokens"):
-        if any(key in c for c in counts):
-            facts[key] = sum(c.get(key, 0) for c in counts)
-    return facts
-
-
-def check_vocabulary(localized: Path, tokenizer_dir: Path, tokenizer: str) -> None:
-    """Refuse pages localized with a vocabulary other than `tokenizer`'s (in `tokenizer_dir`):
-    their ids would mean other tokens to the model and train silently into garbage. The error
-    names both vocabularies and the command that localizes the pages with the right one."""
-    from layoutja.text.tokenizer import vocab_sha256
-
-    ours = vocab_sha256(tokenizer_dir)
-    for manifest in read_manifests(localized):
-        theirs = manifest.get("tokenizer_vocab_sha256")
-        if theirs and theirs != ours:
-            source = manifest.get("source", "PAGES")
-            raise UserError(
-                f"{localized}: these pages were localized with the vocabulary of "
-                f"{manifest.get('tokenizer', '?')} (vocab.txt sha256 {theirs[:12]}), not with "
-                f"{tokenizer}'s ({ours[:12]}): their token ids would mean other tokens. Localize "
-                f"them with {tokenizer}: layoutja localize {source} --tokenizer {tokenizer} "
-                "--out NEW_DIR"
-            )
 
 
 def record_batch(record: dict) -> pa.RecordBatch:
@@ -165,37 +127,67 @@ class Store:
         index, count = shard
         tag = "" if count == 1 else f"-{index:05d}-of-{count:05d}"
         self.tag = f"{index:05d}-of-{count:05d}"
-        self.manifest_path = out / f"manifest{tag}.json"
         self.failures_path = out / f"failures{tag}.jsonl"
         self.journal_path = out / f"journal-{self.tag}.arrows"
         self.pages_per_part = pages_per_part
         self.settings = {"format": FORMAT, **settings, "shard": [index, count]}
         self.parts: dict[str, dict] = {}
-        self._lock = _lock(out / f".lock-{self.tag}", shard, out)
-        self._check_settings()
-        for stale in [*out.glob(f".tmp-*{self.tag}*"), out / f".tmp-{self.manifest_path.name}"]:
-            stale.unlink(missing_ok=True)  # a write that was killed before its rename
-        self.failed = self._read_failures(retry_failed)
+        self.finished = False  # every page of the shard tried: set by `close`
+        self.failed: dict[str, dict] = {}
         self.done: set[str] = set()
         self._batches: list[pa.RecordBatch] = []
         self._journal = None
-        self._recover_journal()
-        self.write_manifest()
+        self._lock = _lock(out / f".lock-{self.tag}", shard, out)
+        try:
+            self._start(retry_failed)
+        except BaseException:
+            self._lock.close()  # a refused start leaves the shard free at once
+            raise
 
     # --- start-up -------------------------------------------------------------------------
+    def _start(self, retry_failed: bool) -> None:
+        self.manifest_path = self._record_path()
+        self._check_settings()
+        out = self.out
+        for stale in [*out.glob(f".tmp-*{self.tag}*"), out / f".tmp-{self.manifest_path.name}"]:
+            stale.unlink(missing_ok=True)  # a write that was killed before its rename
+        self.failed = self._read_failures(retry_failed)
+        self.failures_path.touch()  # there even when no page fails, as the docs list it
+        self._recover_journal()
+        self.write_manifest()
+        self._view()  # the directory's view counts this shard from its start
+
+    def _record_path(self) -> Path:
+        """Where this shard keeps its record (see `layoutja.localize.manifest`): `manifest.json`
+        for a run without shards alone in its directory, else `manifest-I-of-N.json`. An
+        unsharded run's record that shards join moves to `manifest-00000-of-00001.json`,
+        making room for the view."""
+        view = self.out / VIEW
+        with view_lock(self.out):
+            record = view.exists() and not is_view(read_manifest(view))
+            shards = list(self.out.glob("manifest-*-of-*.json"))
+            if self.tag == "00000-of-00001" and not shards and (record or not view.exists()):
+                return view
+            if record:
+                if self.tag != "00000-of-00001":  # not while that run writes it
+                    _lock(self.out / ".lock-00000-of-00001", (0, 1), self.out).close()
+                os.replace(view, self.out / "manifest-00000-of-00001.json")
+        return self.out / f"manifest-{self.tag}.json"
+
     def _check_settings(self) -> None:
-        if not self.manifest_path.exists():
-            return
-        old = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        for key in MUST_MATCH:
-            if old.get(key) != self.settings.get(key):
-                raise UserError(
-                    f"{self.manifest_path}: this output was made with {key}={old.get(key)!r}, "
-                    f"not {self.settings.get(key)!r}; use another --out"
-                )
-        self.parts = old.get("parts", {})
-        if old.get("chromium"):
-            self.settings.setdefault("chromium", old["chromium"])
+        """Refuse settings other than those of the pages already here (any shard's)."""
+        for path, old in read_manifests(self.out).items():
+            for key in MUST_MATCH:
+                if old.get(key) != self.settings.get(key):
+                    raise UserError(
+                        f"{path}: this output was made with {key}={old.get(key)!r}, "
+                        f"not {self.settings.get(key)!r}; use another --out"
+                    )
+        if self.manifest_path.exists():
+            old = read_manifest(self.manifest_path)
+            self.parts = old.get("parts", {})
+            if old.get("chromium"):
+                self.settings.setdefault("chromium", old["chromium"])
 
     def _read_failures(self, retry: bool) -> dict[str, dict]:
         failed = {}
@@ -211,7 +203,7 @@ class Store:
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a line torn by a kill
         if retry and failed:
-            self.failures_path.unlink()
+            self.failures_path.write_text("", encoding="utf-8")
             return {}
         return failed
 
@@ -261,10 +253,17 @@ class Store:
             f.write(json.dumps(entry, ensure_ascii=False) + "\n")
         self.failed[source] = entry
 
-    def close(self) -> None:
-        """Write what is left as a part and the final manifest; release the shard."""
+    def close(self) -> dict:
+        """Write what is left as a part and the final manifest, marked finished; release the
+        shard. Returns the directory's manifest (with shards: the view of them all)."""
+        self.finished = True
         self._roll()
         self._lock.close()
+        return self._view() or read_manifest(self.manifest_path)
+
+    def _view(self) -> dict | None:
+        """Rewrite the view of the shards' records, where the records are shards'."""
+        return None if self.manifest_path.name == VIEW else write_view(self.out)
 
     def _roll(self) -> None:
         if self._journal is not None:
@@ -311,6 +310,7 @@ class Store:
             **self.settings,
             "counts": self.counts(),
             "parts": self.parts,
+            "finished": self.finished,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         text = json.dumps(manifest, ensure_ascii=False, indent=1)

@@ -35,7 +35,12 @@ from transformers import PreTrainedModel
 
 from layoutja.common import UserError
 from layoutja.hub import is_mecab_tokenizer, resolve, resolve_tokenizer, tokenizer_for
-from layoutja.localize.store import check_vocabulary, manifest_facts, read_manifests
+from layoutja.localize.manifest import (
+    check_vocabulary,
+    manifest_facts,
+    read_manifests,
+    tokenizer_name,
+)
 from layoutja.pretrain.electra import ElectraPretraining, load_electra, new_electra
 from layoutja.pretrain.from_electra import published_electra
 from layoutja.pretrain.mvlm import MVLMModel, load_layoutlm, new_layoutlm
@@ -62,16 +67,24 @@ def data_tokenizer(data: Path, init: Path | None, init_name: str | None,
     """The MeCab tokenizer to train with: `tokenizer`, else the initial model's own, else the
     one the data was localized with; the data's vocabulary must be the same."""
     manifests = read_manifests(data)
-    localized_with = manifests[0].get("tokenizer") if manifests else None
-    if init is not None:
-        if tokenizer is None and not is_mecab_tokenizer(init):  # e.g. the published LayoutLM:
-            tokenizer = localized_with  # the data knows the MeCab tokenizer
-        path = tokenizer_for(init, tokenizer, init_name or str(init))
-    elif tokenizer or localized_with:
-        path = resolve_tokenizer(tokenizer or localized_with)
-    else:
-        raise UserError(f"{data}: no manifest names its tokenizer; give --tokenizer")
-    check_vocabulary(data, path, tokenizer or init_name or localized_with)
+    named_in = next(iter(manifests), None)  # the first record's file
+    localized_with = tokenizer_name(manifests[named_in]) if named_in else None
+    from_data = tokenizer is None and (init is None or not is_mecab_tokenizer(init))
+    if from_data:  # none given, nor in the initial model (e.g. the published LayoutLM's)
+        if localized_with is None:
+            raise UserError(f"{data}: no manifest names its tokenizer; give --tokenizer")
+        tokenizer = localized_with
+    try:
+        if init is not None:
+            path = tokenizer_for(init, tokenizer, init_name or str(init))
+        else:
+            path = resolve_tokenizer(tokenizer)
+    except UserError as e:
+        if not from_data:
+            raise
+        raise UserError(f"{e} (the tokenizer the pages were localized with, named in "
+                        f"{named_in}; give --tokenizer NAME_OR_DIR)") from None  # fmt: skip
+    check_vocabulary(data, path, tokenizer or init_name or str(init))
     return path
 
 

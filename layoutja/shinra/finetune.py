@@ -30,7 +30,7 @@ from transformers import PreTrainedModel
 
 from layoutja.common import UserError, model_type
 from layoutja.hub import resolve, tokenizer_for
-from layoutja.localize.store import check_vocabulary, manifest_facts
+from layoutja.localize.manifest import check_vocabulary, manifest_facts
 from layoutja.pretrain.order import micro_batch_slice, window_spans
 from layoutja.pretrain.windows import SpecialIds
 from layoutja.shinra.classifier import TokenClassifier, labeled_batch, load_classifier

@@ -16,7 +16,7 @@ import torch
 
 from layoutja.common import UserError, device, inference_precision
 from layoutja.hub import resolve, tokenizer_for
-from layoutja.localize.store import check_vocabulary
+from layoutja.localize.manifest import check_vocabulary
 from layoutja.pretrain.order import window_spans
 from layoutja.pretrain.windows import SpecialIds
 from layoutja.shinra.classifier import TokenClassifier, labeled_batch
