@@ -318,7 +318,10 @@ def test_exit_status_by_the_share_of_failed_pages_and_a_rerun_names_them(
     # A rerun skips the failed page and says so: not "already done".
     assert main([*command, "--max-failures", "0.05"]) == EXIT_PAGES_FAILED
     err = capsys.readouterr().err
-    assert "localized 0 page(s), 0 failed, 9 already done" in err
+    assert (
+        "localized 0 page(s), 0 failed, 9 already done; 0 tokens (0 not rendered, dropped)\n" in err
+    )
+    assert "pages/s" not in err  # no rate where nothing was rendered
     assert "skipped 1 page(s) that failed on an earlier run" in err and "--retry-failed" in err
     assert "1 of 10 pages failed, more than --max-failures 0.05" in err
     bad.unlink()

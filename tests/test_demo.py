@@ -51,6 +51,9 @@ def test_make_demo_runs_every_step(tmp_path):
     assert {"macro", "micro", "per_ene"} <= set(score)
     assert score["html_mismatches"] == []
     assert result.stdout.count("[MASK] 1:") == 2 and "demo artefacts in" in result.stdout
+    # layoutja's own lines only: no transformers bars, no load reports of expected differences
+    for noise in ("Loading weights", "Writing model shards", "LOAD REPORT"):
+        assert noise not in result.stderr, noise
     # the layout-aware run and the text-only one, side by side on the dev pages
     comparison = json.loads((out / "compare.json").read_text())
     assert comparison["systems"] == ["layout", "text-only"]
