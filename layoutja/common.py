@@ -43,8 +43,10 @@ class Progress:
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, unit=unit, desc=desc,
-                             unit_scale=scale, dynamic_ncols=True, leave=False)  # fmt: skip
+            # tqdm's rate is the recent one (smoothed); bytes in 1024s, as the log lines
+            self._bar = tqdm(total=total, initial=initial, unit=unit if scale else f" {unit}s",
+                             desc=desc, unit_scale=scale, unit_divisor=1024,
+                             dynamic_ncols=True, leave=False)  # fmt: skip
 
     def update(self, n: int = 1) -> None:
         self.n += n
