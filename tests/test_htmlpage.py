@@ -111,6 +111,11 @@ def test_decoding_bom_charset_and_invalid_bytes():
     assert decode_html(euc)[0].endswith("東京")
     assert decode_html(b"<p>\xff\xfe ok</p>")[0] == "<p>\ufffd\ufffd ok</p>"
     assert decode_html(b"<meta charset=nonsense><p>x</p>")[1] == "utf-8"
+    for codec in ("base64", "hex", "rot13", "zlib"):  # Python codecs that are not text encodings
+        assert decode_html(f"<meta charset={codec}><p>東京</p>".encode()) == (
+            f"<meta charset={codec}><p>東京</p>",
+            "utf-8",
+        ), codec
 
 
 def test_malformed_markup_never_raises():

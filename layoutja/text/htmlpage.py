@@ -101,9 +101,11 @@ def decode_html(data: bytes) -> tuple[str, str]:
         label = declared.group(1).decode("ascii", "replace").lower()
         label = _ENCODING_ALIASES.get(label, label)
         try:
-            encoding = codecs.lookup(label).name
+            name = codecs.lookup(label).name
+            b"a".decode(name, "replace")  # bytes-to-bytes codecs (base64, hex, ...): no text
+            encoding = name
         except LookupError:
-            pass  # an unknown label: browsers fall back too
+            pass  # an unknown label, or no text encoding: browsers fall back too
     return data.decode(encoding, "replace"), encoding
 
 
