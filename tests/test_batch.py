@@ -133,6 +133,42 @@ def test_shards_joining_a_run_without_shards(tmp_path):
     assert json.loads((tmp_path / "manifest.json").read_text())["counts"]["pages"] == 3
 
 
+def test_an_unsharded_run_starting_while_a_shard_recovers_sees_that_shard(tmp_path, monkeypatch):
+    """A shard's record is claimed before its (long) journal recovery: an unsharded run that
+    starts meanwhile takes its shard name, not manifest.json, and both records stay."""
+    settings = {"tokenizer_vocab_sha256": "abc", "viewport": [1280, 854], "normalization": "body"}
+    recover, beside = Store._recover_journal, []
+
+    def recovering(self: Store) -> None:
+        if self.tag == "00000-of-00002":
+            beside.append(Store(tmp_path, (0, 1), settings))
+        recover(self)
+
+    monkeypatch.setattr(Store, "_recover_journal", recovering)
+    shard = Store(tmp_path, (0, 2), settings)
+    assert beside[0].manifest_path.name == "manifest-00000-of-00001.json"
+    beside[0].add(record_batch(fake_record("a")))
+    beside[0].close()
+    shard.add(record_batch(fake_record("b")))
+    view = shard.close()
+    assert set(view["shards"]) == {"00000-of-00001", "00000-of-00002"}
+    assert view["counts"]["pages"] == 2
+
+
+def test_the_view_names_the_tokenizer_as_one_record_does(tmp_path):
+    from layoutja.localize.manifest import write_view
+
+    records = [
+        {"tokenizer": "owner/name", "tokenizer_revision": "abc123", "parts": {}},
+        {"tokenizer": "/data/tokenizer", "parts": {}},
+    ]  # one vocabulary, two names
+    for index, record in enumerate(records):
+        path = tmp_path / f"manifest-{index:05d}-of-00002.json"
+        path.write_text(json.dumps({**record, "shard": [index, 2]}))
+    view = write_view(tmp_path)
+    assert (view["tokenizer"], view.get("tokenizer_revision")) == ("owner/name", "abc123")
+
+
 def fake_record(source: str, tokens: int = 3) -> dict:
     return {
         "page_id": source, "category": "", "source": source, "encoding": "utf-8",

@@ -116,6 +116,13 @@ def write_view(directory: Path) -> dict:
         settings: dict = {}
         for manifest in records.values():  # every shard's settings agree where it matters
             settings.update({k: v for k, v in manifest.items() if k not in _PER_RECORD})
+        # The tokenizer as one record names it (shards may name one vocabulary differently:
+        # a hub name with its commit, or a directory without one).
+        first = next(iter(records.values()), {})
+        for key in ("tokenizer", "tokenizer_revision"):
+            settings.pop(key, None)
+            if key in first:
+                settings[key] = first[key]
         view = {
             **settings,
             "counts": directory_counts(records),

@@ -146,11 +146,18 @@ class Store:
 
     # --- start-up -------------------------------------------------------------------------
     def _start(self, retry_failed: bool) -> None:
-        self.manifest_path = self._record_path()
-        self._check_settings()
         out = self.out
-        for stale in [*out.glob(f".tmp-*{self.tag}*"), out / f".tmp-{self.manifest_path.name}"]:
-            stale.unlink(missing_ok=True)  # a write that was killed before its rename
+        # The record's name is chosen, the settings checked and the record claimed in one turn
+        # of the view's lock: a run starting beside this one sees the record (else an unsharded
+        # run could take manifest.json while a shard recovers its journal).
+        with view_lock(out):
+            self.manifest_path = self._record_path()
+            self._check_settings()
+            for stale in [*out.glob(f".tmp-*{self.tag}*"),
+                          out / f".tmp-{self.manifest_path.name}"]:  # fmt: skip
+                stale.unlink(missing_ok=True)  # a write that was killed before its rename
+            if not self.manifest_path.exists():
+                self.write_manifest()
         self.failed = self._read_failures(retry_failed)
         self.failures_path.touch()  # there even when no page fails, as the docs list it
         self._recover_journal()
@@ -161,17 +168,16 @@ class Store:
         """Where this shard keeps its record (see `layoutja.localize.manifest`): `manifest.json`
         for a run without shards alone in its directory, else `manifest-I-of-N.json`. An
         unsharded run's record that shards join moves to `manifest-00000-of-00001.json`,
-        making room for the view."""
+        making room for the view. Called with the view's lock held."""
         view = self.out / VIEW
-        with view_lock(self.out):
-            record = view.exists() and not is_view(read_manifest(view))
-            shards = list(self.out.glob("manifest-*-of-*.json"))
-            if self.tag == "00000-of-00001" and not shards and (record or not view.exists()):
-                return view
-            if record:
-                if self.tag != "00000-of-00001":  # not while that run writes it
-                    _lock(self.out / ".lock-00000-of-00001", (0, 1), self.out).close()
-                os.replace(view, self.out / "manifest-00000-of-00001.json")
+        record = view.exists() and not is_view(read_manifest(view))
+        shards = list(self.out.glob("manifest-*-of-*.json"))
+        if self.tag == "00000-of-00001" and not shards and (record or not view.exists()):
+            return view
+        if record:
+            if self.tag != "00000-of-00001":  # not while that run writes it
+                _lock(self.out / ".lock-00000-of-00001", (0, 1), self.out).close()
+            os.replace(view, self.out / "manifest-00000-of-00001.json")
         return self.out / f"manifest-{self.tag}.json"
 
     def _check_settings(self) -> None:
