@@ -62,6 +62,7 @@ RECIPE     ?= train/mvlm-tiny.yaml
 ELECTRA_RECIPE ?= train/electra-tiny.yaml
 ELECTRA_DATA   ?= $(OUT)/localized
 ELECTRA_ARGS   ?=
+LOCALIZE_ARGS  ?=
 FT_RECIPE  ?= train/finetune-tiny.yaml
 FT_MODEL   ?= $(OUT)/mvlm
 FT_LOCALIZED ?= $(OUT)/localized
@@ -110,7 +111,7 @@ vocab: setup
 
 localize: setup
 	$(LJ) localize $(SRC) --tokenizer $(TOKENIZER) --out $(OUT)/localized \
-	    --config localize/published.yaml
+	    --config localize/published.yaml $(LOCALIZE_ARGS)
 
 show: setup
 	$(LJ) show $(firstword $(sort $(wildcard $(SRC)/*/*.html $(SRC)/*.html))) \
@@ -138,7 +139,7 @@ electra: setup
 # The export in $(OUT)/shinra is the model best on dev; the last one is in $(OUT)/shinra/last.
 finetune: setup
 	$(LJ) localize $(SHINRA)/html --tokenizer $(or $(FT_TOKENIZER),$(FT_MODEL)) \
-	  --out $(FT_LOCALIZED) --quiet
+	  --out $(FT_LOCALIZED) --quiet $(LOCALIZE_ARGS)
 	@$(MAKE) --no-print-directory finetune-model
 
 finetune-model: setup
@@ -153,7 +154,8 @@ finetune-text: setup
 	  $(if $(FT_TOKENIZER),--tokenizer $(FT_TOKENIZER)) $(if $(EPOCHS),--schedule.epochs $(EPOCHS))
 
 predict: setup
-	$(LJ) localize $(SHINRA)/html --tokenizer $(OUT)/shinra --out $(FT_LOCALIZED) --quiet
+	$(LJ) localize $(SHINRA)/html --tokenizer $(OUT)/shinra --out $(FT_LOCALIZED) --quiet \
+	  $(LOCALIZE_ARGS)
 	$(LJ) predict --model $(OUT)/shinra --data $(SHINRA) --out $(OUT)/predictions.jsonl \
 	  --localized $(FT_LOCALIZED) $(WINDOW)
 
@@ -203,9 +205,10 @@ shinra2022: shinra2022-localize shinra2022-finetune shinra2022-predict shinra202
   shinra2022-compare
 
 shinra2022-localize: setup
-	$(LJ) localize $(SHINRA2022)/html --tokenizer $(PUBLISHED_TOKENIZER) --out $(RUN)/localized
+	$(LJ) localize $(SHINRA2022)/html --tokenizer $(PUBLISHED_TOKENIZER) --out $(RUN)/localized \
+	  $(LOCALIZE_ARGS)
 	$(LJ) localize $(LEADERBOARD)/html --tokenizer $(PUBLISHED_TOKENIZER) \
-	  --out $(RUN)/leaderboard-localized
+	  --out $(RUN)/leaderboard-localized $(LOCALIZE_ARGS)
 
 # The layout-aware run is $(RUN)/shinra, the text-only one $(RUN)/shinra-text (as `compare` reads).
 shinra2022-finetune: setup

@@ -196,6 +196,16 @@ def test_pretrain_and_finetune_help_show_exactly_the_settings_each_reads():
     assert "fine-tuning takes the architecture of --model" in result.stderr.decode()
     result = layoutja("finetune", "--data", "d", "--model", "m", "--localized", "l", "--out", "o")
     assert result.returncode == 2 and "--config" in result.stderr.decode()
+    # A typo lists the command's own settings as the valid ones; a stray word is named as it is.
+    finetune = ["finetune", "--config", "train/finetune-tiny.yaml", "--data", "d", "--model", "m",
+                "--localized", "l", "--out", "o"]  # fmt: skip
+    err = layoutja(*finetune, "--data.bogus", "1").stderr.decode()
+    assert "unknown setting 'data.bogus'" in err and "finetune.dev_fraction" in err
+    assert "data.mask_probability" not in err and "electra." not in err and "model.*" not in err
+    err = layoutja(*finetune, "--objective", "mvlm").stderr.decode()
+    assert "--objective is a setting of `layoutja pretrain`" in err
+    err = layoutja("pretrain", "--data", "d", "--out", "o", "100").stderr.decode()
+    assert "unrecognized argument '100'" in err
 
 
 def test_model_commands_print_no_transformers_bars_or_expected_load_reports(unidic_dir, tmp_path):

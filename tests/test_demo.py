@@ -91,6 +91,16 @@ def test_setup_takes_pip_arguments_for_torch_and_a_new_torch_reinstalls_it():
     assert "pip" not in plan
 
 
+def test_localize_args_reach_every_localize_of_the_makefile():
+    """LOCALIZE_ARGS (e.g. --retry-failed after a run that exited 3) reach every localize."""
+    targets = ["localize", "finetune", "predict", "shinra2022-localize"]
+    plan = subprocess.run(["make", "-n", *targets, "LOCALIZE_ARGS=--retry-failed",
+                           "SHINRA2022=s", "LEADERBOARD=l", "RUN=r"], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    commands = [c for c in plan.replace("\\\n", " ").splitlines() if " localize " in c]
+    assert len(commands) == 5 and all("--retry-failed" in c for c in commands), commands
+
+
 def test_the_device_check_runs_end_to_end_at_toy_size_on_the_cpu():
     """`SMOKE=1 bench/device_check.sh`: every step of the GPU check, at toy sizes, so that the
     script a GPU session runs once cannot rot (it measures nothing here)."""

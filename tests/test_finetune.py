@@ -367,6 +367,12 @@ def test_a_run_refused_at_its_start_leaves_no_output_directory(
     err = capfd.readouterr().err
     assert "fewer than one global batch" in err and f"{out}: removed" in err
     assert not out.exists()
+    # An empty directory made beforehand stays (emptied): it may have been set up for the run.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*common, "--out", str(empty)]) == 1
+    assert f"{empty}: emptied" in capfd.readouterr().err
+    assert empty.is_dir() and not any(empty.iterdir())
     # A directory that held something before is left as it is.
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -94,8 +94,10 @@ class FinetuneTask:
         self.max_steps = epochs * self.steps_per_epoch if epochs else recipe.schedule.max_steps
         if not recipe.finetune.text_only and model_type(model_dir) == "electra":
             # a text-only ELECTRA discriminator has no 2-D embeddings: its only fine-tuning is
-            # the text-only one (recorded in the run's recipe.yaml and model card)
-            recipe.finetune.text_only = True
+            # the text-only one, recorded in the run's recipe.yaml and model card (a copy: the
+            # caller's recipe may serve other models)
+            text = dataclasses.replace(recipe.finetune, text_only=True)
+            recipe = self.recipe = trainer.recipe = dataclasses.replace(recipe, finetune=text)
             if trainer.is_main:
                 print(f"{model}: a text-only ELECTRA discriminator: fine-tuned without boxes "
                       "(finetune.text_only: true)", file=sys.stderr)  # fmt: skip

@@ -157,11 +157,12 @@ SECTIONS = {name: kind for name, kind in get_type_hints(Recipe).items()
             if dataclasses.is_dataclass(kind)}  # fmt: skip
 
 
-def valid_keys() -> list[str]:
-    """Every setting's `section.key` name."""
-    keys = ["objective", "model.*"]
+def valid_keys(command: str | None = None) -> list[str]:
+    """Every setting's `section.key` name, or those `command` (pretrain, finetune) reads."""
+    keys = ["objective", "model.*"] if command in (None, "pretrain") else []
     for section, cls in SECTIONS.items():
-        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+        fields = dataclasses.fields(cls) if command is None else _for(command)[section]
+        keys += [f"{section}.{f.name}" for f in fields]
     return keys
 
 
@@ -191,10 +192,11 @@ def _parse(key: str, text: str) -> Any:
         raise UserError(f"--{key}: cannot parse {text!r}") from None
 
 
-def _unknown(where: str, key: str) -> UserError:
-    sections = [s for s, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.name == key]
-    hint = f" (did you mean {sections[0]}.{key}?)" if sections else ""
-    return UserError(f"{where}: unknown setting {key!r}{hint}; valid: {', '.join(valid_keys())}")
+def _unknown(where: str, key: str, command: str | None = None) -> UserError:
+    valid = valid_keys(command)
+    sections = [k for k in valid if k.partition(".")[2] == key]
+    hint = f" (did you mean {sections[0]}?)" if sections else ""
+    return UserError(f"{where}: unknown setting {key!r}{hint}; valid: {', '.join(valid)}")
 
 
 def _check_architecture_key(where: str, name: str) -> None:
@@ -330,6 +332,8 @@ def recipe_overrides(args: argparse.Namespace, extra: list[str], command: str) -
     i = 0
     while i < len(extra):
         item = extra[i]
+        if not item.startswith("--"):
+            raise UserError(f"unrecognized argument {item!r}")
         key, _, value = item[2:].partition("=")
         if not (item.startswith("--model.") and command == "pretrain"):
             raise _not_for(command, key)
@@ -346,9 +350,12 @@ def _not_for(command: str, key: str) -> UserError:
     """The error for a `--KEY` that `command` does not take."""
     other = "finetune" if command == "pretrain" else "pretrain"
     section, _, name = key.replace("-", "_").partition(".")
-    theirs = section == "model" or name in [f.name for f in _for(other).get(section, [])]
+    fields = _for(other).get(section, [])
+    theirs = section in ("objective", "model") or name in [f.name for f in fields]
     if theirs:
-        why = " (fine-tuning takes the architecture of --model)" if section == "model" else ""
+        why = {"model": " (fine-tuning takes the architecture of --model)",
+               "objective": " (fine-tuning's is token-classification)"}  # fmt: skip
+        why = why.get(section, "")
         return UserError(f"--{key} is a setting of `layoutja {other}`, not of {command}{why}; "
                          f"`layoutja {command} --help` lists {command}'s")  # fmt: skip
-    return _unknown("the command line", key)
+    return _unknown("the command line", key, command)

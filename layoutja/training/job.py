@@ -79,20 +79,27 @@ def check_shared_output(accelerator: Accelerator, out: Path) -> None:
 
 @contextmanager
 def removed_unless_trained(out: Path) -> Iterator[None]:
-    """Around a run: where `out` was new (or empty) and the run stops with an error before it
-    wrote a metrics line or a checkpoint, the job's main process removes `out` (nothing in it
-    can be resumed or read) and says so; anything else stays."""
+    """Around a run: where `out` was new (or an empty directory) and the run stops with an error
+    before it wrote a metrics line or a checkpoint, the job's main process removes what the run
+    wrote there (nothing of it can be resumed or read) and says so; a directory that existed
+    stays, emptied (it may have been set up beforehand: striping, permissions)."""
     main = os.environ.get("RANK", "0") == "0"  # before the accelerator exists
-    fresh = not out.exists() or (out.is_dir() and not any(out.iterdir()))
+    existed = out.exists()
+    fresh = not existed or (out.is_dir() and not any(out.iterdir()))
     try:
         yield
     except BaseException:
         metrics = out / "metrics.jsonl"
         trained = (out / "checkpoints").exists() or (metrics.exists() and metrics.stat().st_size)
         if main and fresh and out.is_dir() and not trained:
-            shutil.rmtree(out, ignore_errors=True)
-            print(f"{out}: removed: the run stopped before its first metrics line or "
-                  "checkpoint", file=sys.stderr)  # fmt: skip
+            for item in out.iterdir() if existed else [out]:
+                if item.is_dir() and not item.is_symlink():
+                    shutil.rmtree(item, ignore_errors=True)
+                else:
+                    item.unlink(missing_ok=True)
+            if not out.exists() or (existed and not any(out.iterdir())):
+                print(f"{out}: {'emptied' if existed else 'removed'}: the run stopped before "
+                      "its first metrics line or checkpoint", file=sys.stderr)  # fmt: skip
         raise
 
 
