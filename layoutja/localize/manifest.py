@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from layoutja.common import UserError
+from layoutja.localize.sources import shard_tag
 
 VIEW = "manifest.json"
 _PER_RECORD = ("shard", "counts", "parts", "updated", "finished")  # not settings of the data
@@ -127,7 +128,7 @@ def write_view(directory: Path) -> dict:
             **settings,
             "counts": directory_counts(records),
             "shards": {
-                "{:05d}-of-{:05d}".format(*m.get("shard", (0, 1))): {
+                shard_tag(m.get("shard", (0, 1))): {
                     "counts": m.get("counts", {}),
                     "finished": m.get("finished", False),
                 }

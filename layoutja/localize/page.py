@@ -35,6 +35,7 @@ from layoutja.localize.browser import (  # SPAN_OPEN is re-exported with SPAN_CL
     RenderTimeout,
 )
 from layoutja.localize.config import LocalizeConfig
+from layoutja.localize.sources import page_task
 from layoutja.text.htmlpage import HtmlPage, char_ranges, decode_html, parse_html
 from layoutja.text.tokenizer import JapaneseTokenizer
 
@@ -197,16 +198,13 @@ def rendering(name: str | Path) -> Iterator[None]:
 
 
 def localize_file(path: Path, tokenizer: JapaneseTokenizer, browser: Browser) -> dict:
-    """Localize one HTML file; its record names it (page id = file name without suffix) and,
-    for a page of the SHINRA layout (`html/<category>/<page_id>.html`), its category, as a
-    batch run over the SHINRA directory does."""
+    """Localize one HTML file; its record names it and gives its category (`page_task`)."""
     try:
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
-    shinra = path.parent.parent.name == "html"
-    record = {"page_id": path.stem, "category": path.parent.name if shinra else "",
-              "source": path.name}  # fmt: skip
+    task = page_task(path)
+    record = {"page_id": task.page_id, "category": task.category, "source": task.source}
     with rendering(path):
         record.update(localize_html(data, tokenizer, browser))
     return record

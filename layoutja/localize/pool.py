@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from layoutja.common import Progress, UserError
 from layoutja.localize.config import LocalizeConfig
-from layoutja.localize.sources import PageTask, find_pages, in_shard
+from layoutja.localize.sources import PageTask, find_pages, in_shard, shard_tag
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -342,15 +342,15 @@ def localize_corpus(
                     bar.set_postfix(tokens=summary["tokens"], failed=summary["failed"])
     directory = store.close()
     elapsed = time.monotonic() - start
-    of = f"-of-{shard[1]:05d}"
-    shards = [s for tag, s in directory.get("shards", {}).items() if tag.endswith(of)]
+    recorded = directory.get("shards", {})  # by shard_tag, shards of any count
+    ours = [recorded.get(shard_tag((i, shard[1])), {}) for i in range(shard[1])]
     summary.update(
         seconds=round(elapsed, 2),
         pages_per_s=round(summary["ok"] / elapsed, 2) if elapsed else 0.0,
         out=str(out),
         failures=str(store.failures_path) if store.failed else None,
         totals=directory["counts"],  # the directory's, every shard's pages
-        shards_finished=sum(s["finished"] for s in shards),
+        shards_finished=sum(s.get("finished", False) for s in ours),
     )
     return summary
 

@@ -46,6 +46,15 @@ def find_pages(src: str) -> list[PageTask]:
     return tasks
 
 
+def page_task(path: Path) -> PageTask:
+    """One page given alone: its name as a batch run stores it, and its category where it lies in
+    the SHINRA layout (`html/<category>/<page_id>.html`), as a batch run over the SHINRA directory
+    finds it."""
+    shinra = path.parent.parent.name == "html"
+    category = _printable(path.parent.name) if shinra else ""
+    return PageTask(path, _printable(path.name), _printable(path.stem), category)
+
+
 def _printable(name: str) -> str:
     """A file name as valid Unicode: undecodable bytes (surrogates from the OS) as \\xNN."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -60,6 +69,11 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 0 <= index < count:
         raise UserError(f"--shard {text!r}: need 0 <= I < N")
     return index, count
+
+
+def shard_tag(shard: tuple[int, int]) -> str:
+    """A shard's name in file names and in the manifest's view: `IIIII-of-NNNNN`."""
+    return "{:05d}-of-{:05d}".format(*shard)
 
 
 def in_shard(task: PageTask, shard: tuple[int, int]) -> bool:

@@ -40,8 +40,10 @@ from layoutja.localize.manifest import (
     view_lock,
     write_view,
 )
+from layoutja.localize.sources import shard_tag
 
 FORMAT = "layoutja-localized/1"
+UNSHARDED = shard_tag((0, 1))  # a run without --shard
 SCHEMA = pa.schema(
     [
         ("page_id", pa.string()),
@@ -125,8 +127,8 @@ class Store:
         self.out = out
         out.mkdir(parents=True, exist_ok=True)
         index, count = shard
-        tag = "" if count == 1 else f"-{index:05d}-of-{count:05d}"
-        self.tag = f"{index:05d}-of-{count:05d}"
+        self.tag = shard_tag(shard)
+        tag = "" if count == 1 else f"-{self.tag}"
         self.failures_path = out / f"failures{tag}.jsonl"
         self.journal_path = out / f"journal-{self.tag}.arrows"
         self.pages_per_part = pages_per_part
@@ -172,25 +174,26 @@ class Store:
         view = self.out / VIEW
         record = view.exists() and not is_view(read_manifest(view))
         shards = list(self.out.glob("manifest-*-of-*.json"))
-        if self.tag == "00000-of-00001" and not shards and (record or not view.exists()):
+        if self.tag == UNSHARDED and not shards and (record or not view.exists()):
             return view
         if record:
-            if self.tag != "00000-of-00001":  # not while that run writes it
-                _lock(self.out / ".lock-00000-of-00001", (0, 1), self.out).close()
-            os.replace(view, self.out / "manifest-00000-of-00001.json")
+            if self.tag != UNSHARDED:  # not while that run writes it
+                _lock(self.out / f".lock-{UNSHARDED}", (0, 1), self.out).close()
+            os.replace(view, self.out / f"manifest-{UNSHARDED}.json")
         return self.out / f"manifest-{self.tag}.json"
 
     def _check_settings(self) -> None:
         """Refuse settings other than those of the pages already here (any shard's)."""
-        for path, old in read_manifests(self.out).items():
+        records = read_manifests(self.out)
+        for path, old in records.items():
             for key in MUST_MATCH:
                 if old.get(key) != self.settings.get(key):
                     raise UserError(
                         f"{path}: this output was made with {key}={old.get(key)!r}, "
                         f"not {self.settings.get(key)!r}; use another --out"
                     )
-        if self.manifest_path.exists():
-            old = read_manifest(self.manifest_path)
+        old = records.get(self.manifest_path)
+        if old is not None:  # this shard's own record: its parts and Chromium so far
             self.parts = old.get("parts", {})
             if old.get("chromium"):
                 self.settings.setdefault("chromium", old["chromium"])
