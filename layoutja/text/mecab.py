@@ -14,18 +14,27 @@ from layoutja.common import UserError
 DICTIONARIES = ("unidic_lite", "ipadic")
 
 
+def dictionary_key(name: str) -> str:
+    """`name` as DICTIONARIES spell it (`unidic-lite` → `unidic_lite`); an unknown one is a
+    UserError naming the choices."""
+    key = name.replace("-", "_")
+    if key not in DICTIONARIES:
+        raise UserError(
+            f"unknown MeCab dictionary {name!r}: choose one of {', '.join(DICTIONARIES)}"
+        )
+    return key
+
+
 def dictionary_dir(name: str) -> str:
     """Directory of a MeCab dictionary installed as a Python package (`unidic-lite`, `ipadic`)."""
-    key = name.replace("-", "_")
+    key = dictionary_key(name)
     if key == "unidic_lite":
         import unidic_lite
 
         return unidic_lite.DICDIR
-    if key == "ipadic":
-        import ipadic
+    import ipadic
 
-        return ipadic.DICDIR
-    raise UserError(f"unknown MeCab dictionary {name!r}: choose one of {', '.join(DICTIONARIES)}")
+    return ipadic.DICDIR
 
 
 # Ends each MeCab node in the `%M` output below. OHM SIGN never survives NFKC (it becomes Ω),

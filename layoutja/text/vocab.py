@@ -23,7 +23,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from layoutja.common import Progress, UserError
-from layoutja.text.mecab import DICTIONARIES, MecabWords
+from layoutja.text.mecab import MecabWords, dictionary_key
 from layoutja.text.pagetext import expand_inputs, iter_texts
 from layoutja.text.tokenizer import DEFAULT_SPECIALS, JapaneseTokenizer
 
@@ -146,11 +146,7 @@ def train_vocab(inputs: list[str | Path], out: Path, config: VocabConfig) -> dic
 
     Returns a summary: files read and skipped (with reasons), final vocabulary size.
     """
-    dic = config.dic.replace("-", "_")
-    if dic not in DICTIONARIES:
-        raise UserError(
-            f"unknown MeCab dictionary {config.dic!r}: choose one of {', '.join(DICTIONARIES)}"
-        )
+    dic = dictionary_key(config.dic)
     if config.alphabet not in ("jis", "corpus"):
         raise UserError(f"unknown alphabet {config.alphabet!r}: choose 'jis' or 'corpus'")
     config = VocabConfig(**{**config.__dict__, "dic": dic})
