@@ -139,9 +139,10 @@ def layoutja_order(files, seed, rank, world):
         reader = PageReader(order, owner, GLOBAL_BATCH, 1, read_pages)
         for first in itertools.count(0, GLOBAL_BATCH):
             positions = np.arange(first, first + GLOBAL_BATCH)
-            for p in positions[owner.owns(positions, GLOBAL_BATCH, 1)].tolist():
-                part, row, (_, ids, bbox) = reader.window(p)
-                s, e = order.corpus.windows[row, 2:].tolist()
+            mine = positions[owner.owns(positions, GLOBAL_BATCH, 1)]
+            for p, row in zip(mine.tolist(), order.rows(mine).tolist()):
+                _, ids, bbox = reader.page(p, row)
+                part, _, s, e = order.corpus.windows[row].tolist()
                 yield *with_specials(ids[s:e], bbox[s:e]), part
 
     return Windows(epoch)

@@ -74,7 +74,7 @@ def sample_tokens(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     is the same whichever rank or micro-batch a window is in."""
     # In place: at 32 × 512 tokens and a 32k vocabulary each (masked, vocabulary) float32
     # temporary is about 300 MB.
-    cdf = logits.float().softmax(-1).cumsum_(-1)
+    cdf = torch.softmax(logits, -1, dtype=torch.float32).cumsum_(-1)  # cast in the kernel
     target = uniforms.float().unsqueeze(-1) * cdf[:, -1:]
     return torch.searchsorted(cdf, target).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
 

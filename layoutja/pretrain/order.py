@@ -213,12 +213,10 @@ class PageReader:
             self._needed = (epoch, dict(zip(parts.tolist(), pages, strict=True)))
         return self._needed[1]
 
-    def window(self, position: int) -> tuple[int, int, tuple]:
-        """(part, row, (source, input_ids, bbox) of the page) of the window at a position; the
-        window is tokens start:end of the page (corpus.windows[row])."""
-        n = len(self.order.corpus)
-        epoch = position // n
-        row = int(self.order.epoch(epoch)[position - epoch * n])
+    def page(self, position: int, row: int) -> tuple:
+        """(source, input_ids, bbox) of the page of window `row` (`Order.rows` at `position`;
+        the window is tokens start:end of the page, corpus.windows[row])."""
+        epoch = position // len(self.order.corpus)  # which pages of the part are kept
         part, page = self.order.corpus.windows[row, :2].tolist()
         key = (epoch, part)
         if key not in self.parts:
@@ -228,4 +226,4 @@ class PageReader:
             # length grouping mixes the end of one block with the start of the next).
             while len(self.parts) > 2 * self.order.shuffle_parts:
                 self.parts.popitem(last=False)
-        return part, row, self.parts[key][page]
+        return self.parts[key][page]

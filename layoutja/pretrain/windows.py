@@ -184,8 +184,9 @@ class MaskedBatches(torch.utils.data.IterableDataset):
     def batch(self, reader: PageReader, positions: range) -> dict:
         """The collated, masked windows at these global positions."""
         windows = []
-        for position in positions:
-            _, row, (_, ids, bbox) = reader.window(position)
+        positions = np.arange(positions.start, positions.stop)
+        for position, row in zip(positions.tolist(), self.order.rows(positions).tolist()):
+            _, ids, bbox = reader.page(position, row)
             start, end = self.order.corpus.windows[row, 2:].tolist()
             ids, bbox = cut_window(ids, bbox, start, end, self.batcher.specials)
             windows.append((window_seed(self.order.seed, position), ids, bbox))

@@ -17,7 +17,7 @@ from transformers import (
 
 from layoutja.common import UserError, model_type
 from layoutja.pretrain.from_bert import layoutlm_from_bert, quiet_loading
-from layoutja.pretrain.windows import collate
+from layoutja.pretrain.windows import collate, pad_rows
 from layoutja.shinra.data import IGNORE
 
 
@@ -96,7 +96,5 @@ def labeled_batch(items: list[tuple], pad: int) -> dict:
     """The tensors of a batch of windows, each (input_ids, bbox, labels) arrays
     (layoutja.shinra.data.window); labels are IGNORE where padded."""
     batch = collate([(ids, bbox) for ids, bbox, _ in items], pad)
-    labels = torch.full_like(batch["input_ids"], IGNORE)
-    for row, (_, _, window_labels) in enumerate(items):
-        labels[row, : len(window_labels)] = torch.as_tensor(window_labels)
-    return {**batch, "labels": labels}
+    rows = [torch.as_tensor(labels) for _, _, labels in items]  # int64, as window() makes them
+    return {**batch, "labels": pad_rows(rows, batch["input_ids"].shape[1], IGNORE)}
