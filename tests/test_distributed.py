@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,16 +25,11 @@ from layoutja.training.config import load_config
 from layoutja.training.trainer import Trainer, optimizer_step
 
 from .conftest import TRAIN, tiny_bert
+from .slurm_cluster import free_port
 from .test_finetune import bert, localized, shinra  # noqa: F401 - fixtures
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 NO_DROPOUT = ["--model.hidden_dropout_prob", "0", "--model.attention_probs_dropout_prob", "0"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(nproc: int, args: list, *, cwd: Path | None = None, nodes: tuple[int, int] = (1, 0),

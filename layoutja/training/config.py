@@ -34,9 +34,6 @@ from layoutja.common import UserError, read_yaml_mapping
 OBJECTIVES = ("mvlm", "electra", "token-classification")
 
 
-COMMANDS = ("pretrain", "finetune")
-
-
 def setting(default: Any, help: str, only: str | None = None) -> Any:
     """A recipe field with its `--help` text; `only`: the one command that reads it (pretrain or
     finetune), so the other's `--help` does not offer it."""
