@@ -55,6 +55,7 @@ STATED = {
     rf"generator 1/{NUMBER} wide": "electra.generator_factor",
     r"of overlapping annotations the (\w+) kept": "finetune.overlaps",
     rf"gaps of up to {NUMBER} `O` bridged": "finetune.bridge_gaps",
+    rf"the first of the top {NUMBER} labels": "finetune.top_k",
 }
 PRECISION = r"\b(fp16|bf16)\b"  # stated where the recipe has one, else it runs in fp32
 STATED[PRECISION] = "schedule.mixed_precision"

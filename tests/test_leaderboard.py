@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from layoutja.common import UserError
-from layoutja.shinra.labels import read_extraction_attributes
+from layoutja.shinra.categories import read_definitions
 from layoutja.shinra.leaderboard import kept_attributes, read_leaderboard
 
 
@@ -86,7 +86,7 @@ def test_the_chosen_category_keeps_its_extracted_attributes(tmp_path):
         {"name": "IATA（空港コード）", "extraction_task": True}, {"name": "所在地"},
         {"name": "画像", "extraction_task": False}]}  # fmt: skip
     path.write_text(json.dumps(airport, ensure_ascii=False) + "\n", "utf-8")
-    definitions = read_extraction_attributes(path)
+    definitions = read_definitions(path).attributes
     labels = {"IATA(空港コード)", "所在地", "画像", "人口"}
     # NFKC: the definition's full-width （） match the label's ASCII (); 画像 has extraction_task
     # false, 人口 is another ENE's; an ENE the definitions lack keeps nothing.

@@ -55,16 +55,20 @@ def test_pages_are_read_a_part_at_a_time_as_arrays(tmp_path):
 
 
 class ModuloClassifier(torch.nn.Module):
-    """A stand-in token classifier: a token's label is its id modulo 3."""
+    """A stand-in token classifier of 3 labels: a token's best label is its id modulo 3, the
+    next best that plus 1 (modulo 3), and so on."""
+
+    num_labels = 3
 
     def __init__(self):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.batches = []
 
-    def labels(self, batch: dict) -> torch.Tensor:
+    def top_labels(self, batch: dict, k: int) -> torch.Tensor:
         self.batches.append(batch["input_ids"].shape[0])
-        return batch["input_ids"] % 3
+        ids = batch["input_ids"].unsqueeze(-1)
+        return (ids + torch.arange(k)) % 3
 
 
 def page_of(n: int, first_id: int) -> Page:
@@ -83,7 +87,8 @@ def test_prediction_streams_pages_and_batches_windows_across_them():
             yield page_of(n, int(start))
 
     classifier = ModuloClassifier()
-    stream = predict_pages(classifier, pages(), SPECIALS, max_length=64, margin=16, batch_size=4)
+    stream = predict_pages(classifier, pages(), SPECIALS, max_length=64, margin=16, batch_size=4,
+                           top_k=5)  # fmt: skip
     results = []
     for page, labels in stream:
         results.append((page, labels))
@@ -91,7 +96,9 @@ def test_prediction_streams_pages_and_batches_windows_across_them():
         assert len(pulled) - len(results) <= 4
     assert [len(p.input_ids) for p, _ in results] == lengths  # in order, each once
     for page, labels in results:  # every token labeled by the window that decides it
-        assert labels.tolist() == (page.input_ids % 3).tolist()
+        assert labels.shape == (len(page.input_ids), 3)  # top 5 of 3 labels: all 3, best first
+        assert labels[:, 0].tolist() == (page.input_ids % 3).tolist()
+        assert labels[:, 2].tolist() == ((page.input_ids + 2) % 3).tolist()
     # Windows of 62 tokens overlapping by 16 (stride 46); full batches of 4 but the last.
     windows = sum(1 if n <= 62 else -(-(n - 16) // 46) for n in lengths if n)
     assert sum(classifier.batches) == windows and set(classifier.batches[:-1]) == {4}
@@ -113,8 +120,32 @@ def test_gaps_are_bridged_before_decoding(tmp_path):
         r["html_offset"]["text"]
         for r in Decoder(dirs, names, bridge).records(page, labels, "1", None)
     ]
-    assert texts(5) == ["東京都の大田の区"]  # the default, as published
+    assert texts(3) == ["東京都の大田の区"]  # the default, as published
     assert texts(0) == ["東京都", "大田", "区"]  # off: each I- run after an O is a value
+
+
+def test_labels_outside_the_category_give_way_before_gaps_are_bridged(tmp_path):
+    (tmp_path / "html" / "1").mkdir(parents=True)
+    html = tmp_path / "html" / "1" / "7.html"
+    html.write_text("<td>東京都の大田の区</td>", "utf-8")
+    names = label_names({"所在地", "国"})  # O, B-国, I-国, B-所在地, I-所在地
+    spans = np.array([[0, 4, 0, 6], [0, 6, 0, 7], [0, 7, 0, 8], [0, 8, 0, 10], [0, 10, 0, 11],
+                      [0, 11, 0, 12]], dtype=np.int32)  # fmt: skip
+    page = Page("7", "1", "", html, np.zeros(6, np.int32), np.zeros((6, 4), np.int16), spans)
+    # The best labels B-所在地 I-所在地 I-国 I-所在地 O I-所在地: 国 is not the category's, so the
+    # third token takes its second best, O, and the gap is bridged: one value. Dropping 国's
+    # records after bridging (as layoutja did) gave two values.
+    top = np.array([[3, 0], [4, 0], [2, 0], [4, 0], [0, 4], [4, 0]])
+    decoder = Decoder(ShinraDir.of(tmp_path), names, 3)
+    texts = lambda spelling, top=top: [  # noqa: E731
+        (r["attribute"], r["html_offset"]["text"])
+        for r in decoder.records(page, top, "1", spelling)
+    ]
+    assert texts({"所在地": "所在地"}) == [("所在地", "東京都の大田の区")]
+    # every attribute allowed: 国 stays and splits the value
+    assert texts(None) == [("所在地", "東京都"), ("国", "の"), ("所在地", "大田の区")]
+    # top 1: the argmax, and O where it is not the category's
+    assert texts({"所在地": "所在地"}, top[:, :1]) == [("所在地", "東京都の大田の区")]
 
 
 def test_the_dev_split_takes_a_share_of_each_category():

@@ -39,6 +39,16 @@ def cmd_init_model(args: argparse.Namespace) -> None:
     print(f"wrote LayoutLMForMaskedLM and its tokenizer to {args.out}", file=sys.stderr)
 
 
+def add_definitions_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--definitions",
+        metavar="FILE",
+        help="the ENE definitions JSONL (ENE_id, name.en, attributes with extraction_task; "
+        "SHINRA 2022: Shinra2022_ENE_Definition_*.jsonl of the leaderboard input); default: "
+        "the *definition*.jsonl in --data, if any",
+    )
+
+
 def _recipe(args: argparse.Namespace):
     from layoutja.training.config import load_config, recipe_overrides
 
@@ -75,6 +85,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         args.out,
         tokenizer=args.tokenizer,
         revision=args.revision,
+        definitions=args.definitions,
         resume=args.resume,
         progress=not args.quiet,
     )
@@ -102,12 +113,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
         system=args.system,
         targets=read_targets(args.target) if args.target else None,
         bridge=args.bridge_gaps,
+        top_k=args.top_k,
         max_length=args.max_length,
         margin=args.margin,
         batch_size=args.batch_size,
         tokenizer=args.tokenizer,
         revision=args.revision,
         precision=args.precision,
+        definitions=args.definitions,
     )
     print(f"wrote {counts['records']} records for {counts['pages']} pages to {args.out}",
           file=sys.stderr)  # fmt: skip
@@ -115,8 +128,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if undefined:
         listed = ", ".join(f"{ene} ({n})" for ene, n in sorted(undefined.items()))
         print(f"warning: {sum(undefined.values())} pages of {args.pages} are classified "
-              f"(--system {args.system or 'the only one'}) as ENEs that the definitions in "
-              f"{args.data} do not list, so no attribute is kept for them: {listed}",
+              f"(--system {args.system or 'the only one'}) as ENEs that the definitions "
+              f"({args.definitions or args.data}) do not list, so no attribute is kept for "
+              f"them: {listed}",
               file=sys.stderr)  # fmt: skip
     if counts["not_localized"]:
         print(f"warning: {counts['not_localized']} pages of {args.pages} are not localized in "
@@ -280,14 +294,17 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
         "finetune",
         allow_abbrev=False,
         help="fine-tune for SHINRA attribute extraction (token classification)",
-        description="Label the tokens of a SHINRA directory's pages (annotation/<ENE>_dist.jsonl, "
-        "html/<ENE>/<page_id>.html, optionally an ENE definition JSONL), localized beforehand "
+        description="Label the tokens of a SHINRA directory's pages "
+        "(annotation/<category>_dist.jsonl, html/<category>/<page_id>.html, categories named by "
+        "ENE id or in English as SHINRA 2022 is downloaded; optionally the ENE definitions), "
+        "localized beforehand "
         "with `layoutja localize DATA/html --tokenizer MODEL --out LOCALIZED`, and train "
         "LayoutLMForTokenClassification (or, with finetune.text_only, a BERT or text-only "
         "ELECTRA token classifier: the baseline). The dev F1 (held-out pages, the SHINRA "
         "scorer) is logged after every epoch. Recipe settings: --section.key VALUE.",
     )
     p.add_argument("--data", required=True, help="SHINRA directory")
+    add_definitions_argument(p)
     p.add_argument(
         "--model",
         required=True,
@@ -307,21 +324,23 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
         "predict",
         help="predict SHINRA attribute values with a fine-tuned model",
         description="Label the tokens of a SHINRA directory's pages, localized beforehand, "
-        "with a fine-tuned model (windows merged, margin/2 tokens dropped at inner edges, short "
-        "gaps bridged) and write SHINRA records (page_id, title, ENE, attribute, html_offset "
-        "with the exact raw text, and text_offset where DATA/plain/ gives the page's plain "
-        "text). Each page's category is its directory's or, with --pages, the leaderboard "
-        "input's highest-prob ENE; only that category's attributes are kept.",
+        "with a fine-tuned model (windows merged, margin/2 tokens dropped at inner edges) and "
+        "write SHINRA records (page_id, title, ENE, attribute, html_offset with the exact raw "
+        "text, and text_offset where DATA/plain/ gives the page's plain text). Each page's ENE "
+        "is its category directory's ENE id or, with --pages, the leaderboard input's "
+        "highest-prob ENE; labels are chosen and gaps fixed as the published system did: per "
+        "token the first of the top --top-k labels that is O or the ENE's, then --bridge-gaps.",
     )
     p.add_argument("--model", required=True, help="fine-tuned model: a directory or a hub name")
     add_tokenizer_argument(p)
-    p.add_argument("--data", required=True, help="SHINRA directory (html/<ENE>/<id>.html)")
+    p.add_argument("--data", required=True, help="SHINRA directory (html/<category>/<id>.html)")
+    add_definitions_argument(p)
     p.add_argument("--out", required=True, help="predictions JSONL")
     p.add_argument("--localized", required=True, help="the pages, localized beforehand")
     p.add_argument(
         "--pages",
         help="leaderboard input JSONL (page_id, title, ENEs): predict these pages, each as its "
-        "highest-prob ENE (DATA must hold the ENE definitions)",
+        "highest-prob ENE (needs the ENE definitions)",
     )
     p.add_argument("--system", help="--pages: the system (key of ENEs) to take ENEs from")
     p.add_argument("--target", help="only these page ids (CSV/lines, e.g. OUT/dev_pages.txt)")
@@ -329,8 +348,15 @@ def add_model_commands(sub: argparse._SubParsersAction, cores: int) -> None:
         "--bridge-gaps",
         type=int,
         metavar="N",
-        help="relabel runs of up to N O tokens between two I- of one attribute (default: the "
-        "model's finetune.bridge_gaps, else 5 as published; 0: off)",
+        help="the published gap fixing over runs of up to N O tokens (default: the model's "
+        "finetune.bridge_gaps, else 3 as published; 0: off)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help="per token, the first of the model's top K labels that is O or the page ENE's "
+        "(default: the model's finetune.top_k, else 5 as published)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="windows per batch (default: 16)")
     p.add_argument(

@@ -50,12 +50,17 @@ class TokenClassifier(nn.Module):
         """The tokens the loss averages over: the labeled ones."""
         return {"labeled": int((batch["labels"] != IGNORE).sum())}
 
-    def labels(self, batch: dict) -> torch.Tensor:
+    def top_labels(self, batch: dict, k: int) -> torch.Tensor:
+        """The `k` best label ids of every token, best first: (batch, length, k)."""
         boxes = {} if self.text_only else {"bbox": batch["bbox"]}
         logits = self.model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **boxes
         ).logits
-        return logits.argmax(-1)
+        return logits.topk(k, dim=-1).indices
+
+    @property
+    def num_labels(self) -> int:
+        return self.model.config.num_labels
 
 
 def load_classifier(model_dir: Path, names: list[str], text_only: bool,

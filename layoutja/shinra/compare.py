@@ -13,7 +13,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from layoutja.shinra.rawpage import RawPage
+from layoutja.shinra.rawpage import PageFinder, RawPage
 from layoutja.shinra.score import normalize_attribute, score, score_leaderboard
 
 LOCATIONS = ("infobox", "table", "list", "running text")
@@ -57,14 +57,15 @@ def locations(raw: RawPage, indexes: list[int]) -> list[str]:
 
 def attribute_locations(gold: list[dict], html_dir: Path) -> dict[tuple[str, str], str]:
     """(ENE, attribute) → where most of its gold values sit (ties: the order of LOCATIONS);
-    pages are looked up as html/<ENE>/<page_id>.html or html/<page_id>.html."""
+    pages are looked up by id (`PageFinder`)."""
     by_page = defaultdict(list)
     for g in gold:
         by_page[(g["page_id"], g["ENE"])].append(g)
     votes: dict[tuple[str, str], Counter] = defaultdict(Counter)
+    pages = PageFinder(html_dir)
     for (page_id, ene), records in by_page.items():
-        path = html_dir / ene / f"{page_id}.html"
-        raw = RawPage.read(path if path.exists() else html_dir / f"{page_id}.html")
+        path = pages.find(page_id, ene)
+        raw = RawPage.read(path or html_dir / ene / f"{page_id}.html")  # the error names it
         starts = [raw.index((r["html_offset"]["start"]["line_id"],
                              r["html_offset"]["start"]["offset"])) or 0
                   for r in records]  # fmt: skip

@@ -1,10 +1,13 @@
 """A SHINRA attribute-extraction data set as labeled pages of arrays, split and cut into windows.
 
-    SHINRA_DIR/annotation/<ENE>_dist.jsonl   gold annotations (html_offset)
-    SHINRA_DIR/html/<ENE>/<page_id>.html     pages (or html/<page_id>.html: the leaderboard's)
-    SHINRA_DIR/plain/<ENE>/<page_id>.txt     optional: SHINRA's plain text (for text_offset)
-    SHINRA_DIR/*definition*.jsonl            optional: ENE attributes and extraction_task flags
+    SHINRA_DIR/annotation/<category>_dist.jsonl   gold annotations (html_offset)
+    SHINRA_DIR/html/<category>/<page_id>.html     pages (or html/<page_id>.html: the leaderboard's)
+    SHINRA_DIR/plain/<category>/<page_id>.txt     optional: SHINRA's plain text (for text_offset)
+    ENE definitions (--definitions, else SHINRA_DIR/*definition*.jsonl): optional; the ENE ids
+                                                  of named categories, extraction_task flags
 
+A category directory is named by its ENE id (`1.6.5.3`) or, as SHINRA 2022 is downloaded, in
+English (`Airport`): every page is labeled with its ENE id (layoutja.shinra.categories).
 Pages are localized with the localization stage into a Parquet directory (resumable, so
 already localized pages are reused) and read from it a part at a time, each page's tokens as
 numpy arrays (no Python object per token): ids int32, boxes int16, raw spans int32, labels
@@ -19,7 +22,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,13 +32,15 @@ import pyarrow.parquet as pq
 
 from layoutja.common import UserError
 from layoutja.pretrain.windows import SpecialIds, cut_window, localized_files
-from layoutja.shinra.labels import (
-    Annotation,
-    label_names,
-    page_labels,
-    read_annotations,
-    read_extraction_attributes,
+from layoutja.shinra.categories import (
+    Categories,
+    Definitions,
+    annotated_ids,
+    annotation_files,
+    find_definitions,
+    read_definitions,
 )
+from layoutja.shinra.labels import Annotation, label_names, page_labels, read_annotations
 from layoutja.shinra.rawpage import RawPage
 
 IGNORE = -100  # label of [CLS], [SEP] and padding: no loss
@@ -56,35 +61,41 @@ class Page:
 
 @dataclass(frozen=True)
 class ShinraDir:
-    """The files of a SHINRA directory."""
+    """The files of a SHINRA directory, and its categories' ENE ids."""
 
     html: Path
     plain: Path
     annotations: list[Path]
-    definitions: Path | None
+    definitions: Definitions | None
 
     @classmethod
-    def of(cls, root: Path) -> ShinraDir:
+    def of(cls, root: Path, definitions: str | Path | None = None) -> ShinraDir:
+        """The SHINRA directory `root`, with the ENE definitions of the file `definitions` (by
+        default the one in `root`, if any)."""
         html = root / "html"
         if not html.is_dir():
-            raise UserError(f"{root}: no html/ directory (SHINRA layout html/<ENE>/<id>.html)")
-        definitions = sorted(root.glob("*definition*.jsonl"))
-        return cls(html, root / "plain", sorted((root / "annotation").glob("*.jsonl")),
-                   definitions[0] if definitions else None)  # fmt: skip
+            raise UserError(f"{root}: no html/ directory (SHINRA layout html/<category>/<id>.html)")
+        path = Path(definitions) if definitions else find_definitions(root)
+        return cls(html, root / "plain", annotation_files(root),
+                   read_definitions(path) if path else None)  # fmt: skip
 
     def plain_path(self, page: Page) -> Path:
         """Where SHINRA's plain text of a page is (beside html/, same relative path)."""
         return self.plain / page.path.relative_to(self.html).with_suffix(".txt")
 
     def attributes(self, annotations: list[Annotation]) -> dict[str, set[str]]:
-        """ENE → its attributes as spelled: those with extraction_task in the definitions or,
+        """ENE id → its attributes as spelled: those with extraction_task in the definitions or,
         without definitions, those annotated."""
         if self.definitions:
-            return read_extraction_attributes(self.definitions)
+            return self.definitions.attributes
         attributes = defaultdict(set)
         for a in annotations:
             attributes[a.ene].add(a.attribute)
         return dict(attributes)
+
+    def categories(self, annotations: list[Annotation]) -> Categories:
+        """Category directory → ENE id, from the definitions and the annotation files."""
+        return Categories(self.html, self.definitions, annotated_ids(annotations))
 
 
 @dataclass
@@ -111,9 +122,11 @@ def _values(column: pa.ChunkedArray, dtype: type, width: int | None = None) -> n
     return values.to_numpy().astype(dtype)
 
 
-def read_parts(localized: Path, html_dir: Path) -> Iterator[list[Page]]:
+def read_parts(localized: Path, html_dir: Path,
+               ene_id: Callable[[str], str] | None = None) -> Iterator[list[Page]]:  # fmt: skip
     """The localized pages, a Parquet part at a time, their tokens as numpy arrays (views into
-    one array per column and part); titles are left empty, labels None."""
+    one array per column and part); each page's `ene` is `ene_id` of its category (its category
+    without it); titles are left empty, labels None."""
     for path in localized_files(localized):
         table = pq.read_table(path, columns=COLUMNS)
         lengths = table.column("input_ids").combine_chunks().value_lengths().to_numpy()
@@ -125,21 +138,24 @@ def read_parts(localized: Path, html_dir: Path) -> Iterator[list[Page]]:
         pages = []
         for (page_id, category, source), end, n in zip(rows, ends, lengths, strict=True):
             cut = slice(end - n, end)
-            pages.append(Page(page_id, category, "", html_dir / source, ids[cut], boxes[cut],
+            ene = ene_id(category) if ene_id else category
+            pages.append(Page(page_id, ene, "", html_dir / source, ids[cut], boxes[cut],
                               spans[cut]))  # fmt: skip
         yield pages
 
 
 def load_pages(shinra_dir: Path, localized: Path, names: list[str] | None = None, *,
-               overlaps: str) -> ShinraSet:  # fmt: skip
-    """Localized pages of a SHINRA directory with their titles and labels (from its annotations;
-    of overlapping ones the `overlaps` one, "first" or "longest", labels the tokens).
+               overlaps: str, definitions: str | Path | None = None) -> ShinraSet:  # fmt: skip
+    """Localized pages of a SHINRA directory with their ENE ids, titles and labels (from its
+    annotations; of overlapping ones the `overlaps` one, "first" or "longest", labels the
+    tokens); `definitions`: the ENE definitions file (`ShinraDir.of`).
 
     `names` fixes the label set (a fine-tuned model's); by default it is built from the ENE
     definitions (attributes with extraction_task) or, without them, the annotated attributes.
     """
-    dirs = ShinraDir.of(shinra_dir)
+    dirs = ShinraDir.of(shinra_dir, definitions)
     annotations = read_annotations(dirs.annotations)
+    categories = dirs.categories(annotations)
     attributes = dirs.attributes(annotations)
     names = names or label_names(set().union(*attributes.values()) if attributes else set())
     by_page = defaultdict(list)
@@ -150,7 +166,7 @@ def load_pages(shinra_dir: Path, localized: Path, names: list[str] | None = None
         else:
             by_page[a.page_id].append(a)
     pages = []
-    for part in read_parts(localized, dirs.html):
+    for part in read_parts(localized, dirs.html, categories.ene_id):
         for page in part:
             raw = RawPage.read(page.path)
             page.title = page_title(raw.source)

@@ -61,6 +61,7 @@ class FinetuneTask:
         out: Path,
         tokenizer: str | None = None,
         revision: str | None = None,
+        definitions: Path | None = None,
     ):
         if recipe.objective != "token-classification":
             raise UserError(f"objective {recipe.objective!r}: finetune trains token-classification")
@@ -69,7 +70,12 @@ class FinetuneTask:
         self.tokenizer_dir = tokenizer_for(model_dir, tokenizer, model)  # exported with it
         check_vocabulary(localized, self.tokenizer_dir, tokenizer or model)
         self.specials = SpecialIds.from_vocab(load_vocab(self.tokenizer_dir / "vocab.txt"))
-        self.data = load_pages(shinra_dir, localized, overlaps=recipe.finetune.overlaps)
+        self.data = load_pages(shinra_dir, localized, overlaps=recipe.finetune.overlaps,
+                               definitions=definitions)  # fmt: skip
+        if self.data.dirs.definitions is None and trainer.is_main:
+            print(f"{shinra_dir}: no ENE definitions (--definitions FILE): every annotated "
+                  "attribute is a label, those with extraction_task false included (the "
+                  "published system dropped them)", file=sys.stderr)  # fmt: skip
         dev = dev_split(self.data.pages, recipe.finetune.dev_fraction, recipe.schedule.seed)
         self.dev = [p for p in self.data.pages if p.page_id in dev]
         self.train = [p for p in self.data.pages if p.page_id not in dev]
@@ -103,7 +109,9 @@ class FinetuneTask:
                       "(finetune.text_only: true)", file=sys.stderr)  # fmt: skip
         text_only = recipe.finetune.text_only
         head = load_classifier(model_dir, self.data.names, text_only, self.specials.pad)
-        head.config.bridge_gaps = recipe.finetune.bridge_gaps  # `predict`'s default for it
+        # `predict`'s defaults: the post-processing the dev F1 was measured with
+        head.config.top_k = recipe.finetune.top_k
+        head.config.bridge_gaps = recipe.finetune.bridge_gaps
         self.model = TokenClassifier(head, text_only)
         self.fingerprint = f"{len(self.train)}:{len(self.items)}:{len(self.data.names)}"
         self.out = out
@@ -168,7 +176,8 @@ class FinetuneTask:
         return bool(self.dev) and (step % self.steps_per_epoch == 0 or step == self.max_steps)
 
     def evaluate(self, model: torch.nn.Module, step: int) -> dict:
-        """Dev F1 (html_offset, the SHINRA scorer; gaps bridged as the recipe says), each rank
+        """Dev F1 (html_offset, the SHINRA scorer; labels chosen among the top `finetune.top_k`
+        and gaps bridged as the recipe says), each rank
         predicting every world-th dev page; a model better on dev than every earlier one
         becomes the run directory's export. The main process gets the scores, the others {}."""
         data, names = self.recipe.data, self.data.names
@@ -178,8 +187,8 @@ class FinetuneTask:
         records = []
         precision = self.trainer.accelerator.mixed_precision  # the training's
         for page, labels in predict_pages(model, self.dev[rank::world], self.specials,
-                                          data.max_length, data.margin,
-                                          precision=precision):  # fmt: skip
+                                          data.max_length, data.margin, precision=precision,
+                                          top_k=self.recipe.finetune.top_k):  # fmt: skip
             spelling = spelling_for(self.data.attributes, page.ene, labeled)
             records += decoder.records(page, labels, page.ene, spelling)
         if world > 1:
@@ -211,16 +220,19 @@ def finetune(
     *,
     tokenizer: str | None = None,
     revision: str | None = None,
+    definitions: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> dict:
     """Fine-tune `model` (a directory or a hub name at `revision`; `tokenizer`: the MeCab
     tokenizer when the model's own is not one) on a SHINRA directory whose pages are localized
-    in `localized`; returns the last logged metrics with `best`, the dev scores, epoch and step
+    in `localized` (`definitions`: its ENE definitions file, by default the one in it, if
+    any); returns the last logged metrics with `best`, the dev scores, epoch and step
     of the model exported in `out` (main process)."""
     with removed_unless_trained(Path(out)):
         trainer = Trainer(recipe, out, resume=resume, progress=progress)
         task = FinetuneTask(recipe, trainer, Path(shinra_dir), str(model), Path(localized),
-                            Path(out), tokenizer, revision)  # fmt: skip
+                            Path(out), tokenizer, revision,
+                            Path(definitions) if definitions else None)  # fmt: skip
         last = trainer.fit(task)
     return {**last, "best": task.best} if last else last

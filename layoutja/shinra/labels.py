@@ -14,6 +14,10 @@ Nothing is mislabeled silently. An annotation is skipped, and reported with its 
   file order, so the first of overlapping ones labels the tokens, as in the published system
   (`overlaps="longest"`: longest first, then by position and attribute name);
 - its attribute has `extraction_task: false` in the ENE definitions (when given).
+
+Predicted labels go back to values by the published post-processing, rule by rule: per token
+the first of the model's top 5 labels that belongs to the page's category (`allowed_labels`),
+then its gap fixing (`bridge_gaps`); layoutja.shinra.records decodes the result.
 """
 
 from __future__ import annotations
@@ -39,29 +43,24 @@ class Annotation:
     start: tuple[int, int]  # (line, offset)
     end: tuple[int, int]
     text: str
-
-
-def _annotation(r: dict) -> Annotation:
-    offset = r["html_offset"]
-    start, end = offset["start"], offset["end"]
-    return Annotation(str(r["page_id"]), str(r["ENE"]), r["attribute"],
-                      (int(start["line_id"]), int(start["offset"])),
-                      (int(end["line_id"]), int(end["offset"])), offset["text"])  # fmt: skip
+    file: str = ""  # the name of the annotation file it comes from
 
 
 def read_annotations(paths: list[Path]) -> list[Annotation]:
-    """Annotations from SHINRA JSONL files (`annotation/<ENE>_dist.jsonl`)."""
-    return [a for path in paths for a in read_jsonl(path, _annotation, "a SHINRA annotation")]
+    """Annotations from SHINRA JSONL files (`annotation/<category>_dist.jsonl`)."""
 
+    def annotations(path: Path) -> list[Annotation]:
+        def parse(r: dict) -> Annotation:
+            offset = r["html_offset"]
+            start, end = offset["start"], offset["end"]
+            return Annotation(str(r["page_id"]), str(r["ENE"]), r["attribute"],
+                              (int(start["line_id"]), int(start["offset"])),
+                              (int(end["line_id"]), int(end["offset"])), offset["text"],
+                              path.name)  # fmt: skip
 
-def _definition(r: dict) -> tuple[str, set[str]]:
-    ene = str(r["ENE_id"] if "ENE_id" in r else r["ENE"])
-    return ene, {a["name"] for a in r["attributes"] if a.get("extraction_task", True)}
+        return read_jsonl(path, parse, "a SHINRA annotation")
 
-
-def read_extraction_attributes(path: Path) -> dict[str, set[str]]:
-    """ENE → names of its attributes with `extraction_task` true (the ENE definition JSONL)."""
-    return dict(read_jsonl(path, _definition, "an ENE definition"))
+    return [a for path in paths for a in annotations(path)]
 
 
 def attribute_name(attribute: str) -> str:
@@ -127,28 +126,46 @@ def page_labels(
     return labels
 
 
-def bridge_gaps(labels: Sequence[int], names: Sequence[str], max_gap: int) -> list[int]:
-    """`labels` (ids into `names`) with every run of at most `max_gap` O tokens that lies between
-    two `I-x` tokens of the same attribute x relabeled `I-x`: the published post-processing
-    (a `max_gap` of 5, the recipe's `finetune.bridge_gaps`); a `max_gap` of 0 turns it off.
+def allowed_labels(top: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Per token, the first of its top-k label ids (`top`: (n, k), best first) that `allowed` (a
+    bool per label id, O's included) admits, O (0) where none of them is: the published choice of
+    a label of the page's category, with k = 5 (k = 1: the argmax, or O where it is not the
+    category's)."""
+    top = np.asarray(top).reshape(len(top), -1)
+    ok = allowed[top]
+    chosen = top[np.arange(len(top)), ok.argmax(1)]
+    return np.where(ok.any(1), chosen, 0).astype(np.int32)
 
-    The published rule names two I- tokens, and it is read literally: the token after the run
-    must be `I-x` (a `B-x` there starts a new value, so the run stays O), and so must the token
-    before it (`B-x O I-x` is left as it is; after `B-x I-x O I-x` the run is bridged).
+
+def bridge_gaps(labels: Sequence[int], names: Sequence[str], max_gap: int) -> list[int]:
+    """`labels` (ids into `names`) with the published gap fixing applied (`fix_o_tags`, whose
+    search limit of 5 is a `max_gap` of 3, the recipes' `finetune.bridge_gaps`; 0: off).
+
+    Each `I-x` that follows an O (those of the input, in order, each seeing the rewrites before
+    it) looks back over the `max_gap` positions before that O, nearest first:
+    - the same `I-x` first: the O's between become `I-x` (the value goes on over the gap);
+    - any other tag that is not O first (`B-x` included): the `I-x` becomes `B-x`, a new value;
+    - only O's, and the look-back reached the first token (which it never reads): `B-x`;
+    - only O's: nothing changes.
     """
     out = list(labels)
     if max_gap <= 0:
         return out
-    left = None  # index of the last non-O token
-    for i, label in enumerate(out):
-        if names[label] == OUTSIDE:
-            continue
-        if (
-            left is not None
-            and 0 < i - left - 1 <= max_gap
-            and names[label].startswith("I-")
-            and out[left] == label
-        ):
-            out[left + 1 : i] = [label] * (i - left - 1)
-        left = i
+    index = {name: i for i, name in enumerate(names)}
+    after_o = [i for i in range(1, len(out))
+               if names[out[i - 1]] == OUTSIDE and names[out[i]].startswith("I-")]  # fmt: skip
+    for i in after_o:
+        tag = out[i]
+        begin = index["B-" + names[tag][2:]]
+        floor = max(0, i - max_gap - 2)  # positions i-2 down to floor+1 are looked at
+        for j in range(i - 2, floor, -1):
+            if out[j] == tag:
+                out[j + 1 : i] = [tag] * (i - j - 1)
+                break
+            if names[out[j]] != OUTSIDE:
+                out[i] = begin
+                break
+        else:
+            if floor == 0:
+                out[i] = begin
     return out

@@ -58,7 +58,7 @@ def kept_attributes(
 ) -> set[str]:
     """Those of `attributes` (a model's label attributes) to keep on a page classified as `ene`:
     the ENE's attributes in `definitions` (ENE → attributes with extraction_task, as
-    labels.read_extraction_attributes reads them), names compared NFKC-normalized and stripped,
+    categories.read_definitions reads them), names compared NFKC-normalized and stripped,
     as labels name attributes. An ENE the definitions lack keeps none: the published system kept
     only the chosen category's attributes."""
     wanted = {attribute_name(a) for a in definitions.get(ene, ())}

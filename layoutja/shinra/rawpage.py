@@ -72,3 +72,21 @@ class RawPage:
         if a is None or b is None or b < a:
             return None
         return NEWLINE.sub("\n", self.source[a:b])
+
+
+class PageFinder:
+    """A SHINRA page's file in an html/ directory, by page id and ENE: html/<ENE>/<id>.html,
+    html/<id>.html (the leaderboard's), or html/<category>/<id>.html under any other category
+    name (SHINRA 2022's English ones: `Airport`), found by one listing of the directory."""
+
+    def __init__(self, html_dir: str | Path):
+        self.html_dir = Path(html_dir)
+        self._by_id: dict[str, Path] | None = None
+
+    def find(self, page_id: str, ene: str) -> Path | None:
+        for path in (self.html_dir / ene / f"{page_id}.html", self.html_dir / f"{page_id}.html"):
+            if path.is_file():
+                return path
+        if self._by_id is None:
+            self._by_id = {p.stem: p for p in sorted(self.html_dir.glob("*/*.html"), reverse=True)}
+        return self._by_id.get(page_id)

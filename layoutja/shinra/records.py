@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from layoutja.shinra.data import Page, ShinraDir, page_title
-from layoutja.shinra.labels import OUTSIDE, Annotation, attribute_name, bridge_gaps
+from layoutja.shinra.labels import (
+    OUTSIDE,
+    Annotation,
+    allowed_labels,
+    attribute_name,
+    bridge_gaps,
+)
 from layoutja.shinra.leaderboard import kept_attributes
 from layoutja.shinra.plaintext import PlainText
 from layoutja.shinra.rawpage import RawPage
@@ -32,9 +38,12 @@ def decode(
     page: Page, labels: Sequence[int], names: list[str], raw: RawPage, ene: str,
     spelling: dict[str, str] | None, plain: PlainText | None = None,
 ) -> list[dict]:  # fmt: skip
-    """SHINRA records for the B-/I- runs of a page's predicted labels. `spelling` maps label
-    attributes to the ENE's spelling of them; attributes it lacks are not the ENE's and give no
-    record (None: every attribute, as labeled)."""
+    """SHINRA records for the B-/I- runs of a page's predicted labels, read as the published
+    system read them: outside a value `B-x` or `I-x` opens one; inside, `I-` of its attribute
+    extends it, `I-` of another or any `B-` closes it and opens the next, O closes it. A value
+    still open at the end of the page is kept (the published loop dropped it). `spelling` maps
+    label attributes to the ENE's spelling of them; attributes it lacks are not the ENE's and
+    give no record (None: every attribute, as labeled)."""
     records, current = [], None
     for i, label in enumerate([*labels, 0]):
         name = names[label] if i < len(labels) else OUTSIDE
@@ -73,20 +82,26 @@ def _record(page: Page, raw: RawPage, plain: PlainText | None, ene: str, attribu
 
 
 class Decoder:
-    """Records of a SHINRA directory's pages from their predicted labels: reads each raw page
-    (and its plain text) once, bridges gaps (`bridge` O tokens at most; 0: off) and decodes."""
+    """Records of a SHINRA directory's pages from the model's top labels, by the published
+    post-processing: per token the first of them that is O or an attribute of the page's
+    category (`allowed_labels`), gaps fixed (`bridge_gaps`, `bridge` O tokens at most; 0: off),
+    then decoded; each raw page (and its plain text) is read once."""
 
     def __init__(self, dirs: ShinraDir, names: list[str], bridge: int):
         self.dirs, self.names, self.bridge = dirs, names, bridge
 
-    def records(self, page: Page, labels: np.ndarray, ene: str,
+    def records(self, page: Page, top: np.ndarray, ene: str,
                 spelling: dict[str, str] | None) -> list[dict]:  # fmt: skip
-        """The page's records as of category `ene` (its title read from the page if empty)."""
+        """The page's records as of category `ene` (its title read from the page if empty),
+        from its tokens' best labels (`top`: (tokens, k), best first); `spelling` (as `decode`
+        takes it) says which attributes are the category's (None: all)."""
         raw = RawPage.read(page.path)
         page.title = page.title or page_title(raw.source)
         path = self.dirs.plain_path(page)
         plain = PlainText.matching(raw, path) if path.exists() else None
-        labels = bridge_gaps(labels.tolist(), self.names, self.bridge)
+        allowed = np.array([spelling is None or name == OUTSIDE or name[2:] in spelling
+                            for name in self.names])  # fmt: skip
+        labels = bridge_gaps(allowed_labels(top, allowed).tolist(), self.names, self.bridge)
         return decode(page, labels, self.names, raw, ene, spelling, plain)
 
 

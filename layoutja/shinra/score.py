@@ -27,7 +27,7 @@ from pathlib import Path
 
 from layoutja import common
 from layoutja.common import UserError
-from layoutja.shinra.rawpage import RawPage
+from layoutja.shinra.rawpage import PageFinder, RawPage
 
 OFFSET_KINDS = ("html_offset", "text_offset")
 _ASCII_TO_FULL = {c: c + 0xFEE0 for c in range(0x21, 0x7F)} | {0x20: 0x3000}
@@ -204,7 +204,7 @@ def html_mismatches(records: list[dict], html_dir: str | Path) -> list[dict]:
     (The official checker's "HTML annotation errors" count includes its CSV header row: 4 for
     the sample's 3 mismatches.)
     """
-    html_dir = Path(html_dir)
+    pages = PageFinder(html_dir)
     cache: dict[str, RawPage | None] = {}
     bad = []
     for r in records:
@@ -213,8 +213,7 @@ def html_mismatches(records: list[dict], html_dir: str | Path) -> list[dict]:
             continue
         page = r["page_id"]
         if page not in cache:
-            paths = [html_dir / f"{page}.html", html_dir / r["ENE"] / f"{page}.html"]
-            found = next((p for p in paths if p.exists()), None)
+            found = pages.find(page, r["ENE"])
             cache[page] = RawPage.read(found) if found else None
         if cache[page] is None:
             bad.append({**r, "problem": "no such page"})

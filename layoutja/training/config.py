@@ -127,10 +127,18 @@ class Finetune:
         "of annotations that overlap, the one that labels the tokens: first (in file order, as "
         "published) or longest",
     )
-    bridge_gaps: int = setting(
+    top_k: int = setting(
         5,
-        "runs of up to this many O between two I- of one attribute become I- in the dev F1 and "
-        "by default at prediction (as published; 0: off)",
+        "per token, the first of the model's top this-many labels that is O or an attribute of "
+        "the page's category (as published: 5; 1: the best label, O where it is not the "
+        "category's), in the dev F1 and by default at prediction",
+    )
+    bridge_gaps: int = setting(
+        3,
+        "the published gap fixing: an I-x after a run of up to this many O continues the value "
+        "of an I-x before the run (the O become I-x) or, after another tag, starts a new one "
+        "(as published: 3, fix_o_tags' search limit 5; 0: off), in the dev F1 and by default "
+        "at prediction",
     )
 
 
@@ -265,6 +273,8 @@ def _validate(recipe: Recipe) -> None:
                         "architecture of --model")  # fmt: skip
     if recipe.finetune.bridge_gaps < 0:
         raise UserError("finetune.bridge_gaps must be at least 0 (0: off)")
+    if recipe.finetune.top_k < 1:
+        raise UserError("finetune.top_k must be at least 1 (1: the best label)")
     c = recipe.checkpoint
     if recipe.data.shuffle_parts < 1 or recipe.schedule.timeout_minutes <= 0:
         raise UserError("data.shuffle_parts must be at least 1, schedule.timeout_minutes above 0")
