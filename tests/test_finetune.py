@@ -178,33 +178,36 @@ def test_text_only_baseline_runs_the_same_pipeline(shinra, bert, localized, tmp_
     assert type(model).__name__ == "BertForTokenClassification"
 
 
-def test_bridge_gaps_is_the_recipes_for_the_dev_f1_and_predicts_default(
+def test_the_post_processing_is_the_recipes_for_the_dev_f1_and_predicts_default(
     shinra, bert, localized, tmp_path, monkeypatch
 ):
     from layoutja.shinra import records
     from layoutja.shinra.predict import predict
 
-    used = []  # the gap each decoded page is bridged with
-    bridge = records.bridge_gaps
+    used = []  # (top k, gap) each decoded page is post-processed with
+    bridge, allowed = records.bridge_gaps, records.allowed_labels
+    monkeypatch.setattr(records, "allowed_labels",
+                        lambda top, ok: used.append(top.shape[1]) or allowed(top, ok))  # fmt: skip
     monkeypatch.setattr(records, "bridge_gaps",
                         lambda *args: used.append(args[2]) or bridge(*args))  # fmt: skip
     out = tmp_path / "ft"
-    finetune(recipe("finetune-tiny", epochs=1, bridge_gaps=2), shinra, bert, localized, out,
-             progress=False)  # fmt: skip
-    assert used and set(used) == {2}  # the dev evaluation
+    finetune(recipe("finetune-tiny", epochs=1, bridge_gaps=2, top_k=2), shinra, bert, localized,
+             out, progress=False)  # fmt: skip
+    assert used and set(zip(used[::2], used[1::2])) == {(2, 2)}  # the dev evaluation
     settings = {"max_length": 128, "margin": 32}
-    for given, expected in [(None, 2), (0, 0)]:  # the model's recipe, unless told otherwise
+    for given, expected in [((None, None), (2, 2)), ((1, 0), (1, 0))]:  # unless told otherwise
         used.clear()
-        predict(out, shinra, localized, tmp_path / "pred.jsonl", bridge=given, **settings)
-        assert used and set(used) == {expected}
-    used.clear()  # a model fine-tuned elsewhere: the published 5
+        predict(out, shinra, localized, tmp_path / "pred.jsonl", top_k=given[0], bridge=given[1],
+                **settings)  # fmt: skip
+        assert used and set(zip(used[::2], used[1::2])) == {expected}
+    used.clear()  # a model fine-tuned elsewhere: the published top 5 and gaps of 3
     plain = AutoModelForTokenClassification.from_pretrained(out)
-    del plain.config.bridge_gaps
+    del plain.config.bridge_gaps, plain.config.label_top_k
     plain.save_pretrained(tmp_path / "plain")
     shutil.copy(out / "vocab.txt", tmp_path / "plain")
     shutil.copy(out / "tokenizer_config.json", tmp_path / "plain")
     predict(tmp_path / "plain", shinra, localized, tmp_path / "pred.jsonl", **settings)
-    assert used and set(used) == {5}
+    assert used and set(zip(used[::2], used[1::2])) == {(5, 3)}
 
 
 def leaderboard_dir(shinra: Path, root: Path) -> Path:

@@ -110,7 +110,7 @@ class FinetuneTask:
         text_only = recipe.finetune.text_only
         head = load_classifier(model_dir, self.data.names, text_only, self.specials.pad)
         # `predict`'s defaults: the post-processing the dev F1 was measured with
-        head.config.top_k = recipe.finetune.top_k
+        head.config.label_top_k = recipe.finetune.top_k  # (`top_k` is a generation setting)
         head.config.bridge_gaps = recipe.finetune.bridge_gaps
         self.model = TokenClassifier(head, text_only)
         self.fingerprint = f"{len(self.train)}:{len(self.items)}:{len(self.data.names)}"
@@ -196,7 +196,10 @@ class FinetuneTask:
         if not self.trainer.is_main:
             return {}
         pages = {p.page_id for p in self.dev}
-        html = score(gold_records(self.data.annotations, pages), records, pages)["html_offset"]
+        # the gold of the attributes to extract (those with extraction_task false are no task)
+        attributes = self.data.attributes
+        gold = [a for a in self.data.annotations if a.attribute in attributes.get(a.ene, ())]
+        html = score(gold_records(gold, pages), records, pages)["html_offset"]
         result = {
             "epoch": -(-step // self.steps_per_epoch),
             "dev_macro_f1": round(html["macro"]["f1"], 4),

@@ -107,7 +107,7 @@ def predict(
     names = [config.id2label[i] for i in range(config.num_labels)]
     # as the model was evaluated; the published rules for other models
     bridge = getattr(config, "bridge_gaps", Finetune().bridge_gaps) if bridge is None else bridge
-    top_k = getattr(config, "top_k", Finetune().top_k) if top_k is None else top_k
+    top_k = getattr(config, "label_top_k", Finetune().top_k) if top_k is None else top_k
     classifier = TokenClassifier(classifier, text_only=config.model_type != "layoutlm")
     classifier.to(device())
     annotations = read_annotations(dirs.annotations)
