@@ -70,7 +70,10 @@ FT_TOKENIZER ?=
 TEXT_MODEL ?= $(OUT)/bert
 TEXT_RECIPE ?= $(FT_RECIPE)
 WINDOW     ?= --max-length 128 --margin 32
-GOLD       ?= $(wildcard $(SHINRA)/annotation/*.jsonl)
+GOLD       ?= $(wildcard $(SHINRA)/annotation/*_dist.jsonl)
+# The ENE definitions JSONL (empty: the *definition*.jsonl in SHINRA, if any)
+DEFINITIONS ?=
+DEFS        = $(if $(DEFINITIONS),--definitions $(DEFINITIONS))
 MASKED     ?= 東京大学で[MASK]の研究をしています。
 STEPS      ?=
 EPOCHS     ?=
@@ -143,20 +146,20 @@ finetune: setup
 	@$(MAKE) --no-print-directory finetune-model
 
 finetune-model: setup
-	$(LJ) finetune --config $(FT_RECIPE) --data $(SHINRA) --model $(FT_MODEL) \
+	$(LJ) finetune --config $(FT_RECIPE) --data $(SHINRA) $(DEFS) --model $(FT_MODEL) \
 	  --out $(OUT)/shinra --localized $(FT_LOCALIZED) --resume \
 	  $(if $(FT_TOKENIZER),--tokenizer $(FT_TOKENIZER)) $(if $(EPOCHS),--schedule.epochs $(EPOCHS))
 
 # The text-only baseline for `make compare`: TEXT_MODEL (a BERT) on the same pages and split.
 finetune-text: setup
-	$(LJ) finetune --config $(TEXT_RECIPE) --data $(SHINRA) --model $(TEXT_MODEL) \
+	$(LJ) finetune --config $(TEXT_RECIPE) --data $(SHINRA) $(DEFS) --model $(TEXT_MODEL) \
 	  --out $(OUT)/shinra-text --localized $(FT_LOCALIZED) --resume --finetune.text_only true \
 	  $(if $(FT_TOKENIZER),--tokenizer $(FT_TOKENIZER)) $(if $(EPOCHS),--schedule.epochs $(EPOCHS))
 
 predict: setup
 	$(LJ) localize $(SHINRA)/html --tokenizer $(OUT)/shinra --out $(FT_LOCALIZED) --quiet \
 	  $(LOCALIZE_ARGS)
-	$(LJ) predict --model $(OUT)/shinra --data $(SHINRA) --out $(OUT)/predictions.jsonl \
+	$(LJ) predict --model $(OUT)/shinra --data $(SHINRA) $(DEFS) --out $(OUT)/predictions.jsonl \
 	  --localized $(FT_LOCALIZED) $(WINDOW)
 
 score: setup
@@ -172,17 +175,18 @@ compare: setup
 	@cmp -s $(CMP_LAYOUT)/dev_pages.txt $(CMP_TEXT)/dev_pages.txt || \
 	  { echo "$(CMP_LAYOUT) and $(CMP_TEXT) were not fine-tuned on the same split"; exit 1; }
 	@mkdir -p $(OUT)/compare
-	$(LJ) predict --model $(CMP_LAYOUT) --data $(SHINRA) --localized $(FT_LOCALIZED) \
+	$(LJ) predict --model $(CMP_LAYOUT) --data $(SHINRA) $(DEFS) --localized $(FT_LOCALIZED) \
 	  --target $(CMP_LAYOUT)/dev_pages.txt --out $(OUT)/compare/layout.jsonl $(WINDOW)
-	$(LJ) predict --model $(CMP_TEXT) --data $(SHINRA) --localized $(FT_LOCALIZED) \
+	$(LJ) predict --model $(CMP_TEXT) --data $(SHINRA) $(DEFS) --localized $(FT_LOCALIZED) \
 	  --target $(CMP_LAYOUT)/dev_pages.txt --out $(OUT)/compare/text-only.jsonl $(WINDOW)
 	$(LJ) compare --gold $(GOLD) --html $(SHINRA)/html --target $(CMP_LAYOUT)/dev_pages.txt \
 	  --pred layout=$(OUT)/compare/layout.jsonl text-only=$(OUT)/compare/text-only.jsonl \
 	  --out $(OUT)/compare.md
 
 # --- SHINRA 2022 at full size: the published runs -------------------------------------------
-# The training data (annotation/, html/<ENE>/, plain/<ENE>/) in SHINRA2022, the leaderboard
-# input (html/, plain/, the ENE definitions, the input JSONL LB_PAGES) in LEADERBOARD, e.g.
+# The training data as downloaded (annotation/<Name>_dist.jsonl, html/<Name>/, plain/<Name>/,
+# categories in English) in SHINRA2022, the leaderboard input (html/, plain/, the ENE
+# definitions LB_DEFINITIONS, which every step reads, the input JSONL LB_PAGES) in LEADERBOARD, e.g.
 #   make shinra2022 SHINRA2022=/data/ene-20221116 LEADERBOARD=/data/attribute_extraction
 # LB_SYSTEM chooses a system of a multi-system input; LB_GOLD scores the predictions where the
 # leaderboard's gold is given. The published LayoutLM's own tokenizer files are not MeCab:
@@ -190,6 +194,7 @@ compare: setup
 SHINRA2022   ?= /data/shinra2022
 LEADERBOARD  ?= /data/shinra2022-leaderboard
 LB_PAGES     ?= $(firstword $(wildcard $(LEADERBOARD)/*leaderboard*.jsonl))
+LB_DEFINITIONS ?= $(firstword $(wildcard $(LEADERBOARD)/*[Dd]efinition*.jsonl))
 LB_SYSTEM    ?=
 LB_GOLD      ?=
 RUN          ?= runs/shinra2022
@@ -197,7 +202,8 @@ LAYOUTLM     ?= jri-advtechlab/layoutlm-wikipedia-ja
 BERT         ?= cl-tohoku/bert-base-japanese-v2
 PUBLISHED_TOKENIZER ?= cl-tohoku/bert-base-japanese-v2
 SHINRA2022_RUN := OUT=$(RUN) SHINRA=$(SHINRA2022) FT_LOCALIZED=$(RUN)/localized WINDOW= \
-  FT_TOKENIZER=$(PUBLISHED_TOKENIZER) GOLD="$(wildcard $(SHINRA2022)/annotation/*.jsonl)"
+  FT_TOKENIZER=$(PUBLISHED_TOKENIZER) DEFINITIONS=$(LB_DEFINITIONS) \
+  GOLD="$(wildcard $(SHINRA2022)/annotation/*_dist.jsonl)"
 
 .PHONY: shinra2022 shinra2022-localize shinra2022-finetune shinra2022-predict shinra2022-score \
   shinra2022-compare
@@ -219,6 +225,7 @@ shinra2022-finetune: setup
 shinra2022-predict: setup
 	@for run in shinra shinra-text; do \
 	  $(LJ) predict --model $(RUN)/$$run --data $(LEADERBOARD) --pages $(LB_PAGES) \
+	    $(if $(LB_DEFINITIONS),--definitions $(LB_DEFINITIONS)) \
 	    $(if $(LB_SYSTEM),--system $(LB_SYSTEM)) --localized $(RUN)/leaderboard-localized \
 	    --out $(RUN)/leaderboard-$$run.jsonl || exit 1; \
 	done

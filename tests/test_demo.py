@@ -101,6 +101,29 @@ def test_localize_args_reach_every_localize_of_the_makefile():
     assert len(commands) == 5 and all("--retry-failed" in c for c in commands), commands
 
 
+def test_make_shinra2022_gives_the_leaderboards_definitions_to_every_step(tmp_path):
+    """SHINRA 2022 as downloaded: the ENE definitions ship with the leaderboard input, and
+    fine-tuning (English category names → ENE ids, extraction_task), prediction and compare
+    read them; the viewing copies of the annotations are not gold."""
+    leaderboard, data = tmp_path / "attribute_extraction", tmp_path / "ene-20221116"
+    definitions = leaderboard / "Shinra2022_ENE_Definition_v9.0.0-with-Attributes_20220714.jsonl"
+    (data / "annotation").mkdir(parents=True)
+    leaderboard.mkdir()
+    for path in (definitions, leaderboard / "shinra2022_AttributeExtraction_leaderboard_x.jsonl",
+                 data / "annotation" / "Airport_dist.jsonl",
+                 data / "annotation" / "Airport_dist_for_view.jsonl"):  # fmt: skip
+        path.write_text("")
+    plan = subprocess.run(["make", "-n", "shinra2022", f"SHINRA2022={data}",
+                           f"LEADERBOARD={leaderboard}", "RUN=r"], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    commands = plan.replace("\\\n", " ").splitlines()
+    steps = [c for c in commands if " finetune " in c or " predict " in c]
+    assert len(steps) == 5, steps  # 2 fine-tunings, the leaderboard (a loop), 2 for compare
+    assert all(f"--definitions {definitions}" in c for c in steps), steps
+    (compare,) = [c for c in commands if "layoutja compare " in c]
+    assert "Airport_dist.jsonl" in compare and "_for_view" not in compare
+
+
 def test_the_device_check_runs_end_to_end_at_toy_size_on_the_cpu():
     """`SMOKE=1 bench/device_check.sh`: every step of the GPU check, at toy sizes, so that the
     script a GPU session runs once cannot rot (it measures nothing here)."""
