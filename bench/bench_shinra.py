@@ -18,12 +18,14 @@ bytes per token; torch's and Arrow's own allocations are not traced, the model's
 per token).
 
     python bench/bench_shinra.py [--pages-per-category 4] [--tokens 3000]
+    python bench/bench_shinra.py --layouts --tokens 600   # dev F1: id-named vs downloaded layout
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import re
 import resource
@@ -42,20 +44,29 @@ OWN_ATTRIBUTES = 20  # per category
 SHARED_ATTRIBUTES = ["名前", "別名", "国", "所在地", "設立年"]
 TOKENS_PER_LINE = 50
 VOCAB = 2000
+# the tiny models' vocabulary (the synthetic ids' tokens), as vocab.txt holds it
+VOCAB_TXT = "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                      + [f"t{i}" for i in range(5, VOCAB)]) + "\n"  # fmt: skip
 
 
-def make_set(root: Path, pages_per_category: int, tokens: int, seed: int = 0) -> dict:
-    """The synthetic SHINRA directory and its localized Parquet; returns the counts."""
+def make_set(root: Path, pages_per_category: int, tokens: int, seed: int = 0,
+             downloaded: bool = False) -> dict:  # fmt: skip
+    """The synthetic SHINRA directory and its localized Parquet; returns the counts and the ENE
+    definitions file. `downloaded`: laid out as SHINRA 2022 is downloaded (categories named in
+    English, html/Category_007/, annotation/Category_007_dist.jsonl; the definitions, with
+    their name.en, in another directory), else by ENE id (html/1.0.7/, definitions inside)."""
     from layoutja.localize.store import Store, record_batch
 
     rng = np.random.default_rng(seed)
     (root / "annotation").mkdir(parents=True)
     definitions, pages, total = [], 0, 0
-    store = Store(root / "localized", (0, 1), {"tokenizer_vocab_sha256": "synthetic"})
+    vocab_hash = hashlib.sha256(VOCAB_TXT.encode()).hexdigest()  # as the models' tokenizer's
+    store = Store(root / "localized", (0, 1), {"tokenizer_vocab_sha256": vocab_hash})
     for c in range(CATEGORIES):
         ene = f"1.{c // 10}.{c % 10}"
+        name = f"Category_{c:03d}" if downloaded else ene  # the category's directory
         attributes = SHARED_ATTRIBUTES + [f"属性{c:03d}_{j:02d}" for j in range(OWN_ATTRIBUTES)]
-        definitions.append({"ENE_id": ene, "attributes": [
+        definitions.append({"ENE_id": ene, "name": {"en": f"Category_{c:03d}"}, "attributes": [
             {"name": a, "extraction_task": True} for a in attributes]})  # fmt: skip
         records = []
         for k in range(pages_per_category):
@@ -70,8 +81,8 @@ def make_set(root: Path, pages_per_category: int, tokens: int, seed: int = 0) ->
             lines.append("</body></html>")
             html = "\n".join(lines)
             plain = re.sub(r"<[^>]*>", "", html)  # SHINRA's plain text: tags removed
-            for path, text in ((root / "html" / ene / f"{page_id}.html", html),
-                               (root / "plain" / ene / f"{page_id}.txt", plain)):  # fmt: skip
+            for path, text in ((root / "html" / name / f"{page_id}.html", html),
+                               (root / "plain" / name / f"{page_id}.txt", plain)):  # fmt: skip
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text, encoding="utf-8")
             t = np.arange(n)
@@ -80,7 +91,7 @@ def make_set(root: Path, pages_per_category: int, tokens: int, seed: int = 0) ->
             x0, y0 = (t % TOKENS_PER_LINE) * 19 + 20, (t // TOKENS_PER_LINE) * 9 % 990
             box = np.stack([x0, y0, x0 + 18, y0 + 8], 1)
             store.add(record_batch({
-                "page_id": page_id, "category": ene, "source": f"{ene}/{page_id}.html",
+                "page_id": page_id, "category": name, "source": f"{name}/{page_id}.html",
                 "encoding": "utf-8", "tokens": words, "input_ids": ids, "bbox": box, "px": box,
                 "html_span": span, "dropped": 0, "viewport_width": 1280, "page_width": 1280.0,
                 "page_height": 10_000.0, "body": [0.0, 0.0, 1280.0, 10_000.0]}))  # fmt: skip
@@ -96,13 +107,17 @@ def make_set(root: Path, pages_per_category: int, tokens: int, seed: int = 0) ->
                 records.append({"page_id": page_id, "title": f"頁{page_id}", "ENE": ene,
                                 "attribute": str(rng.choice(attributes)),
                                 "html_offset": offset})  # fmt: skip
-        with open(root / "annotation" / f"{ene}_dist.jsonl", "w", encoding="utf-8") as f:
+        with open(root / "annotation" / f"{name}_dist.jsonl", "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     store.close()
-    with open(root / "ENE_definition.jsonl", "w", encoding="utf-8") as f:
+    path = root / "ENE_definition.jsonl"
+    if downloaded:
+        path = root.parent / "attribute_extraction" / "Shinra2022_ENE_Definition.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(d, ensure_ascii=False) + "\n" for d in definitions)
     labels = 1 + 2 * (CATEGORIES * OWN_ATTRIBUTES + len(SHARED_ATTRIBUTES))
-    return {"pages": pages, "tokens": total, "labels": labels}
+    return {"pages": pages, "tokens": total, "labels": labels, "definitions": path}
 
 
 def tiny_layoutlm(out: Path, labels: int, classifier: bool) -> Path:
@@ -117,8 +132,7 @@ def tiny_layoutlm(out: Path, labels: int, classifier: bool) -> Path:
                             label2id={v: k for k, v in names.items()})  # fmt: skip
     model = (LayoutLMForTokenClassification if classifier else LayoutLMForMaskedLM)(config)
     model.save_pretrained(out)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"t{i}" for i in range(5, VOCAB)]
-    (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    (out / "vocab.txt").write_text(VOCAB_TXT, encoding="utf-8")
     tokenizer = {"tokenizer_class": "BertJapaneseTokenizer", "word_tokenizer_type": "mecab",
                  "subword_tokenizer_type": "wordpiece",
                  "mecab_kwargs": {"mecab_dic": "unidic_lite"}}  # fmt: skip
@@ -126,7 +140,7 @@ def tiny_layoutlm(out: Path, labels: int, classifier: bool) -> Path:
     return out
 
 
-def finetune_data(root: Path, model: Path, out: Path):
+def finetune_data(root: Path, model: Path, out: Path, definitions: Path | None = None):
     """FinetuneTask as `layoutja finetune` builds it with the published recipe's windows."""
     from layoutja.shinra.finetune import FinetuneTask
     from layoutja.training.config import load_config
@@ -134,7 +148,8 @@ def finetune_data(root: Path, model: Path, out: Path):
 
     recipe = load_config(Path(__file__).parents[1] / "train" / "finetune-shinra.yaml", {})
     trainer = Trainer(recipe, out)
-    return FinetuneTask(recipe, trainer, root, str(model), root / "localized", out)
+    return FinetuneTask(recipe, trainer, root, str(model), root / "localized", out,
+                        definitions=definitions)  # fmt: skip
 
 
 def as_lists(root: Path):
@@ -174,6 +189,32 @@ def predict_all(root: Path, model: Path, out: Path, pages: list[str] | None = No
         leaderboard.write_text("".join(json.dumps({"page_id": p, "title": "", "ENEs": {
             "bench": [{"prob": 1.0, "ENE": ene[p]}]}}) + "\n" for p in pages))  # fmt: skip
     return predict(model, root, root / "localized", out, leaderboard=leaderboard)
+
+
+def dev_f1_by_layout(work: Path, pages_per_category: int, tokens: int) -> dict:
+    """The dev F1 of the gold labels, given as a model's predictions, on one synthetic set laid
+    out by ENE id and as SHINRA 2022 is downloaded: the way from labels to records and their
+    scoring, which must not depend on how the category directories are named."""
+    from layoutja.shinra.classifier import TokenClassifier
+
+    class GoldLabels(TokenClassifier):
+        def top_labels(self, batch: dict, k: int):
+            return batch["labels"].clamp(min=0).unsqueeze(-1)
+
+    scores = {}
+    for layout in ("id", "downloaded"):
+        root = work / layout / "shinra"
+        counts = make_set(root, pages_per_category, tokens, downloaded=layout == "downloaded")
+        base = tiny_layoutlm(work / layout / "base", counts["labels"], classifier=False)
+        task = finetune_data(root, base, work / layout / "ft", counts["definitions"])
+        result = task.evaluate(GoldLabels(task.model.model, text_only=False), task.max_steps)
+        scores[layout] = {"dev_pages": len(task.dev), "dev_macro_f1": result["dev_macro_f1"],
+                          "dev_micro_f1": result["dev_micro_f1"]}  # fmt: skip
+        first = next((root / "html").iterdir()).name
+        print(f"layout {layout:<10} (html/{first}/ ...): {len(task.dev)} dev pages, gold labels "
+              f"as predictions: dev macro F1 {result['dev_macro_f1']}, micro F1 "
+              f"{result['dev_micro_f1']}", flush=True)  # fmt: skip
+    return scores
 
 
 def rss() -> int:
@@ -220,8 +261,19 @@ def main() -> None:
     parser.add_argument("--pages-per-category", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=3000, help="mean tokens a page")
     parser.add_argument("--json", help="write the rows here")
+    parser.add_argument(
+        "--layouts",
+        action="store_true",
+        help="only the dev F1 of the set laid out by ENE id and as downloaded (English category "
+        "names, the definitions elsewhere), 10 pages a category",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-shinra-"))
+    if args.layouts:
+        scores = dev_f1_by_layout(work, max(args.pages_per_category, 10), args.tokens)
+        if args.json:
+            Path(args.json).write_text(json.dumps(scores, indent=1))
+        return
     counts = make_set(work / "shinra", args.pages_per_category, args.tokens)
     print(f"synthetic SHINRA set: {CATEGORIES} categories, {counts['pages']} pages, "
           f"{counts['tokens']} tokens, {counts['labels']} labels ({work})",
