@@ -169,3 +169,22 @@ def test_a_category_that_cannot_be_placed_is_refused_naming_the_fix(tmp_path, un
     localize_corpus(str(data / "html"), str(unidic_dir), tmp_path / "loc", progress=False)
     with pytest.raises(UserError, match="html/Airport: cannot tell the ENE id.*--definitions"):
         load_pages(data, tmp_path / "loc", overlaps="first")
+
+
+def test_score_and_compare_find_the_pages_of_english_named_categories(tmp_path):
+    """Records name the ENE id; the page is html/Airport/<id>.html."""
+    from layoutja.shinra.compare import attribute_locations
+    from layoutja.shinra.score import html_mismatches, read_jsonl
+
+    data = as_downloaded(make_shinra(tmp_path / "by-id", pages=3), tmp_path / "data")
+    gold = read_jsonl(data / "annotation" / f"{NAME}_dist.jsonl")
+    assert gold and {g["ENE"] for g in gold} == {ENE}
+    assert html_mismatches(gold, data / "html") == []
+    where = attribute_locations(gold, data / "html")
+    assert where == {
+        (ENE, "所在地"): "infobox",
+        (ENE, "開港年"): "infobox",
+        (ENE, "IATA"): "infobox",
+    }
+    missing = [{**gold[0], "page_id": "404"}]
+    assert html_mismatches(missing, data / "html")[0]["problem"] == "no such page"
