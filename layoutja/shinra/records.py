@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from layoutja.shinra.data import Page, ShinraDir, page_title
+from layoutja.shinra.data import Page, ShinraDir
 from layoutja.shinra.labels import OUTSIDE, Annotation, attribute_name, bridge_gaps
 from layoutja.shinra.leaderboard import kept_attributes
+from layoutja.shinra.pagetree import page_title
 from layoutja.shinra.plaintext import PlainText
 from layoutja.shinra.rawpage import RawPage
 
