@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from layoutja.shinra.compare import attribute_locations, compare, format_comparison, locations
 from layoutja.shinra.rawpage import RawPage
+
+from .conftest import SHINRA, SHINRA_MISSING
 
 PAGE = [
     "<html><head><title>空港 - Wikipedia</title>",
@@ -40,6 +45,37 @@ def test_each_value_is_placed_by_the_elements_open_around_it():
     assert locations(raw, [*where, script, 0]) == [
         "infobox", "table", "list", "running text", "running text", "running text"
     ]  # fmt: skip
+
+
+# A value (after "@") where the browser's tree puts it: each of the first six is misplaced by
+# reading tags with regular expressions.
+TREES = {
+    '<table title="a>b" class="infobox"><tr><td>@東京</td></tr></table>': "infobox",
+    '<table class="info&#98;ox"><tr><td>@東京</td></tr></table>': "infobox",
+    '<table data-class="infobox"><tr><td>@東京</td></tr></table>': "table",
+    '<!-- 旧版 --!><table class="infobox"><tr><td>@東京</td></tr></table><!-- -->': "infobox",
+    # a nested table left open: the outer cell's end tags are ignored, `</table>` closes it
+    '<table class="infobox"><tr><td><table><tr><td>a</td></tr></td></tr></table>'
+    "<p>@東京</p></td></tr></table>": "infobox",
+    # an end tag for an element outside the table is ignored in a cell
+    '<div><table class="infobox"><tr><td>a</div>@東京</td></tr></table></div>': "infobox",
+    '<table class="infobox"><tr><td><table class="wikitable"><tr><td>@東京</td></tr></table>'
+    "</td></tr></table>": "infobox",
+    '<table class="infobox"><tr><td><ul><li>a<li>@東京</ul></td></tr></table>': "infobox",
+    '<table class="infobox"><tr><td>@<a href="/wiki/東京">東京</a>都</td></tr></table>': "infobox",
+    '<table class="infobox"><tr><td>a</td></tr></table><ul><li>b</ul>@東京': "running text",
+}
+
+
+def test_values_are_placed_in_the_tree_the_browser_builds():
+    misplaced = {}
+    for body, expected in TREES.items():
+        raw = RawPage(f"<html><body>{body.replace('@', '')}</body></html>")
+        (found,) = locations(raw, [len("<html><body>") + body.index("@")])
+        if found != expected:
+            misplaced[body] = found
+    assert misplaced == {}
+    assert locations(raw, [None]) == ["running text"]  # a position not on the page
 
 
 def test_two_systems_side_by_side_per_attribute_location_and_overall(tmp_path):
@@ -81,3 +117,29 @@ def test_two_systems_side_by_side_per_attribute_location_and_overall(tmp_path):
     assert run.returncode == 0, run.stderr
     assert out.read_text().splitlines() == table
     assert json.loads(out.with_suffix(".json").read_text())["overall"] == result["overall"]
+
+
+def _gold(files: list[Path]) -> list[dict]:
+    return [json.loads(line) for f in files for line in f.read_text("utf-8").splitlines() if line]
+
+
+def test_where_the_demo_puts_its_attributes():
+    demo = Path(__file__).resolve().parents[1] / "demo" / "shinra"
+    gold = _gold(sorted((demo / "annotation").glob("*.jsonl")))
+    assert set(attribute_locations(gold, demo / "html").items()) == {
+        (("1.6.5.3", a), where) for a, where in [
+            ("IATA（空港コード）", "infobox"), ("所在地", "infobox"),  # 所在地 starts at its link
+            ("開港年", "infobox"), ("運営者", "infobox"), ("沿革", "list"),
+            ("就航路線", "table"), ("ふりがな", "running text")]
+    }  # fmt: skip
+
+
+def test_where_the_real_sample_puts_its_attributes():
+    if not SHINRA.is_dir():
+        pytest.skip(SHINRA_MISSING)
+    gold = _gold([SHINRA / "Airport_Mini_Answer.json"])
+    found = attribute_locations(gold, SHINRA / "Airport_HTML")
+    running = {"別名", "国", "所在地", "名前の謂れ", "名称由来人物の地位職業名", "ふりがな",
+               "開港年", "近隣空港"}  # fmt: skip
+    assert len(found) == 21 and set(found.values()) == {"infobox", "running text"}
+    assert {a for (_, a), where in found.items() if where != "infobox"} == running

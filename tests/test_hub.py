@@ -36,8 +36,9 @@ from layoutja.common import UserError, device
 from layoutja.hub import resolve
 from layoutja.pretrain.task import data_tokenizer
 from layoutja.shinra.classifier import TokenClassifier
+from layoutja.text.tokenizer import vocab_sha256
 
-from .conftest import TRAIN, make_shinra, model_card, run_python, tiny_bert
+from .conftest import DATA, TRAIN, make_shinra, model_card, run_python, tiny_bert
 from .hubcache import add_repo
 
 BERT = "cl-tohoku/bert-base-japanese-v2"
@@ -381,3 +382,31 @@ def test_izumi_generator_and_discriminator_go_on_pretraining_text_only_and_layou
     assert f"new (random init): {', '.join(new)}\n" in report
     assert "copied from" in report and "not used" not in report
     assert len(run_python(*codes, cwd=tmp_path).splitlines()) == 4  # each card's code runs
+
+
+def test_the_readme_izumi_command_on_a_text_corpus_takes_the_models_tokenizer(
+    offline, tmp_path, capsys
+):
+    # README, "Pretrain ELECTRA": no --tokenizer, the discriminator's own (ipadic) is used.
+    lines = (DATA / "sample_ja.txt").read_text(encoding="utf-8").splitlines()
+    wiki = tmp_path / "wiki.txt"
+    wiki.write_text("\n".join(lines[:8] + [""] + lines[8:]) + "\n", encoding="utf-8")
+    out = tmp_path / "runs" / "electra-izumi"
+    run("pretrain", "--config", TRAIN / "electra-base.yaml", "--data", wiki, "--init", IZUMI,
+        "--init-generator", IZUMI_GENERATOR, "--out", out,
+        # CPU sizes; the tiny checkpoints have 128 positions
+        "--schedule.max_steps", "2", "--schedule.global_batch_size", "2",
+        "--schedule.per_device_batch_size", "2", "--data.max_length", "128",
+        "--data.margin", "32", "--data.eval_pages", "0", "--quiet")  # fmt: skip
+    own = resolve(IZUMI)
+    packed = json.loads((out / "packed" / "manifest.json").read_text())
+    assert packed["tokenizer_vocab_sha256"] == vocab_sha256(own)
+    for part in ("discriminator", "generator"):
+        assert (out / part / "vocab.txt").read_text() == (own / "vocab.txt").read_text()
+        config = json.loads((out / part / "tokenizer_config.json").read_text())
+        assert config["mecab_kwargs"] == {"mecab_dic": "ipadic"}
+    # An initial model without a MeCab tokenizer of its own says so and names the fix.
+    message = error(capsys, "pretrain", "--config", TRAIN / "electra-base.yaml", "--data", wiki,
+                    "--init", LAYOUTLM, "--init-generator", IZUMI_GENERATOR, "--out",
+                    tmp_path / "no")  # fmt: skip
+    assert "its tokenizer is LayoutLMTokenizer" in message and "give --tokenizer" in message

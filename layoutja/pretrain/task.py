@@ -64,16 +64,20 @@ from layoutja.training.trainer import Trainer
 
 def data_tokenizer(data: Path, init: Path | None, init_name: str | None,
                    tokenizer: str | None) -> Path:  # fmt: skip
-    """The MeCab tokenizer to train with: `tokenizer`, else the initial model's own, else the
-    one the data was localized with; the data's vocabulary must be the same."""
+    """The MeCab tokenizer to train with: `tokenizer`, else the initial model's own (a plain
+    text corpus names none), else the one the data was localized with; the data's vocabulary
+    must be the same."""
     manifests = read_manifests(data)
     named_in = next(iter(manifests), None)  # the first record's file
     localized_with = tokenizer_name(manifests[named_in]) if named_in else None
-    from_data = tokenizer is None and (init is None or not is_mecab_tokenizer(init))
-    if from_data:  # none given, nor in the initial model (e.g. the published LayoutLM's)
-        if localized_with is None:
-            raise UserError(f"{data}: no manifest names its tokenizer; give --tokenizer")
+    own = init is not None and is_mecab_tokenizer(init)
+    # None given, nor in the initial model (e.g. the published LayoutLM's): the data's.
+    from_data = tokenizer is None and not own and localized_with is not None
+    if from_data:
         tokenizer = localized_with
+    elif tokenizer is None and init is None:
+        raise UserError(f"{data}: names no tokenizer (no manifest); give --tokenizer "
+                        "NAME_OR_DIR, or --init a model that has its own")  # fmt: skip
     try:
         if init is not None:
             path = tokenizer_for(init, tokenizer, init_name or str(init))
@@ -173,8 +177,6 @@ class PretrainTask:
                 f"{data}: plain text has no boxes; it trains text-only ELECTRA "
                 "(objective: electra, electra.layout: false), or localize pages first"
             )
-        if text and not tokenizer:
-            raise UserError(f"{data}: plain text; give --tokenizer DIR (its vocabulary)")
         if init_generator and not (init and recipe.objective == "electra"):
             raise UserError("--init-generator NAME goes with --init NAME (its discriminator) "
                             "in an ELECTRA recipe")  # fmt: skip

@@ -1,58 +1,42 @@
 """What the layout buys: two systems' scores side by side, per attribute, by where its values sit.
 
-Each gold value is placed by the raw HTML around its start: inside a Wikipedia infobox (a
-`<table>` whose class has `infobox`), another table, a list (`<ul>`, `<ol>`, `<dl>`), or else
-running text; an attribute sits where most of its values do. Both systems are scored on the
-same pages under both conventions (layoutja.shinra.score: the 2019 scorer's html_offset F1 and
-the 2022 leaderboard's), per attribute, per location (the mean over its attributes) and overall.
+Each gold value is placed by the elements around its first visible character in the page's
+element tree: inside a Wikipedia infobox (a `<table>` whose class has `infobox`), another
+table, a list (`<ul>`, `<ol>`, `<dl>`), or else running text; an attribute sits where most of
+its values do. Both systems are scored on the same pages under both conventions
+(layoutja.shinra.score: the 2019 scorer's html_offset F1 and the 2022 leaderboard's), per
+attribute, per location (the mean over its attributes) and overall.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from bs4 import Tag
+
+from layoutja.shinra.pagetree import enclosing
 from layoutja.shinra.rawpage import PageFinder, RawPage
 from layoutja.shinra.score import normalize_attribute, score, score_leaderboard
 
 LOCATIONS = ("infobox", "table", "list", "running text")
-_MARKUP = re.compile(r"<!--.*?(?:-->|\Z)|<(/?)([A-Za-z][A-Za-z0-9]*)([^>]*)>?", re.S)
-_RAW_TEXT = {"script", "style", "textarea", "title"}  # their content is not markup
 _LISTS = {"ul", "ol", "dl"}
 
 
-def locations(raw: RawPage, indexes: list[int]) -> list[str]:
-    """Where each character index of the page sits (one of LOCATIONS): the elements open there,
-    read from the tags before it (an end tag closes up to its element; unclosed ones stay open
-    until an ancestor closes; the content of raw-text elements is skipped)."""
-    found = {}
-    stack: list[tuple[str, str]] = []  # open elements: (name, class attribute)
-    position = 0
-    for index in sorted(set(indexes)):
-        while (tag := _MARKUP.search(raw.source, position)) and tag.start() < index:
-            position = tag.end()
-            closing, name, attributes = tag.groups()
-            name = (name or "").lower()
-            names = [element for element, _ in stack]
-            if name and closing and name in names:
-                del stack[len(names) - 1 - names[::-1].index(name) :]
-            elif name and not closing and name in _RAW_TEXT:
-                end = re.compile(rf"</{name}\s*>", re.I).search(raw.source, position)
-                position = end.end() if end else len(raw.source)
-            elif name and not closing and not attributes.rstrip().endswith("/"):
-                classes = re.search(r"""class\s*=\s*["']?([^"'>]*)""", attributes, re.I)
-                stack.append((name, classes.group(1) if classes else ""))
-        names = {element for element, _ in stack}
-        if any(e == "table" and "infobox" in c.split() for e, c in stack):
-            found[index] = "infobox"
-        elif "table" in names:
-            found[index] = "table"
-        elif _LISTS & names:
-            found[index] = "list"
-        else:
-            found[index] = "running text"
-    return [found[index] for index in indexes]
+def locations(raw: RawPage, indexes: list[int | None]) -> list[str]:
+    """Where each character index of the page sits (one of LOCATIONS), by the elements that
+    enclose its first page-text character; None (not on the page) is running text."""
+    return [_location(elements) for elements in enclosing(raw, indexes)]
+
+
+def _location(elements: list[Tag]) -> str:
+    # An infobox before any other table (a table nested in it included), a table before a list.
+    if any(e.name == "table" and "infobox" in e.get("class", []) for e in elements):
+        return "infobox"
+    names = {element.name for element in elements}
+    if "table" in names:
+        return "table"
+    return "list" if _LISTS & names else "running text"
 
 
 def attribute_locations(gold: list[dict], html_dir: Path) -> dict[tuple[str, str], str]:
@@ -67,7 +51,7 @@ def attribute_locations(gold: list[dict], html_dir: Path) -> dict[tuple[str, str
         path = pages.find(page_id, ene)
         raw = RawPage.read(path or html_dir / ene / f"{page_id}.html")  # the error names it
         starts = [raw.index((r["html_offset"]["start"]["line_id"],
-                             r["html_offset"]["start"]["offset"])) or 0
+                             r["html_offset"]["start"]["offset"]))
                   for r in records]  # fmt: skip
         for record, where in zip(records, locations(raw, starts)):
             votes[(ene, record["attribute"])][where] += 1

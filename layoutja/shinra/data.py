@@ -20,7 +20,6 @@ edge: `margin // 2` tokens are dropped at each inner window edge.
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ COLUMNS = ["page_id", "category", "source", "input_ids", "bbox", "html_span"]
 class Page:
     page_id: str
     ene: str
-    title: str
+    title: str  # "" until given (predict --pages) or read for its records (records.Decoder)
     path: Path  # the raw HTML file
     input_ids: np.ndarray  # (n,) int32
     bbox: np.ndarray  # (n, 4) int16
@@ -108,11 +107,6 @@ class ShinraSet:
     attributes: dict[str, set[str]]  # ENE → attributes that can be predicted for it, as spelled
 
 
-def page_title(raw: str) -> str:
-    match = re.search(r"<title>(.*?)</title>", raw, re.S | re.I)
-    return match.group(1).split(" - ")[0].strip() if match else ""
-
-
 def _values(column: pa.ChunkedArray, dtype: type, width: int | None = None) -> np.ndarray:
     """The values of a list column (of lists of `width` values) as one numpy array, copied out
     of Arrow."""
@@ -146,9 +140,10 @@ def read_parts(localized: Path, html_dir: Path,
 
 def load_pages(shinra_dir: Path, localized: Path, names: list[str] | None = None, *,
                overlaps: str, definitions: str | Path | None = None) -> ShinraSet:  # fmt: skip
-    """Localized pages of a SHINRA directory with their ENE ids, titles and labels (from its
+    """Localized pages of a SHINRA directory with their ENE ids and labels (from its
     annotations; of overlapping ones the `overlaps` one, "first" or "longest", labels the
-    tokens); `definitions`: the ENE definitions file (`ShinraDir.of`).
+    tokens); `definitions`: the ENE definitions file (`ShinraDir.of`). Titles are left empty: a
+    page's is read when its records are written (records.Decoder).
 
     `names` fixes the label set (a fine-tuned model's); by default it is built from the ENE
     definitions (attributes with extraction_task) or, without them, the annotated attributes.
@@ -169,7 +164,6 @@ def load_pages(shinra_dir: Path, localized: Path, names: list[str] | None = None
     for part in read_parts(localized, dirs.html, categories.ene_id):
         for page in part:
             raw = RawPage.read(page.path)
-            page.title = page_title(raw.source)
             mine = by_page.pop(page.page_id, [])
             page.labels = page_labels(page.html_span, raw, mine, names, skipped,
                                       overlaps=overlaps)  # fmt: skip

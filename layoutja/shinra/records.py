@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from layoutja.shinra.data import Page, ShinraDir, page_title
+from layoutja.shinra.data import Page, ShinraDir
 from layoutja.shinra.labels import (
     OUTSIDE,
     Annotation,
@@ -22,6 +22,7 @@ from layoutja.shinra.labels import (
     bridge_gaps,
 )
 from layoutja.shinra.leaderboard import kept_attributes
+from layoutja.shinra.pagetree import page_title
 from layoutja.shinra.plaintext import PlainText
 from layoutja.shinra.rawpage import RawPage
 
