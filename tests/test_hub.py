@@ -302,13 +302,13 @@ def test_izumi_electra_with_unk_0_and_pad_3_end_to_end(
     # predict puts the model where the code chooses (the GPU when there is one) and every
     # batch where the model is.
     seen = []
-    labels = TokenClassifier.labels
+    labels = TokenClassifier.top_labels
 
-    def spy(self, batch):
+    def spy(self, batch, k):
         seen.append((next(self.parameters()).device, {v.device for v in batch.values()}))
-        return labels(self, batch)
+        return labels(self, batch, k)
 
-    monkeypatch.setattr(TokenClassifier, "labels", spy)
+    monkeypatch.setattr(TokenClassifier, "top_labels", spy)
     predictions = tmp_path / "pred.jsonl"
     run("predict", "--model", out, "--data", shinra, "--localized", localized, "--out",
         predictions)  # fmt: skip
