@@ -10,7 +10,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from layoutja.common import UserError
-from layoutja.pretrain.order import Corpus, Order, Owner, micro_batch_slice
+from layoutja.pretrain.order import Corpus, Order, Owner, micro_batch_slice, window_spans
 from layoutja.pretrain.windows import (
     MVLM_MASKING,
     Batcher,
@@ -77,6 +77,44 @@ def test_the_same_global_batches_on_any_number_of_processes_and_workers(order, u
 def test_a_margin_as_wide_as_a_window_is_refused(localized_dir):
     with pytest.raises(UserError, match="margin 62 must be smaller than max_length - 2"):
         Corpus.index(localized_files(localized_dir), max_tokens=62, margin=62)
+
+
+def test_the_index_is_every_pages_window_spans_in_order(tmp_path):
+    """The index (array operations) lists, part by part and page by page, the windows
+    window_spans cuts: lengths around the window size and the stride, empty pages and parts."""
+    rng = np.random.default_rng(0)
+    edges = [0, 1, 61, 62, 63, 107, 108, 109, 154, 155, 500]  # max 62, stride 46
+    per_part = [np.array(edges), np.array([], dtype=np.int64), rng.integers(0, 400, 300),
+                np.array([0, 0])]  # fmt: skip
+    files = [tmp_path / f"part-{i:05d}" for i in range(len(per_part))]
+    corpus = Corpus.index(files, 62, 16, lambda files: per_part)
+    expected = [(part, page, s, e)
+                for part, pages in enumerate(per_part) for page, n in enumerate(pages.tolist())
+                for s, e in window_spans(n, 62, 16)]  # fmt: skip
+    assert corpus.windows.tolist() == [list(w) for w in expected]
+    bounds = [0, *np.cumsum([sum(len(window_spans(n, 62, 16)) for n in pages.tolist())
+                             for pages in per_part])]  # fmt: skip
+    assert corpus.part_rows.tolist() == bounds and corpus.windows.dtype == np.int64
+    with pytest.raises(UserError, match="holds no tokens"):
+        Corpus.index(files[:1], 62, 16, lambda files: [np.array([0, 0])])
+
+
+def test_parts_carry_their_page_lengths_in_the_footer(localized_dir, tmp_path):
+    """A training job learns the pages' lengths from the parts' footers; a part written without
+    them (an older run) is read as before."""
+    import pyarrow.parquet as pq
+
+    from layoutja.parts import LENGTHS, page_lengths
+
+    part = localized_files(localized_dir)[0]
+    column = pq.read_table(part, columns=["input_ids"]).column(0).combine_chunks()
+    lengths = column.value_lengths().to_numpy().tolist()
+    assert LENGTHS in pq.read_schema(part).metadata
+    assert page_lengths(part).tolist() == lengths
+    old = tmp_path / "part-00000.parquet"
+    pq.write_table(pq.read_table(part).replace_schema_metadata(None), old)
+    assert LENGTHS not in (pq.read_schema(old).metadata or {})
+    assert page_lengths(old).tolist() == lengths
 
 
 def test_each_window_once_per_epoch_and_epochs_differ(order):

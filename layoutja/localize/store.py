@@ -41,6 +41,7 @@ from layoutja.localize.manifest import (
     write_view,
 )
 from layoutja.localize.sources import shard_tag
+from layoutja.parts import with_page_lengths
 
 FORMAT = "layoutja-localized/1"
 UNSHARDED = shard_tag((0, 1))  # a run without --shard
@@ -288,7 +289,7 @@ class Store:
             return
         seq = 1 + max((int(p.stem.rsplit("-", 1)[1]) for p in self._part_files()), default=-1)
         path = self.out / f"part-{self.tag}-{seq:05d}.parquet"
-        table = pa.Table.from_batches(self._batches, schema=SCHEMA)
+        table = with_page_lengths(pa.Table.from_batches(self._batches, schema=SCHEMA))
 
         def write(tmp: Path) -> None:
             # No dictionary encoding: boxes and positions hardly repeat, so their dictionaries

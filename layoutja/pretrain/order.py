@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from layoutja.common import UserError
+from layoutja.parts import page_lengths
 
 
 def window_spans(length: int, max_tokens: int = 510, margin: int = 128) -> list[tuple[int, int]]:
@@ -46,10 +46,12 @@ def window_spans(length: int, max_tokens: int = 510, margin: int = 128) -> list[
         start += stride
 
 
-def page_lengths(path: Path) -> np.ndarray:
-    """The token count of every page of a Parquet part (only its input_ids column is read)."""
-    column = pq.read_table(path, columns=["input_ids"]).column("input_ids").combine_chunks()
-    return column.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+def window_counts(lengths: np.ndarray, max_tokens: int, stride: int) -> np.ndarray:
+    """How many windows `window_spans` cuts from pages of these lengths (stride = max_tokens -
+    margin): one for a page that fits, none for an empty one."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    longer = -(-(lengths - max_tokens) // stride) + 1
+    return np.where(lengths > max_tokens, longer, (lengths > 0).astype(np.int64))
 
 
 def micro_batch_slice(rank: int, world: int, micro: int, per_device: int) -> slice:
@@ -79,14 +81,23 @@ class Corpus:
         if max_tokens <= margin:
             raise UserError(f"margin {margin} must be smaller than max_length - 2 ({max_tokens})")
         per_part = (lengths or (lambda fs: [page_lengths(f) for f in fs]))(files)
-        rows, bounds = [], [0]
-        for part, pages in enumerate(per_part):
-            for page, length in enumerate(pages.tolist()):
-                rows += [(part, page, s, e) for s, e in window_spans(length, max_tokens, margin)]
-            bounds.append(len(rows))
-        if not rows:
+        stride = max_tokens - margin
+        # Array operations, part by part, into one array allocated once: at a million pages a
+        # list of row tuples peaked at six times the array it became.
+        counts = [window_counts(pages, max_tokens, stride) for pages in per_part]
+        bounds = np.zeros(len(files) + 1, dtype=np.int64)
+        bounds[1:] = np.cumsum([c.sum() for c in counts])
+        if not bounds[-1]:
             raise UserError(f"{files[0].parent}: the data holds no tokens")
-        return cls(files, np.array(rows, dtype=np.int64), np.array(bounds, dtype=np.int64))
+        windows = np.empty((bounds[-1], 4), dtype=np.int64)
+        for part, (pages, count) in enumerate(zip(per_part, counts)):
+            rows = windows[bounds[part] : bounds[part + 1]]
+            page = np.repeat(np.arange(len(pages)), count)
+            # the k-th window of a page starts at k × stride
+            k = np.arange(len(page)) - np.repeat(np.cumsum(count) - count, count)
+            rows[:, 0], rows[:, 1], rows[:, 2] = part, page, k * stride
+            rows[:, 3] = np.minimum(rows[:, 2] + max_tokens, np.asarray(pages)[page])
+        return cls(files, windows, bounds)
 
     def __len__(self) -> int:
         return len(self.windows)

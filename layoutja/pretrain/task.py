@@ -41,10 +41,11 @@ from layoutja.localize.manifest import (
     read_manifests,
     tokenizer_name,
 )
+from layoutja.parts import page_lengths
 from layoutja.pretrain.electra import ElectraPretraining, load_electra, new_electra
 from layoutja.pretrain.from_electra import published_electra
 from layoutja.pretrain.mvlm import MVLMModel, load_layoutlm, new_layoutlm
-from layoutja.pretrain.order import Corpus, Order, page_lengths
+from layoutja.pretrain.order import Corpus, Order
 from layoutja.pretrain.textcorpus import pack_text_corpus, wait_until_packed
 from layoutja.pretrain.windows import (
     ELECTRA_MASKING,

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from layoutja.common import Progress, UserError
 from layoutja.localize.store import atomic_write
+from layoutja.parts import with_page_lengths
 from layoutja.text.pagetext import TEXT_SUFFIXES
 from layoutja.text.tokenizer import JapaneseTokenizer, vocab_sha256
 
@@ -153,7 +154,7 @@ def pack_text_corpus(
 
     def flush() -> None:
         nonlocal parts
-        table = pa.table(rows, schema=schema)
+        table = with_page_lengths(pa.table(rows, schema=schema))
         atomic_write(out / f"part-{parts:05d}.parquet", lambda p: pq.write_table(table, p))
         parts += 1
         rows["source"], rows["input_ids"] = [], []
