@@ -116,10 +116,20 @@ def run_published(checkout: Path, tokenizer: Path, pages: list[Path], out: Path)
         raise SystemExit(f"the published localizer did not finish within {limit} s")
 
 
-def agreement(records: dict[str, dict], published: dict[str, dict], normalize) -> dict:
-    """Tokens aligned by raw span, and how many of them have identical pixel and normalized
-    boxes; pages whose body rect is identical."""
-    counts = {"tokens": 0, "aligned": 0, "px": 0, "bbox": 0, "bbox_1": 0, "body": 0}
+def raw_text(lines: list[str], span: list[int]) -> str:
+    """The raw HTML of a (start line, offset, end line, offset) span."""
+    l0, c0, l1, c1 = span
+    text = "\n".join(lines[l0 : l1 + 1])
+    return text[c0 : len(text) - len(lines[l1]) + c1]
+
+
+def agreement(records: dict, published: dict, lines: dict, normalize) -> dict:
+    """Tokens aligned by raw span; how many of them have identical pixel and normalized boxes,
+    and of the others, why: the published span holds markup (a token across a tag: it swallows
+    the tags), the pixel box is on the same line (moved along it, or only normalized against
+    another body), or else; and the pages whose body rect is identical."""
+    counts = dict.fromkeys(["tokens", "aligned", "px", "bbox", "bbox_1", "body"], 0)
+    counts.update(dict.fromkeys(["markup", "same line", "other"], 0))
     for name, ours in records.items():
         theirs = published[name]
         boxes = zip(ours["html_span"], ours["px"], ours["bbox"], strict=True)
@@ -137,6 +147,10 @@ def agreement(records: dict[str, dict], published: dict[str, dict], normalize) -
             counts["px"] += list(px) == box
             counts["bbox"] += list(bbox) == expected
             counts["bbox_1"] += max(abs(a - b) for a, b in zip(bbox, expected)) <= 1
+            if list(bbox) != expected:
+                same_line = (px[1], px[3]) == (box[1], box[3])
+                why = "markup" if "<" in raw_text(lines[name], span) else None
+                counts[why or ("same line" if same_line else "other")] += 1
     return counts
 
 
@@ -181,19 +195,26 @@ def main() -> None:
         run_published(checkout, tokenizer, pages, out)
         print(f"published localizer: {len(pages)} pages in {time.monotonic() - start:.1f} s")
         published = {p.name: json.loads((out / f"{p.stem}.json").read_text()) for p in pages}
+        # Lines as the published localizer counts them (its files read in text mode).
+        lines = {p.name: p.read_text(encoding="utf-8-sig").split("\n") for p in pages}
         tok = JapaneseTokenizer.from_pretrained(tokenizer)
         rows = {}
         for geometry in GEOMETRIES:
             with Browser(LocalizeConfig(geometry=geometry)) as browser:
                 records = {p.name: localize_html(p.read_bytes(), tok, browser) for p in pages}
-            rows[geometry] = agreement(records, published, normalize_bbox)
-    print(f"{'geometry':<10} {'tokens':>7} {'aligned':>8} {'px identical':>13} "
-          f"{'bbox identical':>15} {'bbox within 1':>14} {'body identical':>15}")  # fmt: skip
+                chromium = browser.version
+            rows[geometry] = agreement(records, published, lines, normalize_bbox)
+    print(f"Chromium {chromium}, a vocabulary of {len(tok.vocab):,}. Per geometry: the tokens")
+    print("with a box on the published side, those aligned, the share of these that are identical")
+    header = ["geometry", "tokens", "aligned", "px identical", "bbox identical", "bbox within 1"]
+    header += ["body identical", "bbox differing: published span over markup / same line / other"]
+    print(" | ".join(header))
     for geometry, c in rows.items():
         share = {k: c[k] / max(c["aligned"], 1) for k in ("px", "bbox", "bbox_1")}
-        print(f"{geometry:<10} {c['tokens']:>7,} {c['aligned']:>8,} {share['px']:>13.2%} "
-              f"{share['bbox']:>15.2%} {share['bbox_1']:>14.2%} "
-              f"{c['body']:>11}/{len(pages)}")  # fmt: skip
+        row = [geometry, f"{c['tokens']:,}", f"{c['aligned']:,}", f"{share['px']:.2%}"]
+        row += [f"{share['bbox']:.2%}", f"{share['bbox_1']:.2%}", f"{c['body']}/{len(pages)}"]
+        row += [f"{c['markup']:,} / {c['same line']:,} / {c['other']:,}"]
+        print(" | ".join(row))
 
 
 if __name__ == "__main__":
