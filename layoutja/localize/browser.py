@@ -69,8 +69,8 @@ SPAN_CLOSE = "</span>"
 # The published localizer sends every page with its own form (three text inputs, and a script)
 # after the page's source, and reads document.body's rect with the form in it: the body is
 # taller by the form's line (and by the bottom margin of the page's last block, which no longer
-# collapses through the body). The same markup, parsed the same way, gives the same body; it has
-# nothing to submit to, and the page's scripts are off.
+# collapses through the body). The same markup, parsed the same way, gives the same body;
+# nothing submits it (the page's scripts are off).
 PUBLISHED_FORM = "\n<form><input><input><input></form>"
 _HIDE_SCROLLBARS = "--hide-scrollbars"  # Playwright's headless default; the geometry decides
 # Killing a hung browser leaves Playwright's driver connection with an exception nobody reads;

@@ -29,9 +29,9 @@ class LocalizeConfig:
     `chromium_flags`: they are not a setting.
 
     `geometry` says how pages are laid out and measured:
-    - "published": as the published localizer's data (what jri-advtechlab/layoutlm-wikipedia-ja
-      was pretrained on): a page taller than the viewport is laid out beside Chromium's classic
-      15 px scrollbar (1265 px wide at 1280), and the body is measured with the published
+    - "published": as the localizer published with jri-advtechlab/layoutlm-wikipedia-ja did
+      (the boxes that model knows): a page taller than the viewport is laid out beside Chromium's
+      classic 15 px scrollbar (1265 px wide at 1280), and the body is measured with that
       localizer's form (three inputs) after the page's content, so it is that much taller;
     - "clean": no scrollbar (every page laid out at the full viewport width) and the body as
       the page alone makes it.
