@@ -251,6 +251,8 @@ plot: setup
 
 # Tokenizer speed against transformers' BertJapaneseTokenizer, localization speed against a bare
 # Chromium loop, pretraining speed (MVLM, ELECTRA) against HF Trainer, on real Japanese text (Debian's Japanese documentation; installed if missing).
+# Boxes against the published localizer's, per geometry: LAYOUTJA_PUBLISHED_REPO=DIR (a checkout
+# of nishiwakikazutaka/shinra2022-task2_jrird), else skipped.
 BENCH_DOCS := debian-reference-ja developers-reference-ja debian-faq-ja maint-guide-ja \
               debian-policy-ja gimp-help-ja aptitude-doc-ja
 bench: setup
@@ -259,6 +261,7 @@ bench: setup
 	$(PY) bench/bench_tokenizer.py
 	$(PY) bench/bench_localize.py --rounds 2
 	$(PY) bench/bench_network_guard.py
+	$(PY) bench/bench_geometry.py
 	$(PY) bench/bench_pretrain.py
 	$(PY) bench/bench_pretrain.py --objectives mvlm,electra --hidden 384
 

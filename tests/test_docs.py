@@ -130,7 +130,7 @@ OTHER_PROGRAMS = {
     "sbatch": {"--nodes", "--requeue", "--signal", "--array"},
     "pip": {"--index-url"},
     "tensorboard": {"--logdir"},
-    "chromium": {"--host-resolver-rules", "--hide-scrollbars"},
+    "chromium": {"--host-resolver-rules", "--hide-scrollbars", "--headless", "--window-size"},
 }
 
 

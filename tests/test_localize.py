@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from layoutja.common import UserError
-from layoutja.localize.browser import Browser
+from layoutja.localize.browser import PUBLISHED_FORM, Browser
 from layoutja.localize.config import LocalizeConfig, load_localize_config
 from layoutja.localize.page import SPAN_CLOSE, SPAN_OPEN, localize_html
 from layoutja.text.tokenizer import JapaneseTokenizer
@@ -63,7 +63,7 @@ def test_real_pages_positions_boxes_and_geometry(tok, browser):
         source = path.read_text(encoding="utf-8")
         record = localize(source, tok, browser)
         crossing = 0
-        assert len(record["tokens"]) > 500 and record["viewport_width"] == 1280
+        assert len(record["tokens"]) > 500 and record["viewport_width"] == 1265  # a scrollbar
         assert_valid_boxes(record)
         for token, raw in zip(record["tokens"], raw_slices(source, record), strict=True):
             text = html.unescape(re.sub(r"<[^>]*>", "", raw))  # a token may cross tags
@@ -187,7 +187,8 @@ def test_a_very_long_page(tok, browser):
     record = localize(source, tok, browser)
     assert len(record["tokens"]) > 200_000
     assert_valid_boxes(record)
-    assert record["bbox"][-1][3] == 1000  # the last line is at the bottom of the body
+    # The last line is at the bottom of the body, above the published form's 37 px.
+    assert record["bbox"][-1][3] == 999
 
 
 def test_a_crashed_browser_restarts(tok, browser):
@@ -205,6 +206,9 @@ def test_published_recipe_is_exactly_the_defaults():
     assert load_localize_config(RECIPES / "published.yaml") == LocalizeConfig()
     assert load_localize_config(None) == LocalizeConfig()
     assert LocalizeConfig().viewport == (1280, 854)
+    clean = LocalizeConfig(geometry="clean")  # the published setting but for its geometry
+    assert load_localize_config(RECIPES / "clean.yaml") == clean
+    assert {path.name for path in RECIPES.glob("*.yaml")} == {"published.yaml", "clean.yaml"}
 
 
 @pytest.mark.parametrize(
@@ -214,9 +218,14 @@ def test_published_recipe_is_exactly_the_defaults():
         ("timeout_s: soon\n", "timeout_s: expected float"),
         ("chromium_flags: --no-sandbox\n", "chromium_flags: expected a list of strings"),
         ("normalization: window\n", "normalization must be one of"),
+        ("geometry: sideways\n", "geometry must be one of ('published', 'clean')"),
+        ("chromium_flags: [--hide-scrollbars]\n", "--hide-scrollbars is the geometry setting's"),
         ("- 1\n", "a mapping"),
     ],
-    ids=["unknown-key", "bad-number", "bad-flags", "bad-normalization", "not-a-mapping"],
+    ids=(
+        "unknown-key bad-number bad-flags bad-normalization bad-geometry scrollbar-flag "
+        "not-a-mapping"
+    ).split(),
 )
 def test_bad_recipes_are_clear_errors(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
@@ -302,6 +311,8 @@ def reference_record(data: bytes, tok, browser) -> dict:
 
     page = parse_html(*decode_html(data))
     html_text, tokens, ids, raw = reference_wrap(page, tok)
+    if browser.config.geometry == "published":  # the body is measured with the published form
+        html_text += PUBLISHED_FORM
     browser._page.set_content(html_text, wait_until="load")
     boxes, body, (width, doc_width, doc_height) = browser._page.evaluate(PLAIN_BOXES, len(tokens))
     if body is None or body[2] <= body[0] or body[3] <= body[1]:

@@ -14,7 +14,7 @@ import pytest
 from transformers import BertForMaskedLM
 
 from layoutja.common import UserError
-from layoutja.localize.browser import CHROMIUM, Browser, RenderTimeout, script
+from layoutja.localize.browser import CHROMIUM, PUBLISHED_FORM, Browser, RenderTimeout, script
 from layoutja.localize.config import LocalizeConfig
 from layoutja.localize.page import localize_html, wrap_tokens
 from layoutja.localize.pool import localize_corpus
@@ -147,11 +147,14 @@ def test_blocking_does_not_change_the_boxes_of_real_pages(unidic_dir):
     wrapped = [wrap_tokens(parse_html(*decode_html(p.read_bytes())), tok) for p in pages]
     with Browser(timeout_s=60) as browser:
         guarded = [browser.render(w.html, len(w.tokens)).boxes for w in wrapped]
-    # The reference: the DevTools block on the top page alone, as before.
+    # The reference: the DevTools block on the top page alone, as before, in the published
+    # geometry (Chromium's scrollbar kept, the published form after the page).
     with sync_playwright() as playwright:
         published = LocalizeConfig()
         chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=list(published.chromium_flags)
+            executable_path=CHROMIUM,
+            args=list(published.chromium_flags),
+            ignore_default_args=["--hide-scrollbars"],
         )
         width, height = published.viewport
         context = chromium.new_context(
@@ -164,7 +167,7 @@ def test_blocking_does_not_change_the_boxes_of_real_pages(unidic_dir):
         cdp.send("Network.enable")
         cdp.send("Network.setBlockedURLs", {"urls": ["*"]})
         for w, boxes in zip(wrapped, guarded):
-            page.set_content(w.html, wait_until="load")
+            page.set_content(w.html + PUBLISHED_FORM, wait_until="load")
             got = page.evaluate(script("boxes"), len(w.tokens))
             flat = [float(v) for v in got["boxes"].split()]
             reference = [tuple(flat[k : k + 4]) for k in range(0, len(flat), 4)]
@@ -175,7 +178,10 @@ def test_blocking_does_not_change_the_boxes_of_real_pages(unidic_dir):
 def test_file_urls_are_never_read(unidic_dir, tmp_path):
     secret = tmp_path / "secret.html"
     secret.write_text("<p>秘密</p>", encoding="utf-8")
-    page = f'<p>東京</p><iframe src="{secret.as_uri()}"></iframe><object data="{secret.as_uri()}">'
+    # The object is closed: the published geometry's form after an open one would be its
+    # fallback content, and it would make no frame to test.
+    url = secret.as_uri()
+    page = f'<p>東京</p><iframe src="{url}"></iframe><object data="{url}"></object>'
     with Browser(timeout_s=20) as browser:
         localize_html(page.encode(), JapaneseTokenizer.from_pretrained(unidic_dir), browser)
         frames = browser._page.frames

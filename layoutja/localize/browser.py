@@ -4,9 +4,11 @@
   download is not needed.
 - The viewport, device scale factor and flags of a `LocalizeConfig` (published: 1280×854 at
   scale 1), set through Playwright's viewport (a `--window-size` flag gives a smaller viewport
-  in headless mode). Headless Chromium draws no
-  scrollbars, so long pages are laid out at the full 1280 px; `RenderResult.layout` records the
-  width actually measured.
+  in headless mode). Its `geometry` decides the rest of the layout: "published" keeps
+  Chromium's classic 15 px scrollbar, so a page taller than the viewport is laid out 1265 px
+  wide, and appends the published localizer's form (`PUBLISHED_FORM`) after the page's source,
+  so the body is measured as that localizer measured it; "clean" hides scrollbars and appends
+  nothing. `RenderResult.layout` records the width actually laid out.
 - The page's own scripts are off; our box-reading script still runs (`page.evaluate` uses
   Playwright's own context).
 - Nothing leaves the browser. Pages are untrusted, and the machine rendering them sits inside
@@ -26,6 +28,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import os
 import re
@@ -63,6 +66,13 @@ _PLUGIN = re.compile(r"<(?:object|embed)[\t\n\f\r />]", re.I)
 # the second span zero width, so ligatures are turned off on token spans.
 SPAN_OPEN = '<span data-layoutja="{}" style="white-space:nowrap;font-variant-ligatures:none">'
 SPAN_CLOSE = "</span>"
+# The published localizer sends every page with its own form (three text inputs, and a script)
+# after the page's source, and reads document.body's rect with the form in it: the body is
+# taller by the form's line (and by the bottom margin of the page's last block, which no longer
+# collapses through the body). The same markup, parsed the same way, gives the same body;
+# nothing submits it (the page's scripts are off).
+PUBLISHED_FORM = "\n<form><input><input><input></form>"
+_HIDE_SCROLLBARS = "--hide-scrollbars"  # Playwright's headless default; the geometry decides
 # Killing a hung browser leaves Playwright's driver connection with an exception nobody reads;
 # asyncio would log it when it is collected. The kill is reported as RenderTimeout instead.
 logging.getLogger("asyncio").addFilter(
@@ -149,9 +159,17 @@ class Browser:
         self._playwright = sync_playwright().start()
         # Playwright's driver, whose descendants are Chromium's processes: what the watchdog kills.
         self._driver = [p for p in psutil.Process().children() if p.pid not in before]
+        # Scrollbars: the published geometry drops Playwright's --hide-scrollbars (which also
+        # drops it from `args`), the clean one states it rather than rely on that default.
+        scrollbars = self.config.geometry == "published"
         self._browser = self._playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=[*self.config.chromium_flags, *NETWORK_FLAGS],  # the network flags always
+            args=[
+                *self.config.chromium_flags,
+                *([] if scrollbars else [_HIDE_SCROLLBARS]),
+                *NETWORK_FLAGS,  # the network flags always
+            ],
+            ignore_default_args=[_HIDE_SCROLLBARS] if scrollbars else None,
             timeout=LAUNCH_TIMEOUT_MS,
         )
         self._new_page()
@@ -259,6 +277,8 @@ class Browser:
         """Load a page (HTML whose token spans carry `data-layoutja` = 0..count-1, or `Markup`)
         and read all boxes once it has settled, all within the deadline."""
         markup = Markup.plain(page) if isinstance(page, str) else page
+        if self.config.geometry == "published":  # the edits end before it: they stay valid
+            markup = dataclasses.replace(markup, source=markup.source + PUBLISHED_FORM)
         # A fresh page now and then keeps a long batch from accumulating renderer state.
         if self.pages_rendered and self.pages_rendered % 500 == 0:
             self._new_page()

@@ -17,6 +17,8 @@ from typing import Any
 from layoutja.common import UserError, read_yaml_mapping
 
 NORMALIZATIONS = ("body",)  # relative to document.body's rect, as the published data
+# How a page is laid out and measured (see `LocalizeConfig.geometry`).
+GEOMETRIES = ("published", "clean")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,15 @@ class LocalizeConfig:
 
     The network-blocking Chromium flags (`browser.NETWORK_FLAGS`) are always added to
     `chromium_flags`: they are not a setting.
+
+    `geometry` says how pages are laid out and measured:
+    - "published": as the localizer published with jri-advtechlab/layoutlm-wikipedia-ja did
+      (the boxes that model knows): a page taller than the viewport is laid out beside Chromium's
+      classic 15 px scrollbar (1265 px wide at 1280), and the body is measured with that
+      localizer's form (three inputs) after the page's content, so it is that much taller;
+    - "clean": no scrollbar (every page laid out at the full viewport width) and the body as
+      the page alone makes it.
+    Scrollbars are this setting's: `--hide-scrollbars` is not a `chromium_flags` entry.
     """
 
     viewport_width: int = 1280
@@ -38,10 +49,10 @@ class LocalizeConfig:
         "--disable-sync",
         "--no-first-run",
         "--disable-dev-shm-usage",
-        "--hide-scrollbars",
     )
     timeout_s: float = 60.0  # seconds to render one page
     normalization: str = "body"
+    geometry: str = "published"
     pages_per_part: int = 500
     workers: int = 0  # browser processes; 0: one per CPU core
 
@@ -54,6 +65,13 @@ class LocalizeConfig:
             raise UserError(f"timeout_s must be positive, not {self.timeout_s}")
         if self.normalization not in NORMALIZATIONS:
             raise UserError(f"normalization must be one of {NORMALIZATIONS}")
+        if self.geometry not in GEOMETRIES:
+            raise UserError(f"geometry must be one of {GEOMETRIES}, not {self.geometry!r}")
+        if "--hide-scrollbars" in self.chromium_flags:
+            raise UserError(
+                "chromium_flags: --hide-scrollbars is the geometry setting's to decide; "
+                "remove it (geometry: clean lays pages out with no scrollbar)"
+            )
         if self.pages_per_part < 1 or self.workers < 0:
             raise UserError("pages_per_part must be >= 1 and workers >= 0")
 

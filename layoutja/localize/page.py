@@ -9,7 +9,8 @@ several text runs (`<b>東</b>京`) gets one span per run, all with the same `da
 index, and the browser script unions their boxes. Past tokenizing, a page's work is done on
 whole-page numpy arrays, not per token in Python.
 
-Normalized boxes follow the published pipeline: relative to `document.body`'s rect,
+Normalized boxes follow the published pipeline: relative to `document.body`'s rect (as the
+configured geometry lays the page out and measures it: see `LocalizeConfig.geometry`),
 `int(1000 * (x - body.x0) / body.width)` (same for y with the height), clamped to 0–1000. The
 CSS-pixel boxes are stored too, so other normalizations (e.g. per training window, which keeps
 vertical resolution on long pages) can be computed later without rendering again.

@@ -321,6 +321,7 @@ def localize_corpus(
         "viewport": list(config.viewport),
         "device_scale_factor": config.device_scale_factor,
         "normalization": config.normalization,
+        "geometry": config.geometry,
         "source": str(src),
         "config": config.as_dict(),
     }

@@ -10,7 +10,8 @@ half-written file:
 - `failures.jsonl` gets one line per page that could not be localized, with the reason (it is
   there, empty, from the start);
 - the manifest records what the data was made with (tokenizer, its vocabulary hash, Chromium
-  version, viewport, normalization) and the counts, and is rewritten atomically after every part.
+  version, viewport, normalization, geometry) and the counts, and is rewritten atomically after
+  every part.
 
 A run that starts where another stopped recovers the journal into a part, then skips every page
 found in the parts (and, unless asked to retry them, in failures). Shards of one corpus
@@ -65,7 +66,7 @@ SCHEMA = pa.schema(
 )
 _BOXES = {"bbox": np.int16, "px": np.float32, "html_span": np.int32}  # 4 values per token
 # Run settings that must match for pages to be mixed in one output directory.
-MUST_MATCH = ("format", "tokenizer_vocab_sha256", "viewport", "normalization")
+MUST_MATCH = ("format", "tokenizer_vocab_sha256", "viewport", "normalization", "geometry")
 
 
 def record_batch(record: dict) -> pa.RecordBatch:
