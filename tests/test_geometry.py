@@ -116,3 +116,12 @@ def test_the_manifest_records_the_geometry_and_a_run_keeps_to_it(unidic_dir, tmp
     # More pages in another geometry would mix two kinds of boxes in one directory.
     with pytest.raises(UserError, match="made with geometry='clean', not 'published'"):
         localize_corpus(str(corpus), str(unidic_dir), out, progress=False)
+    # An output made before the setting existed was laid out clean: it goes on as clean
+    for path in out.glob("manifest*.json"):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        record.pop("geometry", None)
+        record.get("config", {}).pop("geometry", None)
+        path.write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(UserError, match="geometry='clean', not 'published'.*localize/clean.yaml"):
+        localize_corpus(str(corpus), str(unidic_dir), out, progress=False)
+    localize_corpus(str(corpus), str(unidic_dir), out, clean, progress=False)

@@ -67,6 +67,9 @@ SCHEMA = pa.schema(
 _BOXES = {"bbox": np.int16, "px": np.float32, "html_span": np.int32}  # 4 values per token
 # Run settings that must match for pages to be mixed in one output directory.
 MUST_MATCH = ("format", "tokenizer_vocab_sha256", "viewport", "normalization", "geometry")
+# What an output written before a setting existed was made with: before `geometry`, every page
+# was laid out without a scrollbar and measured by its own body, the `clean` geometry.
+BEFORE_SETTING = {"geometry": "clean"}
 
 
 def record_batch(record: dict) -> pa.RecordBatch:
@@ -189,10 +192,12 @@ class Store:
         records = read_manifests(self.out)
         for path, old in records.items():
             for key in MUST_MATCH:
-                if old.get(key) != self.settings.get(key):
+                made = old.get(key, BEFORE_SETTING.get(key))
+                if made != self.settings.get(key):
+                    same = f", or --config localize/{made}.yaml" if key == "geometry" else ""
                     raise UserError(
-                        f"{path}: this output was made with {key}={old.get(key)!r}, "
-                        f"not {self.settings.get(key)!r}; use another --out"
+                        f"{path}: this output was made with {key}={made!r}, "
+                        f"not {self.settings.get(key)!r}; use another --out{same}"
                     )
         old = records.get(self.manifest_path)
         if old is not None:  # this shard's own record: its parts and Chromium so far
