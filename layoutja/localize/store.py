@@ -193,11 +193,12 @@ class Store:
         for path, old in records.items():
             for key in MUST_MATCH:
                 made = old.get(key, BEFORE_SETTING.get(key))
-                if made != self.settings.get(key):
+                ours = self.settings.get(key, BEFORE_SETTING.get(key))
+                if made != ours:
                     same = f", or --config localize/{made}.yaml" if key == "geometry" else ""
                     raise UserError(
-                        f"{path}: this output was made with {key}={made!r}, "
-                        f"not {self.settings.get(key)!r}; use another --out{same}"
+                        f"{path}: this output was made with {key}={made!r}, not {ours!r}; "
+                        f"use another --out{same}"
                     )
         old = records.get(self.manifest_path)
         if old is not None:  # this shard's own record: its parts and Chromium so far
