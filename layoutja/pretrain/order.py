@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from layoutja.common import UserError
+from layoutja.localize.parts import read_part
 
 
 def window_spans(length: int, max_tokens: int = 510, margin: int = 128) -> list[tuple[int, int]]:
@@ -48,7 +48,7 @@ def window_spans(length: int, max_tokens: int = 510, margin: int = 128) -> list[
 
 def page_lengths(path: Path) -> np.ndarray:
     """The token count of every page of a Parquet part (only its input_ids column is read)."""
-    column = pq.read_table(path, columns=["input_ids"]).column("input_ids").combine_chunks()
+    column = read_part(path, ["input_ids"]).column("input_ids").combine_chunks()
     return column.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
 
 
