@@ -3,6 +3,7 @@ shard count per directory, one file per key, a full disk."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from layoutja.cli.main import main
 from layoutja.common import UserError
+from layoutja.localize.pool import localize_corpus
 
 from .conftest import TRAIN
 
@@ -55,3 +57,20 @@ def test_every_reader_names_a_damaged_part_in_one_line(localized_dir, unidic_dir
         with pytest.raises(UserError) as error:
             list(shinra_parts(data, tmp_path / "html"))
         assert str(error.value) == expected, how
+
+
+def test_two_files_with_one_key_are_refused_naming_both(unidic_dir, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / os.fsdecode(b"x\xff.html")).write_text("<p>東京</p>", encoding="utf-8")
+    (corpus / "x\\xff.html").write_text("<p>大阪</p>", encoding="utf-8")  # the 4 characters \xff
+    with pytest.raises(UserError) as error:
+        localize_corpus(str(corpus), str(unidic_dir), tmp_path / "out", progress=False)
+    raw, literal = (
+        repr(os.fsencode(corpus) + b"/" + name) for name in (b"x\xff.html", b"x\\xff.html")
+    )
+    assert str(error.value) == (
+        f"{literal} and {raw} (their names as bytes) would both be stored under the key "
+        "x\\xff.html: rename one of them"
+    )
+    assert not (tmp_path / "out").exists()  # refused before anything was written
