@@ -3,7 +3,9 @@ shard count per directory, one file per key, a full disk."""
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import shutil
 from pathlib import Path
 
@@ -11,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from layoutja.cli.main import main
+from layoutja.cli.main import EXIT_PAGES_FAILED, main
 from layoutja.common import UserError
 from layoutja.localize.pool import localize_corpus
 
-from .conftest import TRAIN
+from .conftest import TRAIN, make_corpus
 
 DAMAGES = {  # how a part is cut short, and what the readers then say about it
     "half": (lambda data: data[: len(data) // 2], "Parquet magic bytes not found in footer"),
@@ -57,6 +59,49 @@ def test_every_reader_names_a_damaged_part_in_one_line(localized_dir, unidic_dir
         with pytest.raises(UserError) as error:
             list(shinra_parts(data, tmp_path / "html"))
         assert str(error.value) == expected, how
+
+
+def test_files_that_are_not_text_fail_and_empty_pages_are_counted(unidic_dir, tmp_path, capsys):
+    corpus = make_corpus(tmp_path / "shinra", pages=6)
+    pages = corpus / "html" / "City"
+    # 200 KB of random bytes were stored as 94,058 tokens, mostly [UNK], 1.9 million px wide
+    (pages / "random.html").write_bytes(random.Random(0).randbytes(200_000))
+    (pages / "latin1.html").write_bytes(b"<p>" + bytes(range(0x80, 0x100)) * 4 + b"</p>")
+    (pages / "korean.html").write_text("<p>" + "한국어 문장입니다. " * 20 + "</p>", "utf-8")
+    (pages / "empty.html").write_bytes(b"")
+    out = tmp_path / "out"
+    command = ["localize", str(corpus), "--tokenizer", str(unidic_dir), "--out", str(out),
+               "--workers", "1", "--quiet"]  # fmt: skip
+    assert main(command) == EXIT_PAGES_FAILED  # 3 of 10 failed: more than --max-failures 0.1
+    err = capsys.readouterr().err
+    assert "localized 7 page(s) (1 empty: no text), 3 failed, 0 already done" in err
+    lines = (out / "failures.jsonl").read_text().splitlines()
+    failed = {entry["source"]: entry["reason"] for entry in map(json.loads, lines)}
+    assert (
+        failed["City/random.html"].startswith("not text: ")
+        and " NUL character(s)" in (failed["City/random.html"])
+    )
+    assert failed["City/latin1.html"] == (
+        "not text: 99% of its characters are bytes that utf-8 cannot decode (more than "
+        "max_undecodable 0.01)"
+    )
+    assert failed["City/korean.html"].endswith(" tokens are [UNK] (more than max_unknown 0.5)")
+    stored = read_parts(out)
+    assert "City/random.html" not in stored.column("source").to_pylist()
+    assert stored.num_rows == 7 and sorted(map(len, stored.column("tokens").to_pylist()))[0] == 0
+    # The thresholds are settings of the localization config; --max-failures works as always.
+    config = tmp_path / "lenient.yaml"
+    config.write_text("max_unknown: 1\n", encoding="utf-8")
+    retry = [*command, "--config", str(config), "--retry-failed", "--max-failures", "0.2"]
+    assert main(retry) == 0
+    assert "localized 1 page(s), 2 failed, 7 already done" in capsys.readouterr().err
+    # One page given alone is refused the same way, in one line.
+    one = ["localize", str(pages / "latin1.html"), "--tokenizer", str(unidic_dir)]
+    assert main(one) == 1
+    assert capsys.readouterr().err == (
+        f"layoutja localize: error: {pages / 'latin1.html'}: not text: 99% of its characters "
+        "are bytes that utf-8 cannot decode (more than max_undecodable 0.01)\n"
+    )
 
 
 def test_two_files_with_one_key_are_refused_naming_both(unidic_dir, tmp_path):
