@@ -14,8 +14,8 @@ half-written file:
 
 A run that starts where another stopped recovers the journal into a part, then skips every page
 found in the parts (and, unless asked to retry them, in failures). Shards of one corpus
-(`--shard I/N`) may share an output directory: each has its own file names, and `manifest.json`
-is the view of them all (`layoutja.localize.manifest`).
+(`--shard I/N`) may share an output directory: each has its own file names, `manifest.json` is
+the view of them all (`layoutja.localize.manifest`), and a run of another shard count is refused.
 """
 
 from __future__ import annotations
@@ -32,18 +32,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from layoutja.common import UserError
-from layoutja.localize.manifest import (
-    VIEW,
-    is_view,
-    read_manifest,
-    read_manifests,
-    view_lock,
-    write_view,
-)
+from layoutja.localize.manifest import VIEW, read_manifest, read_manifests, view_lock, write_view
+from layoutja.localize.parts import read_part
 from layoutja.localize.sources import shard_tag
 
 FORMAT = "layoutja-localized/1"
-UNSHARDED = shard_tag((0, 1))  # a run without --shard
 SCHEMA = pa.schema(
     [
         ("page_id", pa.string()),
@@ -129,6 +122,9 @@ class Store:
         index, count = shard
         self.tag = shard_tag(shard)
         tag = "" if count == 1 else f"-{self.tag}"
+        # A run without shards keeps its record in manifest.json; shards keep theirs beside the
+        # view of them all (`layoutja.localize.manifest`).
+        self.manifest_path = out / (VIEW if count == 1 else f"manifest-{self.tag}.json")
         self.failures_path = out / f"failures{tag}.jsonl"
         self.journal_path = out / f"journal-{self.tag}.arrows"
         self.pages_per_part = pages_per_part
@@ -149,12 +145,12 @@ class Store:
     # --- start-up -------------------------------------------------------------------------
     def _start(self, retry_failed: bool) -> None:
         out = self.out
-        # The record's name is chosen, the settings checked and the record claimed in one turn
-        # of the view's lock: a run starting beside this one sees the record (else an unsharded
-        # run could take manifest.json while a shard recovers its journal).
+        # The shard count and settings are checked and the record claimed in one turn of the
+        # view's lock: a run starting beside this one sees the record.
         with view_lock(out):
-            self.manifest_path = self._record_path()
-            self._check_settings()
+            records = read_manifests(out)
+            self._check_shard_count(records)
+            self._check_settings(records)
             for stale in [*out.glob(f".tmp-*{self.tag}*"),
                           out / f".tmp-{self.manifest_path.name}"]:  # fmt: skip
                 stale.unlink(missing_ok=True)  # a write that was killed before its rename
@@ -162,29 +158,28 @@ class Store:
                 self.write_manifest()
         self.failed = self._read_failures(retry_failed)
         self.failures_path.touch()  # there even when no page fails, as the docs list it
+        self._recover_parts()
         self._recover_journal()
         self.write_manifest()
         self._view()  # the directory's view counts this shard from its start
 
-    def _record_path(self) -> Path:
-        """Where this shard keeps its record (see `layoutja.localize.manifest`): `manifest.json`
-        for a run without shards alone in its directory, else `manifest-I-of-N.json`. An
-        unsharded run's record that shards join moves to `manifest-00000-of-00001.json`,
-        making room for the view. Called with the view's lock held."""
-        view = self.out / VIEW
-        record = view.exists() and not is_view(read_manifest(view))
-        shards = list(self.out.glob("manifest-*-of-*.json"))
-        if self.tag == UNSHARDED and not shards and (record or not view.exists()):
-            return view
-        if record:
-            if self.tag != UNSHARDED:  # not while that run writes it
-                _lock(self.out / f".lock-{UNSHARDED}", (0, 1), self.out).close()
-            os.replace(view, self.out / f"manifest-{UNSHARDED}.json")
-        return self.out / f"manifest-{self.tag}.json"
+    def _check_shard_count(self, records: dict[Path, dict]) -> None:
+        """Refuse a shard count other than that of the records here. Pages go to shards by a
+        hash of their key modulo the count, so runs of two counts would share pages: each would
+        localize some that the other holds (at once, both would store them)."""
+        index, count = self.settings["shard"]
+        for path, old in records.items():
+            theirs = old.get("shard", [0, 1])[1]
+            if theirs != count:
+                this = f"--shard {index}/{count}" if count > 1 else "without --shard"
+                raise UserError(
+                    f"{self.out}: its pages are localized {_split(theirs)} ({path.name}), "
+                    f"this run {this}; a directory has one shard count: localize "
+                    f"{_split(theirs)} here, or use another --out"
+                )
 
-    def _check_settings(self) -> None:
+    def _check_settings(self, records: dict[Path, dict]) -> None:
         """Refuse settings other than those of the pages already here (any shard's)."""
-        records = read_manifests(self.out)
         for path, old in records.items():
             for key in MUST_MATCH:
                 if old.get(key) != self.settings.get(key):
@@ -216,18 +211,16 @@ class Store:
             return {}
         return failed
 
+    def _recover_parts(self) -> None:
+        """Done: every page in this shard's parts (a directory has one shard count, so no other
+        shard's parts hold its pages). The parts as they are on disk: one may have been written
+        after the last manifest, or deleted by hand since."""
+        known, self.parts = self.parts, {}
+        for part in self._part_files():
+            self.done.update(read_part(part, ["source"]).column("source").to_pylist())
+            self.parts[part.name] = known.get(part.name) or _part_stats(read_part(part))
+
     def _recover_journal(self) -> None:
-        # Done: every page in any part here (also other shards' and another shard count's).
-        for part in sorted(self.out.glob("part-*.parquet")):
-            sources = pq.read_table(part, columns=["source"]).column("source").to_pylist()
-            self.done.update(sources)
-        # This shard's parts as they are on disk (one may have been written after the last
-        # manifest, or deleted by hand since).
-        known = self.parts
-        self.parts = {
-            part.name: known.get(part.name) or _part_stats(pq.read_table(part))
-            for part in self._part_files()
-        }
         if not self.journal_path.exists():
             return
         batches = []
@@ -324,6 +317,10 @@ class Store:
         }
         text = json.dumps(manifest, ensure_ascii=False, indent=1)
         atomic_write(self.manifest_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _split(count: int) -> str:
+    return "without --shard" if count == 1 else f"with --shard I/{count}"
 
 
 def _source(batch: pa.RecordBatch) -> str:
