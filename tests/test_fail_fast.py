@@ -7,6 +7,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,6 +18,7 @@ import pytest
 from layoutja.cli.main import EXIT_PAGES_FAILED, main
 from layoutja.common import UserError
 from layoutja.localize.pool import localize_corpus
+from layoutja.localize.sources import find_pages
 
 from .conftest import TRAIN, make_corpus
 
@@ -59,6 +62,36 @@ def test_every_reader_names_a_damaged_part_in_one_line(localized_dir, unidic_dir
         with pytest.raises(UserError) as error:
             list(shinra_parts(data, tmp_path / "html"))
         assert str(error.value) == expected, how
+
+
+def test_a_rerun_moves_damaged_parts_aside_and_localizes_their_pages_again(
+    unidic_dir, tmp_path, capsys
+):
+    corpus = make_corpus(tmp_path / "shinra", pages=9)
+    out = tmp_path / "out"
+    command = ["localize", str(corpus), "--tokenizer", str(unidic_dir), "--out", str(out),
+               "--workers", "1", "--quiet", "--pages-per-part", "3"]  # fmt: skip
+    assert main(command) == 0
+    first, kept, last = sorted(out.glob("part-*.parquet"))
+    kept_pages = pq.read_table(kept, columns=["source"]).column(0).to_pylist()
+    reasons = {first: damage(first, "half"), last: damage(last, "tail")}
+    capsys.readouterr()
+    assert main(command) == 0
+    err = capsys.readouterr().err
+    aside = sorted((out / "damaged").iterdir())
+    for part, moved in zip((first, last), aside, strict=True):
+        assert moved.name.endswith(part.name)
+        assert (
+            f"note: {part} is damaged ({reasons[part]}): moved to {moved}; its 3 pages are "
+            "localized again\n" in err
+        )
+    assert "localized 6 page(s), 0 failed, 3 already done" in err  # the damaged parts' pages
+    sources = read_parts(out).column("source").to_pylist()
+    assert sorted(sources) == sorted(t.source for t in find_pages(str(corpus)))  # each once
+    assert set(kept_pages) < set(sources)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sorted(manifest["parts"]) == sorted(p.name for p in out.glob("part-*.parquet"))
+    assert manifest["counts"]["pages"] == 9
 
 
 def test_files_that_are_not_text_fail_and_empty_pages_are_counted(unidic_dir, tmp_path, capsys):
@@ -119,3 +152,39 @@ def test_two_files_with_one_key_are_refused_naming_both(unidic_dir, tmp_path):
         "x\\xff.html: rename one of them"
     )
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_a_full_disk_is_one_line_and_keeps_every_page_stored(unidic_dir, tmp_path):
+    """OUT on a 48 KiB tmpfs (in a mount namespace of its own): the first run fills it and
+    stops in one line; after the disk is made larger, the same command finishes the rest."""
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare: cannot mount a small disk")
+    corpus = make_corpus(tmp_path / "shinra", pages=30)
+    disk, log = tmp_path / "disk", tmp_path / "log"
+    disk.mkdir()
+    log.mkdir()
+    localize = (f"{sys.executable} -m layoutja localize {corpus} --tokenizer {unidic_dir} "
+                f"--out {disk}/out --workers 1 --quiet --pages-per-part 5")  # fmt: skip
+    script = f"""
+mount -t tmpfs -o size=48k none {disk} || exit 42
+{localize} 2> {log}/full.err; echo $? > {log}/full.rc
+mount -o remount,size=16m {disk}
+{localize} 2> {log}/again.err; echo $? > {log}/again.rc
+cp -r {disk}/out {tmp_path}/out
+"""
+    run = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    if run.returncode in (1, 42) and not (log / "full.rc").exists():
+        pytest.skip(f"cannot mount a small disk here: {run.stderr.strip()[-300:]}")
+    full = (log / "full.err").read_text()
+    assert (log / "full.rc").read_text().strip() == "1", full
+    assert len(full.splitlines()) == 1 and full.startswith(f"layoutja localize: error: {disk}/")
+    assert "No space left on device" in full and "free there); the " in full
+    again = (log / "again.err").read_text()
+    assert (log / "again.rc").read_text().strip() == "0", again
+    # Every page stored before the disk was full is kept: the rerun counts it as done.
+    done = int(again.split(" already done")[0].rsplit(" ", 1)[1])
+    assert done > 0 and f"failed, {done} already done" in again
+    assert f"the {done} page(s) stored so far are kept" in full
+    sources = read_parts(tmp_path / "out").column("source").to_pylist()
+    assert sorted(sources) == sorted(t.source for t in find_pages(str(corpus)))  # each once

@@ -9,8 +9,8 @@ contained:
 - a Playwright error (crashed or hung browser, per-page timeout) makes the worker restart its
   browser and try the page once more; a page that fails again is reported as failed;
 - any other error on a page (e.g. it cannot be read, it is not text, or its batch cannot be
-  built: "cannot store") fails that page only; an error while writing the output stops the
-  run (a rerun recovers the journal);
+  built: "cannot store") fails that page only; an error while writing the output (a full
+  disk) stops the run in one line (a rerun recovers the journal);
 - a worker that dies or stops answering (past twice the page timeout plus a margin) is killed
   and replaced; the page it was on is tried once more, alone, in the new worker before it
   counts as failed, and the page it held ahead goes again, alone, without counting as a try.
@@ -330,11 +330,15 @@ def localize_corpus(
         "config": config.as_dict(),
     }
     store = Store(out, shard, settings, config.pages_per_part, retry_failed)
+    for damaged in store.damaged:
+        pages = f"its {damaged['pages']} pages" if damaged["pages"] is not None else "its pages"
+        print(f"note: {damaged['part']} is damaged ({damaged['reason']}): moved to "
+              f"{damaged['moved_to']}; {pages} are localized again", file=sys.stderr)  # fmt: skip
     pending = [t for t in tasks if t.source not in store.done and t.source not in store.failed]
     done_before = sum(t.source in store.done for t in tasks)
     summary = {"pages": len(tasks), "skipped": done_before, "ok": 0, "failed": 0}
     summary.update(failed_before=len(tasks) - len(pending) - done_before, tokens=0)
-    summary.update(dropped_tokens=0, empty=0)
+    summary.update(dropped_tokens=0, empty=0, damaged=store.damaged)
     start = time.monotonic()
     if pending:
         count = max(1, min(config.worker_count, len(pending)))

@@ -3,7 +3,7 @@
 A run over a million pages must never lose finished work, and a reader must never see a
 half-written file:
 
-- every finished page is appended at once to a journal (an Arrow IPC stream, flushed per page),
+- every finished page is appended at once to a journal (an Arrow IPC stream, written unbuffered),
   so `kill -9` loses only the pages in flight; a torn last record is ignored on recovery;
 - every `pages_per_part` pages the journal becomes a Parquet part, written under a temporary
   name and renamed into place (atomic), and the journal starts again;
@@ -12,10 +12,12 @@ half-written file:
 - the manifest records what the data was made with (tokenizer, its vocabulary hash, Chromium
   version, viewport, normalization) and the counts, and is rewritten atomically after every part.
 
-A run that starts where another stopped recovers the journal into a part, then skips every page
-found in the parts (and, unless asked to retry them, in failures). Shards of one corpus
-(`--shard I/N`) may share an output directory: each has its own file names, `manifest.json` is
-the view of them all (`layoutja.localize.manifest`), and a run of another shard count is refused.
+A run that starts where another stopped moves the parts it cannot read to `damaged/` (their
+pages are then not done), recovers the journal into a part, then skips every page found in the
+parts (and, unless asked to retry them, in failures). Shards of one corpus (`--shard I/N`) may
+share an output directory: each has its own file names, `manifest.json` is the view of them all
+(`layoutja.localize.manifest`), and a run of another shard count is refused. An error writing
+(a full disk) stops the run with one line; what was stored stays.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +36,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from layoutja.common import UserError
+from layoutja.common import UserError, human_bytes
 from layoutja.localize.manifest import VIEW, read_manifest, read_manifests, view_lock, write_view
-from layoutja.localize.parts import read_part
+from layoutja.localize.parts import DamagedPart, read_part
 from layoutja.localize.sources import shard_tag
 
 FORMAT = "layoutja-localized/1"
+DAMAGED = "damaged"  # where a rerun moves the parts it cannot read
 SCHEMA = pa.schema(
     [
         ("page_id", pa.string()),
@@ -86,9 +92,13 @@ def record_batch(record: dict) -> pa.RecordBatch:
 def atomic_write(path: Path, write) -> None:
     """Write to a temporary name, flush it to disk, rename: readers see all of it or nothing."""
     tmp = path.with_name(f".tmp-{path.name}")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: give back the space it took
+        raise
     os.replace(tmp, path)
 
 
@@ -133,6 +143,7 @@ class Store:
         self.finished = False  # every page of the shard tried: set by `close`
         self.failed: dict[str, dict] = {}
         self.done: set[str] = set()
+        self.damaged: list[dict] = []  # parts moved aside at the start: part, moved_to, reason
         self._batches: list[pa.RecordBatch] = []
         self._journal = None
         self._lock = _lock(out / f".lock-{self.tag}", shard, out)
@@ -157,7 +168,8 @@ class Store:
             if not self.manifest_path.exists():
                 self.write_manifest()
         self.failed = self._read_failures(retry_failed)
-        self.failures_path.touch()  # there even when no page fails, as the docs list it
+        with self._writing("the failures list", self.failures_path):
+            self.failures_path.touch()  # there even when no page fails, as the docs list it
         self._recover_parts()
         self._recover_journal()
         self.write_manifest()
@@ -214,11 +226,21 @@ class Store:
     def _recover_parts(self) -> None:
         """Done: every page in this shard's parts (a directory has one shard count, so no other
         shard's parts hold its pages). The parts as they are on disk: one may have been written
-        after the last manifest, or deleted by hand since."""
+        after the last manifest, or deleted by hand since. A part that cannot be read is moved
+        to `damaged/`, so that its pages count as not done and are localized again."""
         known, self.parts = self.parts, {}
         for part in self._part_files():
-            self.done.update(read_part(part, ["source"]).column("source").to_pylist())
-            self.parts[part.name] = known.get(part.name) or _part_stats(read_part(part))
+            try:
+                self.done.update(read_part(part, ["source"]).column("source").to_pylist())
+                self.parts[part.name] = known.get(part.name) or _part_stats(read_part(part))
+            except DamagedPart as e:
+                aside = self.out / DAMAGED / f"{time.strftime('%Y%m%dT%H%M%S')}-{part.name}"
+                with self._writing("a damaged part aside", aside):
+                    aside.parent.mkdir(exist_ok=True)
+                    os.replace(part, aside)
+                pages = known.get(part.name, {}).get("pages")
+                self.damaged.append({"part": str(part), "moved_to": str(aside),
+                                     "reason": e.reason, "pages": pages})  # fmt: skip
 
     def _recover_journal(self) -> None:
         if not self.journal_path.exists():
@@ -235,15 +257,32 @@ class Store:
         self._flush_part()
         self.journal_path.unlink(missing_ok=True)
 
+    @contextmanager
+    def _writing(self, what: str, path: Path) -> Iterator[None]:
+        """An error writing the output (a full disk) as one line: what was being written, the
+        free space; the pages stored so far stay (in parts, or the journal a rerun recovers)."""
+        try:
+            yield
+        except OSError as e:
+            reason = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0]
+            free = human_bytes(shutil.disk_usage(self.out).free)
+            raise UserError(
+                f"{path}: cannot write {what}: {reason} ({free} free there); the "
+                f"{self.counts()['pages']} page(s) stored so far are kept: make room and run "
+                "the same command again"
+            ) from None
+
     # --- while running --------------------------------------------------------------------
     def add(self, batch: pa.RecordBatch) -> None:
         """Store one localized page (a `record_batch`) durably (journal) and roll a part when
         enough are in."""
-        if self._journal is None:
-            self._sink = open(self.journal_path, "wb")  # noqa: SIM115 - closed in _roll
-            self._journal = pa.ipc.new_stream(self._sink, SCHEMA)
-        self._journal.write_batch(batch)
-        self._sink.flush()
+        with self._writing("the journal", self.journal_path):
+            if self._journal is None:
+                # Unbuffered: each page reaches the OS as it is written (kill -9 loses only the
+                # pages in flight), and a failed write (a full disk) leaves nothing to flush.
+                self._sink = open(self.journal_path, "wb", buffering=0)  # noqa: SIM115 - _roll
+                self._journal = pa.ipc.new_stream(self._sink, SCHEMA)
+            self._journal.write_batch(batch)
         self._batches.append(batch)
         self.done.add(_source(batch))
         if len(self._batches) >= self.pages_per_part:
@@ -251,8 +290,9 @@ class Store:
 
     def fail(self, source: str, reason: str) -> None:
         entry = {"source": source, "reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        with open(self.failures_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        with self._writing("the failures list", self.failures_path):
+            with open(self.failures_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
         self.failed[source] = entry
 
     def close(self) -> dict:
@@ -265,7 +305,10 @@ class Store:
 
     def _view(self) -> dict | None:
         """Rewrite the view of the shards' records, where the records are shards'."""
-        return None if self.manifest_path.name == VIEW else write_view(self.out)
+        if self.manifest_path.name == VIEW:
+            return None
+        with self._writing("the manifest", self.out / VIEW):
+            return write_view(self.out)
 
     def _roll(self) -> None:
         if self._journal is not None:
@@ -288,7 +331,8 @@ class Store:
             # only overflow. Without them a part is 38% smaller and a third faster to write.
             pq.write_table(table, tmp, compression="zstd", use_dictionary=False)
 
-        atomic_write(path, write)
+        with self._writing("a part", path):
+            atomic_write(path, write)
         self.parts[path.name] = _part_stats(table)
         self._batches = []
 
@@ -316,7 +360,8 @@ class Store:
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         text = json.dumps(manifest, ensure_ascii=False, indent=1)
-        atomic_write(self.manifest_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        with self._writing("the manifest", self.manifest_path):
+            atomic_write(self.manifest_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _split(count: int) -> str:
