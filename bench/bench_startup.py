@@ -34,7 +34,7 @@ MAX_TOKENS, MARGIN = 510, 128
 
 def make_parts(work: Path, pages: int) -> list[Path]:
     """The synthetic parts (kept in `work` for the next run) and lengths.npy beside them."""
-    from layoutja.parts import with_page_lengths
+    from layoutja.localize.parts import with_page_lengths
 
     done = work / "lengths.npy"
     if done.exists():
@@ -71,7 +71,7 @@ def index_before(per_part: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 def measure(variant: str, work: Path, world: int) -> dict:
     """Rank 0's start-up: its share of the lengths read, the others' gathered, the index built."""
-    from layoutja.parts import page_lengths
+    from layoutja.localize.parts import page_lengths
     from layoutja.pretrain.order import Corpus
 
     files = sorted(work.glob("part-*.parquet"))

@@ -7,7 +7,8 @@
 #
 #   mkdir -p logs && sbatch --array=0-31 localize/slurm-array.sh
 #
-# The array must be 0-(N-1) (shard I of N = task ID of task count). Edit the variables below, or
+# The array must be 0-(N-1) (shard I of N = task ID of task count), and of the same size each
+# time for one OUT: a task of another count is refused there. Edit the variables below, or
 # export them before sbatch (sbatch passes the environment on).
 #SBATCH --job-name=layoutja-localize
 #SBATCH --cpus-per-task=16

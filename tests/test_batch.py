@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -105,54 +106,49 @@ def test_shards_share_an_output_directory_with_one_manifest(unidic_dir, tmp_path
     assert second["totals"]["pages"] == 8 and second["shards_finished"] == 2
     # Readers take the shards' records, not the view too: nothing counted twice.
     assert manifest_facts(out)["pages"] == 8 and len(read_manifests(out)) == 2
+    assert view["shard_count"] == 2
     with pytest.raises(UserError, match="manifest-00000-of-00002.json: .*tokenizer_vocab"):
-        Store(out, (0, 3), {**view, "tokenizer_vocab_sha256": "other"})  # any shard's settings
+        Store(out, (1, 2), {**view, "tokenizer_vocab_sha256": "other"})  # any shard's settings
 
 
-def test_shards_joining_a_run_without_shards(tmp_path):
-    """An unsharded run's record moves aside for the view once shards join it (not while it
-    runs), and that run goes on with its record under its shard name."""
+def test_a_directory_has_one_shard_count(tmp_path):
+    """--shard 0/2 and --shard 0/3 at once into one OUT stored 89 pages twice (their shards
+    overlap): a run of another shard count is refused, naming both, while the first runs and
+    after it, and an unsharded run is one count too."""
     settings = {"tokenizer_vocab_sha256": "abc", "viewport": [1280, 854], "normalization": "body"}
-    whole = Store(tmp_path, (0, 1), settings)
-    whole.add(record_batch(fake_record("a")))
-    assert whole.manifest_path.name == "manifest.json"
-    with pytest.raises(UserError, match="another run is writing shard 0/1"):
-        Store(tmp_path, (1, 2), settings)
-    assert whole.close()["counts"]["pages"] == 1
-    shard = Store(tmp_path, (1, 2), settings)
-    shard.add(record_batch(fake_record("b")))
-    view = shard.close()
-    assert view["counts"]["pages"] == 2 and set(view["shards"]) == {
-        "00000-of-00001",
-        "00001-of-00002",
-    }
-    again = Store(tmp_path, (0, 1), settings)
-    assert again.manifest_path.name == "manifest-00000-of-00001.json" and again.done == {"a", "b"}
-    again.add(record_batch(fake_record("c")))
-    assert again.close()["counts"]["pages"] == 3
-    assert json.loads((tmp_path / "manifest.json").read_text())["counts"]["pages"] == 3
+    two = Store(tmp_path, (0, 2), settings)
+    two.add(record_batch(fake_record("a")))
+    refusal = "its pages are localized with --shard I/2 (manifest-00000-of-00002.json), this run "
+    for shard, this in (((0, 3), "--shard 0/3"), ((0, 1), "without --shard")):
+        with pytest.raises(UserError, match=re.escape(f"{refusal}{this}; a directory has one")):
+            Store(tmp_path, shard, settings)
+    assert two.close()["shard_count"] == 2
+    with pytest.raises(UserError, match=re.escape(f"{refusal}--shard 1/3")):
+        Store(tmp_path, (1, 3), settings)
+    Store(tmp_path, (1, 2), settings).close()  # the directory's own count
+    whole = tmp_path / "whole"
+    Store(whole, (0, 1), settings).close()
+    with pytest.raises(UserError, match=r"without --shard \(manifest.json\), this run --shard 1/2"):
+        Store(whole, (1, 2), settings)
+    assert {p.name for p in whole.glob("manifest*")} == {"manifest.json"}
 
 
-def test_an_unsharded_run_starting_while_a_shard_recovers_sees_that_shard(tmp_path, monkeypatch):
-    """A shard's record is claimed before its (long) journal recovery: an unsharded run that
-    starts meanwhile takes its shard name, not manifest.json, and both records stay."""
+def test_a_run_of_another_count_starting_while_a_shard_recovers_is_refused(tmp_path, monkeypatch):
+    """A shard's record is claimed before its (long) journal recovery: a run of another shard
+    count that starts meanwhile sees it, and is refused."""
     settings = {"tokenizer_vocab_sha256": "abc", "viewport": [1280, 854], "normalization": "body"}
     recover, beside = Store._recover_journal, []
 
     def recovering(self: Store) -> None:
         if self.tag == "00000-of-00002":
-            beside.append(Store(tmp_path, (0, 1), settings))
+            with pytest.raises(UserError, match="one shard count") as refused:
+                Store(tmp_path, (0, 1), settings)
+            beside.append(refused)
         recover(self)
 
     monkeypatch.setattr(Store, "_recover_journal", recovering)
-    shard = Store(tmp_path, (0, 2), settings)
-    assert beside[0].manifest_path.name == "manifest-00000-of-00001.json"
-    beside[0].add(record_batch(fake_record("a")))
-    beside[0].close()
-    shard.add(record_batch(fake_record("b")))
-    view = shard.close()
-    assert set(view["shards"]) == {"00000-of-00001", "00000-of-00002"}
-    assert view["counts"]["pages"] == 2
+    Store(tmp_path, (0, 2), settings).close()
+    assert len(beside) == 1
 
 
 def test_the_view_names_the_tokenizer_as_one_record_does(tmp_path):

@@ -104,7 +104,7 @@ def test_parts_carry_their_page_lengths_in_the_footer(localized_dir, tmp_path):
     them (an older run) is read as before."""
     import pyarrow.parquet as pq
 
-    from layoutja.parts import LENGTHS, page_lengths
+    from layoutja.localize.parts import LENGTHS, page_lengths
 
     part = localized_files(localized_dir)[0]
     column = pq.read_table(part, columns=["input_ids"]).column(0).combine_chunks()

@@ -117,8 +117,9 @@ def cmd_localize(args: argparse.Namespace) -> int:
     sharded = f" (every shard's; {summary['shards_finished']} of {shard[1]} shards finished)"
     rendered = summary["ok"] + summary["failed"]  # a rate only where pages were rendered
     rate = f"; {summary['pages_per_s']} pages/s over the whole run, browser start included"
+    empty = f" ({summary['empty']} empty: no text)" if summary["empty"] else ""
     print(
-        f"localized {summary['ok']} page(s), {summary['failed']} failed, "
+        f"localized {summary['ok']} page(s){empty}, {summary['failed']} failed, "
         f"{summary['skipped']} already done; {summary['tokens']} tokens "
         f"({summary['dropped_tokens']} not rendered, dropped)" + (rate if rendered else "") + "\n"
         f"{summary['out']} now holds {totals['pages']} pages, {totals['tokens']} tokens"

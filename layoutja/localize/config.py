@@ -55,6 +55,10 @@ class LocalizeConfig:
     geometry: str = "published"
     pages_per_part: int = 500
     workers: int = 0  # browser processes; 0: one per CPU core
+    # A file is not text, and fails, when its decoded characters include a NUL, or more than
+    # these shares of them are U+FFFD (bytes its encoding cannot decode), or of its tokens [UNK].
+    max_undecodable: float = 0.01
+    max_unknown: float = 0.5
 
     def __post_init__(self) -> None:
         if self.viewport_width <= 0 or self.viewport_height <= 0:
@@ -74,6 +78,9 @@ class LocalizeConfig:
             )
         if self.pages_per_part < 1 or self.workers < 0:
             raise UserError("pages_per_part must be >= 1 and workers >= 0")
+        for name in ("max_undecodable", "max_unknown"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserError(f"{name} must be a share, from 0 to 1, not {getattr(self, name)}")
 
     @property
     def viewport(self) -> tuple[int, int]:

@@ -4,9 +4,9 @@ Every run of `layoutja localize` keeps a record of what it made (`Store`): the s
 was made with (tokenizer, vocabulary hash, Chromium, viewport, normalization), its parts and
 its counts. A run without `--shard` keeps it in `manifest.json`. Shards (`--shard I/N`) keep
 theirs in `manifest-0000I-of-0000N.json`, and `manifest.json` is then the directory's view of
-them all, rewritten as each shard starts and finishes: the settings, the counts summed, every
-part, and under `shards` each shard's counts and whether it finished. Readers here take the
-records, never the view, so nothing is counted twice.
+them all, rewritten as each shard starts and finishes: the settings, the directory's one
+`shard_count`, the counts summed, every part, and under `shards` each shard's counts and
+whether it finished. Readers here take the records, never the view, so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -126,6 +126,8 @@ def write_view(directory: Path) -> dict:
                 settings[key] = first[key]
         view = {
             **settings,
+            # One for the directory: a run with another is refused (`Store`).
+            "shard_count": first.get("shard", [0, 1])[1],
             "counts": directory_counts(records),
             "shards": {
                 shard_tag(m.get("shard", (0, 1))): {

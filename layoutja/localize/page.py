@@ -163,11 +163,39 @@ def page_arrays(page: HtmlPage, wrapped: WrappedPage, result: RenderResult) -> d
     }
 
 
-def prepare_page(data: bytes, tokenizer: JapaneseTokenizer) -> tuple[HtmlPage, WrappedPage]:
-    """The part of localizing that needs no browser: decode, scan, tokenize, wrap."""
+class NotText(UserError):
+    """A file that is not a page of text: binary data, or text in an encoding it does not say."""
+
+
+def prepare_page(
+    data: bytes, tokenizer: JapaneseTokenizer, config: LocalizeConfig | None = None
+) -> tuple[HtmlPage, WrappedPage]:
+    """The part of localizing that needs no browser: decode, scan, tokenize, wrap.
+
+    With `config`, a file that is not text is refused (`NotText`): its decoded characters hold
+    a NUL, or more than `max_undecodable` of them are U+FFFD, or of its tokens `max_unknown`
+    are [UNK]. Checked before tokenizing where possible: garbage is slow to tokenize.
+    """
     text, encoding = decode_html(data)
+    if config is not None:
+        if nul := text.count("\x00"):
+            raise NotText(f"not text: {nul} NUL character(s), as in binary files")
+        share = text.count("\ufffd") / len(text) if text else 0.0
+        if share > config.max_undecodable:
+            raise NotText(
+                f"not text: {share:.0%} of its characters are bytes that {encoding} cannot "
+                f"decode (more than max_undecodable {config.max_undecodable:g})"
+            )
     page = parse_html(text, encoding)
-    return page, wrap_tokens(page, tokenizer)
+    wrapped = wrap_tokens(page, tokenizer)
+    if config is not None and len(wrapped.ids):
+        share = float(np.mean(wrapped.ids == tokenizer.unk_id))
+        if share > config.max_unknown:
+            raise NotText(
+                f"not text: {share:.0%} of its {len(wrapped.ids)} tokens are "
+                f"{tokenizer.unk_token} (more than max_unknown {config.max_unknown:g})"
+            )
+    return page, wrapped
 
 
 def render_page(page: HtmlPage, wrapped: WrappedPage, browser: Browser) -> dict:
@@ -182,7 +210,10 @@ def localize_arrays(data: bytes, tokenizer: JapaneseTokenizer, browser: Browser)
 
 def localize_html(data: bytes, tokenizer: JapaneseTokenizer, browser: Browser) -> dict:
     """Localize one HTML document given as bytes (see the module docstring), as plain lists."""
-    record = localize_arrays(data, tokenizer, browser)
+    return _lists(localize_arrays(data, tokenizer, browser))
+
+
+def _lists(record: dict) -> dict:
     return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in record.items()}
 
 
@@ -199,15 +230,18 @@ def rendering(name: str | Path) -> Iterator[None]:
 
 
 def localize_file(path: Path, tokenizer: JapaneseTokenizer, browser: Browser) -> dict:
-    """Localize one HTML file; its record names it and gives its category (`page_task`)."""
+    """Localize one HTML file; its record names it and gives its category (`page_task`). A file
+    that is not text (`prepare_page`, by the browser's setting) is refused, as a batch does."""
     try:
-        data = path.read_bytes()
+        prepared = prepare_page(path.read_bytes(), tokenizer, browser.config)
     except OSError as e:
         raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+    except NotText as e:
+        raise UserError(f"{path}: {e}") from None
     task = page_task(path)
     record = {"page_id": task.page_id, "category": task.category, "source": task.source}
     with rendering(path):
-        record.update(localize_html(data, tokenizer, browser))
+        record.update(_lists(render_page(*prepared, browser)))
     return record
 
 

@@ -8,9 +8,9 @@ contained:
 
 - a Playwright error (crashed or hung browser, per-page timeout) makes the worker restart its
   browser and try the page once more; a page that fails again is reported as failed;
-- any other error on a page (e.g. it cannot be read, or its batch cannot be built: "cannot
-  store") fails that page only; an error while writing the output stops the run (a rerun
-  recovers the journal);
+- any other error on a page (e.g. it cannot be read, it is not text, or its batch cannot be
+  built: "cannot store") fails that page only; an error while writing the output (a full
+  disk) stops the run in one line (a rerun recovers the journal);
 - a worker that dies or stops answering (past twice the page timeout plus a margin) is killed
   and replaced; the page it was on is tried once more, alone, in the new worker before it
   counts as failed, and the page it held ahead goes again, alone, without counting as a try.
@@ -68,7 +68,8 @@ def _worker(conn: Connection, tokenizer_dir: str, config: LocalizeConfig) -> Non
     # Python's default 5 ms, so a busy preparer does not delay the browser's next step.
     sys.setswitchinterval(0.001)
     prepared: queue.Queue = queue.Queue(maxsize=PAGES_AHEAD)
-    threading.Thread(target=_prepare, args=(conn, tokenizer, prepared), daemon=True).start()
+    args = (conn, tokenizer, config, prepared)
+    threading.Thread(target=_prepare, args=args, daemon=True).start()
     while (item := prepared.get()) is not None:
         task, page = item
         # A page that could not be prepared comes as the reason it failed.
@@ -108,17 +109,21 @@ def _render(task: PageTask, page: tuple, browser: Browser) -> tuple[str, object]
         return "failed", f"cannot store: {type(e).__name__}: {_first_line(e)}"
 
 
-def _prepare(conn: Connection, tokenizer: JapaneseTokenizer, prepared: queue.Queue) -> None:
+def _prepare(
+    conn: Connection, tokenizer: JapaneseTokenizer, config: LocalizeConfig, prepared: queue.Queue
+) -> None:
     """The worker's second thread: receive tasks, prepare each page, hand them on in order
     (the prepared page, or the reason it failed); None when the parent is done."""
-    from layoutja.localize.page import prepare_page
+    from layoutja.localize.page import NotText, prepare_page
 
     try:
         while (task := conn.recv()) is not None:
             try:
-                page: object = prepare_page(task.path.read_bytes(), tokenizer)
+                page: object = prepare_page(task.path.read_bytes(), tokenizer, config)
             except OSError as e:
                 page = f"cannot read: {e.strerror or e}"
+            except NotText as e:
+                page = str(e)
             except Exception as e:
                 page = f"{type(e).__name__}: {_first_line(e)}"
             prepared.put((task, page))
@@ -326,11 +331,15 @@ def localize_corpus(
         "config": config.as_dict(),
     }
     store = Store(out, shard, settings, config.pages_per_part, retry_failed)
+    for damaged in store.damaged:
+        pages = f"its {damaged['pages']} pages" if damaged["pages"] is not None else "its pages"
+        print(f"note: {damaged['part']} is damaged ({damaged['reason']}): moved to "
+              f"{damaged['moved_to']}; {pages} are localized again", file=sys.stderr)  # fmt: skip
     pending = [t for t in tasks if t.source not in store.done and t.source not in store.failed]
     done_before = sum(t.source in store.done for t in tasks)
     summary = {"pages": len(tasks), "skipped": done_before, "ok": 0, "failed": 0}
     summary.update(failed_before=len(tasks) - len(pending) - done_before, tokens=0)
-    summary.update(dropped_tokens=0)
+    summary.update(dropped_tokens=0, empty=0, damaged=store.damaged)
     start = time.monotonic()
     if pending:
         count = max(1, min(config.worker_count, len(pending)))
@@ -378,6 +387,8 @@ def _store(
         summary["failed"] += 1
         return
     store.add(batch)
+    tokens = len(batch.column("tokens")[0])
     summary["ok"] += 1
-    summary["tokens"] += len(batch.column("tokens")[0])
+    summary["empty"] += not tokens  # stored (a rerun skips it), but nothing to train on
+    summary["tokens"] += tokens
     summary["dropped_tokens"] += batch.column("dropped")[0].as_py()

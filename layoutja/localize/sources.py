@@ -38,12 +38,27 @@ def find_pages(src: str) -> list[PageTask]:
     files = sorted(p for p in files if p.is_file() and p.suffix.lower() in HTML_SUFFIXES)
     if not files:
         raise UserError(f"{src}: no .html files found")
-    tasks = []
+    tasks, keys = [], {}
     for p in files:
         rel = p.relative_to(root)
         category = _printable(rel.parent.as_posix()) if rel.parent != Path(".") else ""
-        tasks.append(PageTask(p, _printable(rel.as_posix()), _printable(p.stem), category))
+        task = PageTask(p, _printable(rel.as_posix()), _printable(p.stem), category)
+        # A key must name one file, or resuming would skip the other as done. Only a name with
+        # undecodable bytes can take another's: byte 0xFF is written as the four characters
+        # `\xff`, which a name may also hold.
+        other = keys.setdefault(task.source, p)
+        if other != p:
+            raise UserError(
+                f"{_bytes(other)} and {_bytes(p)} (their names as bytes) would both be stored "
+                f"under the key {task.source}: rename one of them"
+            )
+        tasks.append(task)
     return tasks
+
+
+def _bytes(path: Path) -> str:
+    """A path as the bytes it is made of, so that a literal `\\` and an undecodable byte differ."""
+    return repr(os.fsencode(path))
 
 
 def page_task(path: Path) -> PageTask:

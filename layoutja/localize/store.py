@@ -3,7 +3,7 @@
 A run over a million pages must never lose finished work, and a reader must never see a
 half-written file:
 
-- every finished page is appended at once to a journal (an Arrow IPC stream, flushed per page),
+- every finished page is appended at once to a journal (an Arrow IPC stream, written unbuffered),
   so `kill -9` loses only the pages in flight; a torn last record is ignored on recovery;
 - every `pages_per_part` pages the journal becomes a Parquet part, written under a temporary
   name and renamed into place (atomic), and the journal starts again;
@@ -13,10 +13,12 @@ half-written file:
   version, viewport, normalization, geometry) and the counts, and is rewritten atomically after
   every part.
 
-A run that starts where another stopped recovers the journal into a part, then skips every page
-found in the parts (and, unless asked to retry them, in failures). Shards of one corpus
-(`--shard I/N`) may share an output directory: each has its own file names, and `manifest.json`
-is the view of them all (`layoutja.localize.manifest`).
+A run that starts where another stopped moves the parts it cannot read to `damaged/` (their
+pages are then not done), recovers the journal into a part, then skips every page found in the
+parts (and, unless asked to retry them, in failures). Shards of one corpus (`--shard I/N`) may
+share an output directory: each has its own file names, `manifest.json` is the view of them all
+(`layoutja.localize.manifest`), and a run of another shard count is refused. An error writing
+(a full disk) stops the run with one line; what was stored stays.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +37,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from layoutja.common import UserError
-from layoutja.localize.manifest import (
-    VIEW,
-    is_view,
-    read_manifest,
-    read_manifests,
-    view_lock,
-    write_view,
-)
+from layoutja.common import UserError, human_bytes
+from layoutja.localize.manifest import VIEW, read_manifest, read_manifests, view_lock, write_view
+from layoutja.localize.parts import DamagedPart, read_part, with_page_lengths
 from layoutja.localize.sources import shard_tag
-from layoutja.parts import with_page_lengths
 
 FORMAT = "layoutja-localized/1"
-UNSHARDED = shard_tag((0, 1))  # a run without --shard
+DAMAGED = "damaged"  # where a rerun moves the parts it cannot read
 SCHEMA = pa.schema(
     [
         ("page_id", pa.string()),
@@ -98,9 +96,13 @@ def record_batch(record: dict) -> pa.RecordBatch:
 def atomic_write(path: Path, write) -> None:
     """Write to a temporary name, flush it to disk, rename: readers see all of it or nothing."""
     tmp = path.with_name(f".tmp-{path.name}")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: give back the space it took
+        raise
     os.replace(tmp, path)
 
 
@@ -134,6 +136,9 @@ class Store:
         index, count = shard
         self.tag = shard_tag(shard)
         tag = "" if count == 1 else f"-{self.tag}"
+        # A run without shards keeps its record in manifest.json; shards keep theirs beside the
+        # view of them all (`layoutja.localize.manifest`).
+        self.manifest_path = out / (VIEW if count == 1 else f"manifest-{self.tag}.json")
         self.failures_path = out / f"failures{tag}.jsonl"
         self.journal_path = out / f"journal-{self.tag}.arrows"
         self.pages_per_part = pages_per_part
@@ -142,6 +147,7 @@ class Store:
         self.finished = False  # every page of the shard tried: set by `close`
         self.failed: dict[str, dict] = {}
         self.done: set[str] = set()
+        self.damaged: list[dict] = []  # parts moved aside at the start: part, moved_to, reason
         self._batches: list[pa.RecordBatch] = []
         self._journal = None
         self._lock = _lock(out / f".lock-{self.tag}", shard, out)
@@ -154,42 +160,42 @@ class Store:
     # --- start-up -------------------------------------------------------------------------
     def _start(self, retry_failed: bool) -> None:
         out = self.out
-        # The record's name is chosen, the settings checked and the record claimed in one turn
-        # of the view's lock: a run starting beside this one sees the record (else an unsharded
-        # run could take manifest.json while a shard recovers its journal).
+        # The shard count and settings are checked and the record claimed in one turn of the
+        # view's lock: a run starting beside this one sees the record.
         with view_lock(out):
-            self.manifest_path = self._record_path()
-            self._check_settings()
+            records = read_manifests(out)
+            self._check_shard_count(records)
+            self._check_settings(records)
             for stale in [*out.glob(f".tmp-*{self.tag}*"),
                           out / f".tmp-{self.manifest_path.name}"]:  # fmt: skip
                 stale.unlink(missing_ok=True)  # a write that was killed before its rename
             if not self.manifest_path.exists():
                 self.write_manifest()
         self.failed = self._read_failures(retry_failed)
-        self.failures_path.touch()  # there even when no page fails, as the docs list it
+        with self._writing("the failures list", self.failures_path):
+            self.failures_path.touch()  # there even when no page fails, as the docs list it
+        self._recover_parts()
         self._recover_journal()
         self.write_manifest()
         self._view()  # the directory's view counts this shard from its start
 
-    def _record_path(self) -> Path:
-        """Where this shard keeps its record (see `layoutja.localize.manifest`): `manifest.json`
-        for a run without shards alone in its directory, else `manifest-I-of-N.json`. An
-        unsharded run's record that shards join moves to `manifest-00000-of-00001.json`,
-        making room for the view. Called with the view's lock held."""
-        view = self.out / VIEW
-        record = view.exists() and not is_view(read_manifest(view))
-        shards = list(self.out.glob("manifest-*-of-*.json"))
-        if self.tag == UNSHARDED and not shards and (record or not view.exists()):
-            return view
-        if record:
-            if self.tag != UNSHARDED:  # not while that run writes it
-                _lock(self.out / f".lock-{UNSHARDED}", (0, 1), self.out).close()
-            os.replace(view, self.out / f"manifest-{UNSHARDED}.json")
-        return self.out / f"manifest-{self.tag}.json"
+    def _check_shard_count(self, records: dict[Path, dict]) -> None:
+        """Refuse a shard count other than that of the records here. Pages go to shards by a
+        hash of their key modulo the count, so runs of two counts would share pages: each would
+        localize some that the other holds (at once, both would store them)."""
+        index, count = self.settings["shard"]
+        for path, old in records.items():
+            theirs = old.get("shard", [0, 1])[1]
+            if theirs != count:
+                this = f"--shard {index}/{count}" if count > 1 else "without --shard"
+                raise UserError(
+                    f"{self.out}: its pages are localized {_split(theirs)} ({path.name}), "
+                    f"this run {this}; a directory has one shard count: localize "
+                    f"{_split(theirs)} here, or use another --out"
+                )
 
-    def _check_settings(self) -> None:
+    def _check_settings(self, records: dict[Path, dict]) -> None:
         """Refuse settings other than those of the pages already here (any shard's)."""
-        records = read_manifests(self.out)
         for path, old in records.items():
             for key in MUST_MATCH:
                 made = old.get(key, BEFORE_SETTING.get(key))
@@ -224,18 +230,26 @@ class Store:
             return {}
         return failed
 
+    def _recover_parts(self) -> None:
+        """Done: every page in this shard's parts (a directory has one shard count, so no other
+        shard's parts hold its pages). The parts as they are on disk: one may have been written
+        after the last manifest, or deleted by hand since. A part that cannot be read is moved
+        to `damaged/`, so that its pages count as not done and are localized again."""
+        known, self.parts = self.parts, {}
+        for part in self._part_files():
+            try:
+                self.done.update(read_part(part, ["source"]).column("source").to_pylist())
+                self.parts[part.name] = known.get(part.name) or _part_stats(read_part(part))
+            except DamagedPart as e:
+                aside = self.out / DAMAGED / f"{time.strftime('%Y%m%dT%H%M%S')}-{part.name}"
+                with self._writing("a damaged part aside", aside):
+                    aside.parent.mkdir(exist_ok=True)
+                    os.replace(part, aside)
+                pages = known.get(part.name, {}).get("pages")
+                self.damaged.append({"part": str(part), "moved_to": str(aside),
+                                     "reason": e.reason, "pages": pages})  # fmt: skip
+
     def _recover_journal(self) -> None:
-        # Done: every page in any part here (also other shards' and another shard count's).
-        for part in sorted(self.out.glob("part-*.parquet")):
-            sources = pq.read_table(part, columns=["source"]).column("source").to_pylist()
-            self.done.update(sources)
-        # This shard's parts as they are on disk (one may have been written after the last
-        # manifest, or deleted by hand since).
-        known = self.parts
-        self.parts = {
-            part.name: known.get(part.name) or _part_stats(pq.read_table(part))
-            for part in self._part_files()
-        }
         if not self.journal_path.exists():
             return
         batches = []
@@ -250,15 +264,32 @@ class Store:
         self._flush_part()
         self.journal_path.unlink(missing_ok=True)
 
+    @contextmanager
+    def _writing(self, what: str, path: Path) -> Iterator[None]:
+        """An error writing the output (a full disk) as one line: what was being written, the
+        free space; the pages stored so far stay (in parts, or the journal a rerun recovers)."""
+        try:
+            yield
+        except OSError as e:
+            reason = e.strerror or (str(e).strip().splitlines() or [type(e).__name__])[0]
+            free = human_bytes(shutil.disk_usage(self.out).free)
+            raise UserError(
+                f"{path}: cannot write {what}: {reason} ({free} free there); the "
+                f"{self.counts()['pages']} page(s) stored so far are kept: make room and run "
+                "the same command again"
+            ) from None
+
     # --- while running --------------------------------------------------------------------
     def add(self, batch: pa.RecordBatch) -> None:
         """Store one localized page (a `record_batch`) durably (journal) and roll a part when
         enough are in."""
-        if self._journal is None:
-            self._sink = open(self.journal_path, "wb")  # noqa: SIM115 - closed in _roll
-            self._journal = pa.ipc.new_stream(self._sink, SCHEMA)
-        self._journal.write_batch(batch)
-        self._sink.flush()
+        with self._writing("the journal", self.journal_path):
+            if self._journal is None:
+                # Unbuffered: each page reaches the OS as it is written (kill -9 loses only the
+                # pages in flight), and a failed write (a full disk) leaves nothing to flush.
+                self._sink = open(self.journal_path, "wb", buffering=0)  # noqa: SIM115 - _roll
+                self._journal = pa.ipc.new_stream(self._sink, SCHEMA)
+            self._journal.write_batch(batch)
         self._batches.append(batch)
         self.done.add(_source(batch))
         if len(self._batches) >= self.pages_per_part:
@@ -266,8 +297,9 @@ class Store:
 
     def fail(self, source: str, reason: str) -> None:
         entry = {"source": source, "reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        with open(self.failures_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        with self._writing("the failures list", self.failures_path):
+            with open(self.failures_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
         self.failed[source] = entry
 
     def close(self) -> dict:
@@ -280,7 +312,10 @@ class Store:
 
     def _view(self) -> dict | None:
         """Rewrite the view of the shards' records, where the records are shards'."""
-        return None if self.manifest_path.name == VIEW else write_view(self.out)
+        if self.manifest_path.name == VIEW:
+            return None
+        with self._writing("the manifest", self.out / VIEW):
+            return write_view(self.out)
 
     def _roll(self) -> None:
         if self._journal is not None:
@@ -303,7 +338,8 @@ class Store:
             # only overflow. Without them a part is 38% smaller and a third faster to write.
             pq.write_table(table, tmp, compression="zstd", use_dictionary=False)
 
-        atomic_write(path, write)
+        with self._writing("a part", path):
+            atomic_write(path, write)
         self.parts[path.name] = _part_stats(table)
         self._batches = []
 
@@ -331,7 +367,12 @@ class Store:
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         text = json.dumps(manifest, ensure_ascii=False, indent=1)
-        atomic_write(self.manifest_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        with self._writing("the manifest", self.manifest_path):
+            atomic_write(self.manifest_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _split(count: int) -> str:
+    return "without --shard" if count == 1 else f"with --shard I/{count}"
 
 
 def _source(batch: pa.RecordBatch) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from layoutja.common import UserError
-from layoutja.parts import page_lengths
+from layoutja.localize.parts import page_lengths
 
 
 def window_spans(length: int, max_tokens: int = 510, margin: int = 128) -> list[tuple[int, int]]:

@@ -27,7 +27,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from accelerate.utils import gather_object
 from torch.utils.data import DataLoader
@@ -41,7 +40,7 @@ from layoutja.localize.manifest import (
     read_manifests,
     tokenizer_name,
 )
-from layoutja.parts import page_lengths
+from layoutja.localize.parts import page_lengths, part_columns, read_part
 from layoutja.pretrain.electra import ElectraPretraining, load_electra, new_electra
 from layoutja.pretrain.from_electra import published_electra
 from layoutja.pretrain.mvlm import MVLMModel, load_layoutlm, new_layoutlm
@@ -217,7 +216,7 @@ class PretrainTask:
             base["generator"] = init_generator
         self.card = ModelCard(recipe, out, base, facts)
         self.files = localized_files(data)
-        if self.boxes and "bbox" not in pq.read_schema(self.files[0]).names:
+        if self.boxes and "bbox" not in part_columns(self.files[0]):
             raise UserError(f"{data}: tokens without boxes (packed text): text-only ELECTRA only")
         self.fingerprint = data_fingerprint(self.files)
         self.max_steps = recipe.schedule.max_steps
@@ -248,7 +247,7 @@ class PretrainTask:
         if self.trainer.is_main:
             sources = []
             for part in np.unique(held_pages[:, 0]).tolist():  # each part's column read once
-                column = pq.read_table(self.files[part], columns=["source"]).column(0)
+                column = read_part(self.files[part], ["source"]).column(0)
                 sources += column.take(held_pages[held_pages[:, 0] == part, 1]).to_pylist()
             (out / "eval_pages.txt").write_text("".join(f"{s}\n" for s in sources), "utf-8")
         mine = np.arange(self.trainer.rank, len(held), self.trainer.world)

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from layoutja.common import Progress, UserError
+from layoutja.localize.parts import with_page_lengths
 from layoutja.localize.store import atomic_write
-from layoutja.parts import with_page_lengths
 from layoutja.text.pagetext import TEXT_SUFFIXES
 from layoutja.text.tokenizer import JapaneseTokenizer, vocab_sha256
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from layoutja.common import UserError
+from layoutja.localize.parts import part_columns, read_part
 from layoutja.pretrain.order import Order, Owner, PageReader, micro_batch_slice
 
 CLS_BOX = [0, 0, 0, 0]  # padding has this box too
@@ -72,9 +72,9 @@ def read_pages(path: Path, pages: np.ndarray | None = None) -> dict[int, tuple]:
     """{page: (source, input_ids (n,) int32, bbox (n, 4) int16 or None)} of the pages of a part
     (all, or those numbered in `pages`), as numpy arrays copied out of Arrow; boxes checked."""
     columns = ["source", "input_ids"]
-    if "bbox" in pq.read_schema(path).names:
+    if "bbox" in part_columns(path):
         columns.append("bbox")
-    table = pq.read_table(path, columns=columns)
+    table = read_part(path, columns)
     numbers = np.arange(table.num_rows) if pages is None else np.asarray(pages)
     table = table.take(numbers).combine_chunks()
     ids_column = table.column("input_ids").chunk(0)

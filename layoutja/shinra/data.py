@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from layoutja.common import UserError
+from layoutja.localize.parts import read_part
 from layoutja.pretrain.windows import SpecialIds, cut_window, localized_files
 from layoutja.shinra.categories import (
     Categories,
@@ -122,7 +122,7 @@ def read_parts(localized: Path, html_dir: Path,
     one array per column and part); each page's `ene` is `ene_id` of its category (its category
     without it); titles are left empty, labels None."""
     for path in localized_files(localized):
-        table = pq.read_table(path, columns=COLUMNS)
+        table = read_part(path, COLUMNS)
         lengths = table.column("input_ids").combine_chunks().value_lengths().to_numpy()
         ends = np.cumsum(lengths)
         ids = _values(table.column("input_ids"), np.int32)
