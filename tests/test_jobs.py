@@ -1,11 +1,13 @@
 """Training jobs that fail fast and clearly: an error in a DataLoader worker or on one rank ends
-the whole job at once with its message.
+the whole job at once with its message, a full disk is named and cleaned up after and a damaged
+checkpoint is not trusted.
 
 Jobs that could hang run as subprocesses under a timeout: a hang fails the test, it does not
 stall the suite."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +18,8 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from layoutja.cli.main import main as layoutja
 
 from .conftest import TRAIN
 from .slurm_cluster import free_port
@@ -96,3 +100,86 @@ def test_an_error_on_one_rank_ends_every_rank_and_the_launcher_names_it(
     assert "traceback : layoutja pretrain: error: part-" in root and INVALID_BOX in root, (
         done.stderr[-3000:]
     )
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 13 MiB tmpfs: a tiny MVLM checkpoint (about 8.4 MiB) fits once, not twice."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=13m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)  # fmt: skip
+    if made.returncode:
+        pytest.skip(f"a full disk is made with a small tmpfs, which needs root "
+                    f"(CAP_SYS_ADMIN): {made.stderr.strip()}")  # fmt: skip
+    yield mount
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def test_a_full_disk_is_named_and_what_a_failed_save_left_is_removed(
+    small_disk, localized_dir, unidic_dir
+):
+    out = small_disk / "run"
+    args = run_args(localized_dir, unidic_dir, out, 6, data__data_workers=2,
+                    checkpoint__save_every=2)  # fmt: skip
+    done = job(args)  # the checkpoint of step 4 does not fit beside step 2's
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert last.startswith(f"layoutja pretrain: error: no space left on {out} (")
+    assert "MiB free, a checkpoint needs about 8." in last
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002"]
+    # A save killed midway leaves its temporary directory: a rerun removes it first, then
+    # finds the disk still too full and says so before writing anything.
+    partial = out / "checkpoints" / ".tmp-step-0000004"
+    partial.mkdir()
+    (partial / "optimizer.bin").write_bytes(bytes(4 << 20))
+    done = job([*args, "--resume"])
+    assert done.returncode == 1 and "no space left on" in done.stderr.splitlines()[-1]
+    assert not partial.exists() and "Traceback" not in done.stderr
+    subprocess.run(["mount", "-o", "remount,size=40m", str(small_disk)], check=True)
+    done = job([*args, "--resume"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "checkpoints" / "step-0000006").is_dir()
+
+
+def losses(out: Path) -> dict[int, float]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return {m["step"]: m["loss"] for m in map(json.loads, lines)}
+
+
+def test_a_damaged_checkpoint_is_set_aside_and_none_intact_is_refused_by_name(
+    localized_dir, unidic_dir, tmp_path, capfd
+):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    args = run_args(localized_dir, unidic_dir, whole, 5, data__data_workers=0,
+                    checkpoint__save_every=1, checkpoint__keep_checkpoints=5,
+                    checkpoint__log_every=1)  # fmt: skip
+    assert layoutja(args) == 0
+    shutil.copytree(whole / "checkpoints", cut / "checkpoints")
+    # What a power loss or a copy cut short leaves: half a model, an optimizer state cut off,
+    # an empty trainer state. The intact step 2 is where the run goes on from.
+    five, four, three = (cut / "checkpoints" / f"step-000000{s}" for s in (5, 4, 3))
+    with open(five / "model.safetensors", "r+b") as f:
+        f.truncate(f.seek(0, 2) // 2)
+    with open(four / "optimizer.bin", "r+b") as f:
+        f.truncate(f.seek(0, 2) - 100)
+    (three / "trainer_state.json").write_text("")
+    capfd.readouterr()
+    resume = [*args[: args.index("--out") + 1], str(cut), *args[args.index("--out") + 2 :]]
+    assert layoutja([*resume, "--resume"]) == 0
+    err = capfd.readouterr().err
+    assert f"checkpoint step-0000005 is damaged ({five / 'model.safetensors'}: " in err
+    assert f"{four / 'optimizer.bin'}: " in err and f"{three / 'trainer_state.json'}: empty" in err
+    assert "resuming from step-0000002" in err
+    again = {step: loss for step, loss in losses(whole).items() if step > 2}
+    assert losses(cut) == pytest.approx(again, rel=1e-5)  # steps 3-5 again, the same
+    assert (cut / "checkpoints" / "damaged-step-0000005" / "model.safetensors").exists()
+    state = json.loads((cut / "checkpoints/step-0000004/trainer_state.json").read_text())
+    assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl"} <= state["files"].keys()
+    # Nothing intact: refused in one line that names the files.
+    for checkpoint in (cut / "checkpoints").glob("step-*"):
+        (checkpoint / "model.safetensors").write_bytes(b"")
+    assert layoutja([*resume, "--resume"]) == 1
+    last = capfd.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("layoutja pretrain: error: no intact checkpoint to resume from in ")
+    assert f"{five / 'model.safetensors'}: 0 bytes of the" in last

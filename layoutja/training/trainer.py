@@ -14,8 +14,9 @@ task:
 - Adam(W) with linear warmup and decay, stepped once per optimizer step and checkpointed; a
   NaN/inf loss stops the run before it changes the model; fp16 overflow steps are counted and
   hold the schedule back (`layoutja.training.step`);
-- checkpoints with everything `--resume` needs; on SIGTERM/SIGUSR1 one more at the next step
-  boundary, then EXIT_PREEMPTED;
+- checkpoints with everything `--resume` needs, verified before a resume trusts one; on
+  SIGTERM/SIGUSR1 one more at the next step boundary, then EXIT_PREEMPTED;
+- a full disk named as such (OUT, its free space, what a checkpoint needs), checked at start;
 - model initialization, dropout and masking seeded from the recipe;
 - on CUDA: fused AdamW and TF32 matmuls (the models use PyTorch's SDPA attention by default);
 - metrics.jsonl and TensorBoard: loss (and parts), learning rate, tokens/s, MFU on known GPUs,
@@ -36,7 +37,15 @@ from transformers import PreTrainedModel
 
 from layoutja.common import Preempted, Progress, UserError
 from layoutja.training.card import ModelCard
-from layoutja.training.checkpoint import export, load_checkpoint, save_checkpoint
+from layoutja.training.checkpoint import (
+    check_space,
+    checkpoint_bytes,
+    disk_full_named,
+    export,
+    load_checkpoint,
+    remove_partial_checkpoints,
+    save_checkpoint,
+)
 from layoutja.training.config import Recipe
 from layoutja.training.job import StopSignals, check_shared_output, main_first, make_accelerator
 from layoutja.training.log import MetricsLog, peak_flops
@@ -118,6 +127,8 @@ class Trainer:
 
             transformers_logging.set_verbosity_error()
             transformers_logging.disable_progress_bar()
+        if self.is_main:  # first: on a full disk, a killed save's leftovers hold the space
+            remove_partial_checkpoints(self.out)
         check_shared_output(self.accelerator, self.out)
         torch.manual_seed(recipe.schedule.seed)
 
@@ -133,7 +144,9 @@ class Trainer:
         """Train `task` to its last step (or continue a run), export it; returns the last
         logged metrics (main process). A SIGTERM/SIGUSR1 ends it with a checkpoint and
         Preempted."""
-        with StopSignals() as signals:
+        needed = checkpoint_bytes(task.model)
+        with StopSignals() as signals, disk_full_named(self.out, needed):
+            check_space(self.out, needed)  # on every rank: none waits for one that stopped
             return self._fit(task, signals)
 
     def _fit(self, task: Task, signals: StopSignals) -> dict:
@@ -220,7 +233,8 @@ class Trainer:
         return last if self.is_main else {}
 
     def _resume(self, task: Task) -> dict:
-        """The run's state: fresh, or the last checkpoint's after loading it (with its checks)."""
+        """The run's state: fresh, or the newest intact checkpoint's after loading it (with its
+        checks)."""
         batch = self.recipe.schedule.global_batch_size
         state = {"step": 0, "skipped": 0, "global_batch_size": batch, "data": task.fingerprint,
                  "world": self.world}  # fmt: skip
