@@ -1,6 +1,6 @@
 """Training jobs that fail fast and clearly: an error in a DataLoader worker or on one rank ends
-the whole job at once with its message, a full disk is named and cleaned up after and a damaged
-checkpoint is not trusted.
+the whole job at once with its message, a full disk is named and cleaned up after, a damaged
+checkpoint is not trusted, and a finished run goes on training when given more steps.
 
 Jobs that could hang run as subprocesses under a timeout: a hang fails the test, it does not
 stall the suite."""
@@ -18,6 +18,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from safetensors.torch import load_file
 
 from layoutja.cli.main import main as layoutja
 
@@ -183,3 +184,27 @@ def test_a_damaged_checkpoint_is_set_aside_and_none_intact_is_refused_by_name(
     last = capfd.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("layoutja pretrain: error: no intact checkpoint to resume from in ")
     assert f"{five / 'model.safetensors'}: 0 bytes of the" in last
+
+
+def test_more_steps_for_a_finished_run_re_stretch_the_decay_and_train_the_next_step(
+    localized_dir, unidic_dir, tmp_path, capfd
+):
+    out = tmp_path / "run"
+    args = run_args(localized_dir, unidic_dir, out, 4, data__data_workers=0,
+                    checkpoint__save_every=1, checkpoint__keep_checkpoints=5,
+                    checkpoint__log_every=1, schedule__warmup_steps=2)  # fmt: skip
+    assert layoutja(args) == 0
+    at = args.index("--schedule.max_steps") + 1
+    capfd.readouterr()
+    assert layoutja([*args[:at], "8", *args[at + 1 :], "--resume"]) == 0
+    before = load_file(out / "checkpoints/step-0000004/model.safetensors")
+    after = load_file(out / "checkpoints/step-0000005/model.safetensors")
+    assert any(not before[k].equal(after[k]) for k in before)
+    rates = {m["step"]: m["learning_rate"] for m in map(json.loads, (out / "metrics.jsonl")
+                                                          .read_text().splitlines())}  # fmt: skip
+    assert rates[4] == pytest.approx(1e-3 * 1 / 2) and rates[5] == pytest.approx(1e-3 * 4 / 6)
+    assert rates[8] == pytest.approx(1e-3 * 1 / 6)  # linear from the warmup's end to step 8
+    assert (
+        "the learning rate's linear decay is re-stretched to end at step 8"
+        in capfd.readouterr().err
+    )

@@ -1,6 +1,7 @@
 """One optimizer step of the global batch, and the optimizer and schedule it steps.
 
-- Adam(W) with a linear warmup and decay, stepped once per optimizer step;
+- Adam(W) with a linear warmup and decay, stepped once per optimizer step; the schedule is a
+  function of the step, so a resumed run follows its own recipe (`follow_schedule`);
 - the loss normalized by the global batch's token counts, all-reduced before the first
   micro-batch, so any number of processes and micro-batches take the same steps;
 - a NaN/inf loss or gradient stops the run before it changes the model; fp16 overflow steps
@@ -56,6 +57,17 @@ def build_optimizer(
         return max(0.0, (max_steps - step) / max(1, max_steps - warmup))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def follow_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR) -> float:
+    """Set the learning rates of a scheduler loaded from a checkpoint by its schedule function
+    (this run's: max_steps may have changed) at the loaded position; returns the first one.
+    The checkpoint holds the rate its own schedule gave the next step: 0 after a finished run,
+    so a run resumed for more steps would take its first new step at 0."""
+    groups = scheduler.optimizer.param_groups
+    for group, base, rate in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+        group["lr"] = base * rate(scheduler.last_epoch)
+    return groups[0]["lr"]
 
 
 def global_counts(accelerator: Accelerator, counts: list[dict[str, int]]) -> dict:

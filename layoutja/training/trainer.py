@@ -11,9 +11,10 @@ task:
   alone, and its loss is normalized by the global batch's token counts (all-reduced before the
   first micro-batch), so 1, 2 or 3 processes, with or without accumulation, take the same steps
   and a checkpoint made on W processes goes on on W';
-- Adam(W) with linear warmup and decay, stepped once per optimizer step and checkpointed; a
-  NaN/inf loss stops the run before it changes the model; fp16 overflow steps are counted and
-  hold the schedule back (`layoutja.training.step`);
+- Adam(W) with linear warmup and decay, stepped once per optimizer step and checkpointed; on
+  resume the rate follows this run's schedule (more max_steps: the decay is re-stretched to the
+  new end); a NaN/inf loss stops the run before it changes the model; fp16 overflow steps are
+  counted and hold the schedule back (`layoutja.training.step`);
 - checkpoints with everything `--resume` needs, verified before a resume trusts one; on
   SIGTERM/SIGUSR1 one more at the next step boundary, then EXIT_PREEMPTED;
 - a full disk named as such (OUT, its free space, what a checkpoint needs), checked at start;
@@ -49,7 +50,7 @@ from layoutja.training.checkpoint import (
 from layoutja.training.config import Recipe
 from layoutja.training.job import StopSignals, check_shared_output, main_first, make_accelerator
 from layoutja.training.log import MetricsLog, peak_flops
-from layoutja.training.step import build_optimizer, optimizer_step
+from layoutja.training.step import build_optimizer, follow_schedule, optimizer_step
 
 
 class Task(Protocol):
@@ -158,10 +159,11 @@ class Trainer:
         optimizer, scheduler = build_optimizer(task.model, recipe, task.max_steps)
         model, optimizer = accelerator.prepare(task.model, optimizer)
         accelerator.register_for_checkpointing(scheduler)  # ours: stepped once per step
-        state = self._resume(task)
+        state = self._resume(task, scheduler)
         if state["step"] >= task.max_steps and self.is_main:
             print(f"{out}: already at step {state['step']} of {task.max_steps}: nothing to "
-                  "train (raise schedule.max_steps to go on)", file=sys.stderr)  # fmt: skip
+                  "train (raise schedule.max_steps to go on: the learning rate's decay is "
+                  "then re-stretched to the new end)", file=sys.stderr)  # fmt: skip
         if self.is_main:
             (out / "recipe.yaml").write_text(recipe.dump(), encoding="utf-8")
 
@@ -180,7 +182,7 @@ class Trainer:
             torch.manual_seed(step_seed(recipe.schedule.seed, step, self.rank))  # dropout
             micro_batches = next(batches)
             tokens += sum(int(b["attention_mask"].sum()) for b in micro_batches) * self.world
-            learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses
+            learning_rate = optimizer.param_groups[0]["lr"]  # the rate this step uses
             losses, skipped, stop = optimizer_step(
                 accelerator, model, optimizer, scheduler, micro_batches, task.model.token_counts,
                 recipe.optimizer.max_grad_norm, out, step + 1, signals.requested)  # fmt: skip
@@ -232,12 +234,12 @@ class Trainer:
         accelerator.end_training()
         return last if self.is_main else {}
 
-    def _resume(self, task: Task) -> dict:
+    def _resume(self, task: Task, scheduler: torch.optim.lr_scheduler.LambdaLR) -> dict:
         """The run's state: fresh, or the newest intact checkpoint's after loading it (with its
-        checks)."""
+        checks), the learning rate then set by this run's schedule at the saved position."""
         batch = self.recipe.schedule.global_batch_size
         state = {"step": 0, "skipped": 0, "global_batch_size": batch, "data": task.fingerprint,
-                 "world": self.world}  # fmt: skip
+                 "world": self.world, "max_steps": task.max_steps}  # fmt: skip
         saved = load_checkpoint(self.accelerator, self.out, self.wants_resume)
         if saved and saved.get("global_batch_size", batch) != batch:
             raise UserError(
@@ -253,6 +255,14 @@ class Trainer:
             warnings.append("the data changed since the checkpoint (parts added, removed or "
                             "rewritten): training goes on from the saved step in the new data, "
                             "which is not where the interrupted run would have gone")  # fmt: skip
+        if saved:
+            learning_rate = follow_schedule(scheduler)
+            before = saved.get("max_steps", task.max_steps)
+            if before != task.max_steps and saved["step"] < task.max_steps and self.is_main:
+                print(f"note: schedule.max_steps is {task.max_steps}, the checkpoint's run had "
+                      f"{before}: the learning rate's linear decay is re-stretched to end at "
+                      f"step {task.max_steps}; step {saved['step'] + 1} trains at "
+                      f"{learning_rate:.3g}", file=sys.stderr)  # fmt: skip
         for warning in warnings if self.is_main else []:
             print(f"warning: {warning}", file=sys.stderr)
         return {**state, **{k: saved[k] for k in ("step", "skipped") if k in saved}}
