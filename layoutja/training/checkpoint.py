@@ -216,7 +216,8 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: dict, keep: int,
             tmp.mkdir(parents=True)  # before any rank writes its RNG state into it
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp))
-        _sync_tree(tmp)  # what this rank wrote (every rank: each has its own RNG state)
+        accelerator.wait_for_everyone()  # none writes now (a save makes temporary files)
+        _sync_tree(tmp)  # on every rank: each flushes what it wrote, its RNG state at least
         accelerator.wait_for_everyone()
         if main:
             files = {p.name: _record(p) for p in sorted(tmp.iterdir()) if p.is_file()}
