@@ -22,7 +22,8 @@ from layoutja.cli.main import main as layoutja
 from layoutja.common import EXIT_PREEMPTED
 from layoutja.pretrain.task import PretrainTask
 from layoutja.training.config import load_config
-from layoutja.training.trainer import Trainer, optimizer_step
+from layoutja.training.step import optimizer_step
+from layoutja.training.trainer import Trainer
 
 from .conftest import TRAIN, tiny_bert
 from .slurm_cluster import free_port

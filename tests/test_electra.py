@@ -29,7 +29,7 @@ from layoutja.pretrain.textcorpus import pack, pack_text_corpus
 from layoutja.pretrain.windows import ELECTRA_MASKING, SpecialIds, mask_tokens
 from layoutja.shinra.finetune import load_classifier
 from layoutja.text.tokenizer import JapaneseTokenizer
-from layoutja.training.trainer import TrainingStopped
+from layoutja.training.step import TrainingStopped
 
 from .conftest import AIRPORTS, recipe
 

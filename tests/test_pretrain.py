@@ -30,7 +30,7 @@ from layoutja.pretrain.task import data_tokenizer, pretrain
 from layoutja.pretrain.windows import Masking, SpecialIds, mask_tokens
 from layoutja.text.tokenizer import load_vocab
 from layoutja.training.config import load_config
-from layoutja.training.trainer import TrainingStopped
+from layoutja.training.step import TrainingStopped
 
 from .conftest import model_card, recipe, run_python, tiny_bert
 

@@ -5,9 +5,11 @@ layoutja.cli.models."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -312,6 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tell_the_launcher(message: str) -> None:
+    """Under torchrun (or `accelerate launch`), write the error where the launcher's summary of a
+    failed job takes its root cause from (TORCHELASTIC_ERROR_FILE, one per process; the earliest
+    error is the root cause), so that the summary ends with this message instead of "To enable
+    traceback see ..."."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        with contextlib.suppress(OSError):  # a full disk: the message is on stderr already
+            Path(path).write_text(json.dumps({"message": message, "timestamp": int(time.time())}))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -322,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         args.extra = extra  # --model.KEY VALUE: architecture settings of a recipe
         code = args.func(args) or 0  # localize returns its verdict on the pages
     except UserError as e:
-        print(f"layoutja {args.command}: error: {e}", file=sys.stderr)
+        message = f"layoutja {args.command}: error: {e}"
+        print(message, file=sys.stderr)
+        _tell_the_launcher(message)
         return 1
     except Preempted as e:
         print(f"layoutja {args.command}: {e}", file=sys.stderr)

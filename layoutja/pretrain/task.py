@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,11 +53,12 @@ from layoutja.pretrain.windows import (
     SpecialIds,
     fixed_batches,
     localized_files,
+    raise_failure,
 )
 from layoutja.text.tokenizer import load_vocab
 from layoutja.training.card import ModelCard
 from layoutja.training.config import Recipe
-from layoutja.training.job import StopSignals, removed_unless_trained
+from layoutja.training.job import WorkerSignals, removed_unless_trained
 from layoutja.training.trainer import Trainer
 
 
@@ -282,13 +282,13 @@ class PretrainTask:
                 num_workers=workers,
                 prefetch_factor=4 * accumulation if workers else None,
                 pin_memory=recipe.data.pin_memory and torch.cuda.is_available(),
-                worker_init_fn=leave_stop_signals_to_the_rank,
+                worker_init_fn=WorkerSignals(os.getpid()),
             )
         )
 
         def steps() -> Iterator[list[dict]]:
             while True:  # closing it frees the loader, whose workers then stop
-                yield [next(loader) for _ in range(accumulation)]
+                yield [raise_failure(next(loader)) for _ in range(accumulation)]
 
         return steps()
 
@@ -328,13 +328,6 @@ class PretrainTask:
         total = dict(zip(names, accelerator.reduce(local, "sum").tolist(), strict=True))
         return {f"{metric}{s}": round(total[a + s] / max(total[b + s], 1), 5)
                 for s in variants for metric, (a, b) in model.METRICS.items()}  # fmt: skip
-
-
-def leave_stop_signals_to_the_rank(worker: int) -> None:
-    """A DataLoader worker ignores SIGTERM and SIGUSR1: SLURM and torchrun signal whole process
-    groups, and the rank stops at its next step boundary, then shuts its workers down."""
-    for sig in StopSignals.SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
 
 
 def pretrain(

@@ -155,6 +155,22 @@ class Batcher:
         return batch
 
 
+@dataclass(frozen=True)
+class WorkerFailed:
+    """A UserError of a DataLoader worker, passed to its rank as the batch it could not make
+    (`raise_failure` raises it there): torch would re-raise it with the worker's traceback
+    folded into the message, which is then no longer one line."""
+
+    message: str
+
+
+def raise_failure(batch: dict | WorkerFailed) -> dict:
+    """`batch`, or the UserError of the worker that failed to make it."""
+    if isinstance(batch, WorkerFailed):
+        raise UserError(batch.message)
+    return batch
+
+
 class MaskedBatches(torch.utils.data.IterableDataset):
     """One rank's masked micro-batches from `start_step` on, collated, in step order. Run in
     DataLoader workers, each worker prepares every `workers`-th micro-batch (the DataLoader
@@ -168,7 +184,7 @@ class MaskedBatches(torch.utils.data.IterableDataset):
         self.global_batch, self.per_device = global_batch, per_device
         self.accumulation = global_batch // (per_device * world)
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[dict | WorkerFailed]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         owner = Owner(self.rank, self.world, worker, workers, self.start_step)
@@ -178,7 +194,13 @@ class MaskedBatches(torch.utils.data.IterableDataset):
             step, j = divmod(micro, self.accumulation)
             first = (self.start_step + step) * self.global_batch
             chunk = micro_batch_slice(self.rank, self.world, j, self.per_device)
-            yield self.batch(reader, range(first + chunk.start, first + chunk.stop))
+            try:
+                yield self.batch(reader, range(first + chunk.start, first + chunk.stop))
+            except UserError as e:
+                if info is None:
+                    raise
+                yield WorkerFailed(str(e))  # in its place in the order: the rank raises it
+                return
             micro += workers
 
     def batch(self, reader: PageReader, positions: range) -> dict:

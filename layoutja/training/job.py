@@ -10,7 +10,9 @@ several nodes, under SLURM or not). What the job needs beyond the training loop 
 - hub models downloaded once: the main process first, then each node's first process, then
   the others, each from the cache the earlier ones filled;
 - preemption: SIGTERM or SIGUSR1 to any rank asks the job to stop; the ranks agree at the next
-  step boundary (`StopSignals`), write a checkpoint and exit with EXIT_PREEMPTED;
+  step boundary (`StopSignals`), write a checkpoint and exit with EXIT_PREEMPTED; a rank's
+  background data processes outlive such signals but obey their rank (`WorkerSignals`), so an
+  error ends the rank at once instead of leaving it waiting for them;
 - no leftovers: a run refused or crashed before it logged or saved anything leaves no output
   directory behind (`removed_unless_trained`).
 """
@@ -22,6 +24,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,8 +61,11 @@ def check_shared_output(accelerator: Accelerator, out: Path) -> None:
     token back, else (on every rank, so that none waits forever) a UserError."""
     token = [uuid.uuid4().hex if accelerator.is_main_process else None]
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / MARKER).write_text(token[0])
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / MARKER).write_text(token[0])
+        except OSError as e:  # a full disk, a read-only one: said in one line, on this rank
+            raise UserError(f"{out}: cannot write there: {e.strerror or e}") from None
     if accelerator.num_processes > 1:
         token = broadcast_object_list(token)
     accelerator.wait_for_everyone()
@@ -147,3 +153,31 @@ class StopSignals:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class WorkerSignals:
+    """The `worker_init_fn` of a rank's DataLoader: its workers take SIGTERM from their rank
+    only, and never SIGUSR1.
+
+    SLURM and torchrun signal every process of a job: the rank then stops at its next step
+    boundary, needing its workers' batches until then, and shuts them down itself. But the
+    rank's own SIGTERM (its DataLoader shutting down, or Python's exit terminating what is left
+    after an error) must end a worker, or the rank's exit waits on it forever. A signal handler
+    cannot see who sent a signal, so a thread takes both (blocked everywhere else) and reads
+    the sender. `rank_pid`: the rank's process (not always the worker's parent: forkserver)."""
+
+    def __init__(self, rank_pid: int) -> None:
+        self.rank_pid = rank_pid
+
+    def __call__(self, worker: int) -> None:
+        signals = set(StopSignals.SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # the thread below inherits the mask
+        threading.Thread(target=self._listen, args=(signals,), daemon=True).start()
+
+    def _listen(self, signals: set[int]) -> None:
+        while True:
+            sent = signal.sigwaitinfo(signals)
+            if sent.si_signo == signal.SIGTERM and sent.si_pid == self.rank_pid:
+                # Status 0, as torch's own worker handler exits on its parent's SIGTERM: the
+                # rank's SIGCHLD check reports any other exit as a worker failure.
+                os._exit(0)

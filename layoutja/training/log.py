@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from layoutja.localize.store import atomic_write
+
 # Dense bf16/fp16 tensor-core peak per GPU, for model FLOP utilization (MFU).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
@@ -29,7 +31,8 @@ class MetricsLog:
                         kept.append(line)
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue  # a line torn by a kill
-            self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+            text = "".join(f"{line}\n" for line in kept)  # all or nothing, even if killed now
+            atomic_write(self.path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
         self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=resume_step + 1)
 

@@ -11,11 +11,13 @@ task:
   alone, and its loss is normalized by the global batch's token counts (all-reduced before the
   first micro-batch), so 1, 2 or 3 processes, with or without accumulation, take the same steps
   and a checkpoint made on W processes goes on on W';
-- Adam(W) with linear warmup and decay, stepped once per optimizer step and checkpointed;
-- a NaN/inf loss stops the run before it changes the model; fp16 overflow steps (read from the
-  loss scale, which also holds for fused optimizers) are counted and hold the schedule back;
-- checkpoints with everything `--resume` needs; on SIGTERM/SIGUSR1 one more at the next step
-  boundary, then EXIT_PREEMPTED;
+- Adam(W) with linear warmup and decay, stepped once per optimizer step and checkpointed; on
+  resume the rate follows this run's schedule (more max_steps: the decay is re-stretched to the
+  new end); a NaN/inf loss stops the run before it changes the model; fp16 overflow steps are
+  counted and hold the schedule back (`layoutja.training.step`);
+- checkpoints with everything `--resume` needs, verified before a resume trusts one; on
+  SIGTERM/SIGUSR1 one more at the next step boundary, then EXIT_PREEMPTED;
+- a full disk named as such (OUT, its free space, what a checkpoint needs), checked at start;
 - model initialization, dropout and masking seeded from the recipe;
 - on CUDA: fused AdamW and TF32 matmuls (the models use PyTorch's SDPA attention by default);
 - metrics.jsonl and TensorBoard: loss (and parts), learning rate, tokens/s, MFU on known GPUs,
@@ -25,24 +27,30 @@ task:
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Protocol
 
 import torch
-from accelerate import Accelerator
 from transformers import PreTrainedModel
 
 from layoutja.common import Preempted, Progress, UserError
 from layoutja.training.card import ModelCard
-from layoutja.training.checkpoint import export, latest_checkpoint, load_checkpoint, save_checkpoint
+from layoutja.training.checkpoint import (
+    check_space,
+    checkpoint_bytes,
+    disk_full_named,
+    export,
+    load_checkpoint,
+    remove_partial_checkpoints,
+    save_checkpoint,
+)
 from layoutja.training.config import Recipe
 from layoutja.training.job import StopSignals, check_shared_output, main_first, make_accelerator
 from layoutja.training.log import MetricsLog, peak_flops
+from layoutja.training.step import build_optimizer, follow_schedule, optimizer_step
 
 
 class Task(Protocol):
@@ -88,10 +96,6 @@ class _TiedWeightsNote(logging.Filter):
 logging.getLogger("accelerate.utils.other").addFilter(_TiedWeightsNote())
 
 
-class TrainingStopped(UserError):
-    """The loss became NaN/inf: stopped before the bad step changed anything."""
-
-
 def accumulation_steps(recipe: Recipe, world: int) -> int:
     """Micro-batches per optimizer step so that the global batch is the recipe's."""
     schedule = recipe.schedule
@@ -106,115 +110,6 @@ def accumulation_steps(recipe: Recipe, world: int) -> int:
             "batch stays the recipe's)"
         )
     return schedule.global_batch_size // per_step
-
-
-def build_optimizer(
-    model: torch.nn.Module, recipe: Recipe, max_steps: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (Adam when weight_decay is 0) and a linear warmup, then linear decay to 0.
-
-    Biases and LayerNorm weights (the 1-D parameters) are not decayed, as in BERT and ELECTRA.
-    On CUDA the fused kernel updates every tensor in one launch (the model must be there
-    already).
-    """
-    trained = [p for p in model.parameters() if p.requires_grad]
-    fused = bool(trained) and trained[0].device.type == "cuda"
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in trained if p.ndim > 1]},
-            {"params": [p for p in trained if p.ndim <= 1], "weight_decay": 0.0},
-        ],
-        lr=recipe.optimizer.learning_rate,
-        betas=(recipe.optimizer.adam_beta1, recipe.optimizer.adam_beta2),
-        eps=recipe.optimizer.adam_epsilon,
-        weight_decay=recipe.optimizer.weight_decay,
-        fused=fused,
-    )
-    warmup = recipe.schedule.warmup_steps
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (max_steps - step) / max(1, max_steps - warmup))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-
-
-def global_counts(accelerator: Accelerator, counts: list[dict[str, int]]) -> dict:
-    """The token counts of the whole global batch (summed over micro-batches and ranks), as
-    tensors on the device: the denominators of the step's losses."""
-    names = sorted(counts[0])
-    local = torch.tensor([[c[k] for k in names] for c in counts], dtype=torch.float32).sum(0)
-    total = accelerator.reduce(local.to(accelerator.device), "sum")
-    return dict(zip(names, total.clamp(min=1).unbind(), strict=True))
-
-
-def optimizer_step(
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LambdaLR,
-    micro_batches: list[dict],
-    token_counts: Callable[[dict], dict[str, int]],
-    max_grad_norm: float,
-    out: Path,
-    step: int,
-    stop: bool = False,
-) -> tuple[dict[str, float], bool, bool]:
-    """One optimizer step over this rank's micro-batches; returns (the global batch's losses,
-    skipped, stop: whether any rank asked to stop).
-
-    Gradients are all-reduced only on the last micro-batch; the losses and the stop requests of
-    all ranks are reduced once per step. A NaN/inf loss (on any rank) raises TrainingStopped
-    before the update.
-    """
-    device, world = accelerator.device, accelerator.num_processes
-    denominators = global_counts(accelerator, [token_counts(b) for b in micro_batches])
-    sums: dict[str, torch.Tensor] = {}
-    for i, batch in enumerate(micro_batches):
-        last = i == len(micro_batches) - 1
-        with nullcontext() if last else accelerator.no_sync(model):
-            inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            losses = model(**inputs, denominators=denominators)
-            # DDP averages gradients over the ranks; the losses are shares of the global one.
-            accelerator.backward(losses["loss"] * world)
-        for key, value in losses.items():
-            sums[key] = sums.get(key, 0) + value.detach().float()
-    names = list(sums)
-    flag = torch.tensor(float(stop), device=device)
-    reduced = accelerator.reduce(torch.stack([sums[k] for k in names] + [flag]), "sum").tolist()
-    stop = reduced.pop() > 0
-    metrics = dict(zip(names, reduced, strict=True))
-    if not math.isfinite(metrics["loss"]):
-        good = latest_checkpoint(out)
-        raise TrainingStopped(
-            f"loss became {metrics['loss']} at step {step}; stopped before updating the model. "
-            + (
-                f"Last good checkpoint: {good} (--resume continues from it; a lower "
-                "learning_rate may help)"
-                if good
-                else "No checkpoint was saved yet."
-            )
-        )
-    scaler = accelerator.scaler
-    if max_grad_norm > 0:
-        norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)  # unscales fp16
-        # With fp16 the scaler skips a step whose gradients overflowed; without it (bf16, fp32)
-        # such gradients would write NaN into the weights.
-        if scaler is None and not math.isfinite(float(norm)):
-            raise TrainingStopped(
-                f"gradients became {float(norm)} at step {step}; stopped before updating the "
-                f"model. Last good checkpoint: {latest_checkpoint(out)}"
-            )
-    scale = scaler.get_scale() if scaler is not None else 0.0
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    # An fp16 overflow: the scaler skips the update and lowers its scale. A fused optimizer is
-    # called all the same (its kernel skips the update), so the lowered scale is what tells.
-    skipped = scaler is not None and scaler.get_scale() < scale
-    if not skipped:
-        scheduler.step()
-    return metrics, skipped, stop
 
 
 class Trainer:
@@ -233,6 +128,8 @@ class Trainer:
 
             transformers_logging.set_verbosity_error()
             transformers_logging.disable_progress_bar()
+        if self.is_main:  # first: on a full disk, a killed save's leftovers hold the space
+            remove_partial_checkpoints(self.out)
         check_shared_output(self.accelerator, self.out)
         torch.manual_seed(recipe.schedule.seed)
 
@@ -248,7 +145,9 @@ class Trainer:
         """Train `task` to its last step (or continue a run), export it; returns the last
         logged metrics (main process). A SIGTERM/SIGUSR1 ends it with a checkpoint and
         Preempted."""
-        with StopSignals() as signals:
+        needed = checkpoint_bytes(task.model)
+        with StopSignals() as signals, disk_full_named(self.out, needed):
+            check_space(self.out, needed)  # on every rank: none waits for one that stopped
             return self._fit(task, signals)
 
     def _fit(self, task: Task, signals: StopSignals) -> dict:
@@ -260,10 +159,11 @@ class Trainer:
         optimizer, scheduler = build_optimizer(task.model, recipe, task.max_steps)
         model, optimizer = accelerator.prepare(task.model, optimizer)
         accelerator.register_for_checkpointing(scheduler)  # ours: stepped once per step
-        state = self._resume(task)
+        state = self._resume(task, scheduler)
         if state["step"] >= task.max_steps and self.is_main:
             print(f"{out}: already at step {state['step']} of {task.max_steps}: nothing to "
-                  "train (raise schedule.max_steps to go on)", file=sys.stderr)  # fmt: skip
+                  "train (raise schedule.max_steps to go on: the learning rate's decay is "
+                  "then re-stretched to the new end)", file=sys.stderr)  # fmt: skip
         if self.is_main:
             (out / "recipe.yaml").write_text(recipe.dump(), encoding="utf-8")
 
@@ -282,7 +182,7 @@ class Trainer:
             torch.manual_seed(step_seed(recipe.schedule.seed, step, self.rank))  # dropout
             micro_batches = next(batches)
             tokens += sum(int(b["attention_mask"].sum()) for b in micro_batches) * self.world
-            learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses
+            learning_rate = optimizer.param_groups[0]["lr"]  # the rate this step uses
             losses, skipped, stop = optimizer_step(
                 accelerator, model, optimizer, scheduler, micro_batches, task.model.token_counts,
                 recipe.optimizer.max_grad_norm, out, step + 1, signals.requested)  # fmt: skip
@@ -334,11 +234,12 @@ class Trainer:
         accelerator.end_training()
         return last if self.is_main else {}
 
-    def _resume(self, task: Task) -> dict:
-        """The run's state: fresh, or the last checkpoint's after loading it (with its checks)."""
+    def _resume(self, task: Task, scheduler: torch.optim.lr_scheduler.LambdaLR) -> dict:
+        """The run's state: fresh, or the newest intact checkpoint's after loading it (with its
+        checks), the learning rate then set by this run's schedule at the saved position."""
         batch = self.recipe.schedule.global_batch_size
         state = {"step": 0, "skipped": 0, "global_batch_size": batch, "data": task.fingerprint,
-                 "world": self.world}  # fmt: skip
+                 "world": self.world, "max_steps": task.max_steps}  # fmt: skip
         saved = load_checkpoint(self.accelerator, self.out, self.wants_resume)
         if saved and saved.get("global_batch_size", batch) != batch:
             raise UserError(
@@ -354,6 +255,14 @@ class Trainer:
             warnings.append("the data changed since the checkpoint (parts added, removed or "
                             "rewritten): training goes on from the saved step in the new data, "
                             "which is not where the interrupted run would have gone")  # fmt: skip
+        if saved:
+            learning_rate = follow_schedule(scheduler)
+            before = saved.get("max_steps", task.max_steps)
+            if before != task.max_steps and saved["step"] < task.max_steps and self.is_main:
+                print(f"note: schedule.max_steps is {task.max_steps}, the checkpoint's run had "
+                      f"{before}: the learning rate's linear decay is re-stretched to end at "
+                      f"step {task.max_steps}; step {saved['step'] + 1} trains at "
+                      f"{learning_rate:.3g}", file=sys.stderr)  # fmt: skip
         for warning in warnings if self.is_main else []:
             print(f"warning: {warning}", file=sys.stderr)
         return {**state, **{k: saved[k] for k in ("step", "skipped") if k in saved}}
