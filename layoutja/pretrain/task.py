@@ -282,7 +282,7 @@ class PretrainTask:
                 num_workers=workers,
                 prefetch_factor=4 * accumulation if workers else None,
                 pin_memory=recipe.data.pin_memory and torch.cuda.is_available(),
-                worker_init_fn=WorkerSignals(os.getpid()),
+                worker_init_fn=WorkerSignals(),
             )
         )
 

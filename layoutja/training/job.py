@@ -19,12 +19,13 @@ several nodes, under SLURM or not). What the job needs beyond the training loop 
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import os
 import shutil
 import signal
 import socket
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -156,28 +157,27 @@ class StopSignals:
 
 
 class WorkerSignals:
-    """The `worker_init_fn` of a rank's DataLoader: its workers take SIGTERM from their rank
-    only, and never SIGUSR1.
+    """The `worker_init_fn` of a rank's DataLoader: its workers ignore SIGTERM and SIGUSR1.
 
-    SLURM and torchrun signal every process of a job: the rank then stops at its next step
-    boundary, needing its workers' batches until then, and shuts them down itself. But the
-    rank's own SIGTERM (its DataLoader shutting down, or Python's exit terminating what is left
-    after an error) must end a worker, or the rank's exit waits on it forever. A signal handler
-    cannot see who sent a signal, so a thread takes both (blocked everywhere else) and reads
-    the sender. `rank_pid`: the rank's process (not always the worker's parent: forkserver)."""
+    SLURM (every process of a job step) and torchrun signal every process of a job: the rank
+    then stops at its next step boundary, needing its workers' batches until then, and shuts
+    them down itself. (A mask that lets only the rank's own SIGTERM through is not enough: a
+    process-directed signal reaches any thread of the worker that does not block it, and one
+    did, under SLURM.) Workers that ignore SIGTERM would make the rank's exit after an error
+    wait on them forever (Python's exit terminates its children with SIGTERM, then joins them),
+    so the rank kills what is left of them as it exits."""
 
-    def __init__(self, rank_pid: int) -> None:
-        self.rank_pid = rank_pid
+    def __init__(self) -> None:
+        atexit.unregister(_kill_children)  # once, however many loaders
+        atexit.register(_kill_children)  # runs before multiprocessing's own exit handler
 
     def __call__(self, worker: int) -> None:
-        signals = set(StopSignals.SIGNALS)
-        signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # the thread below inherits the mask
-        threading.Thread(target=self._listen, args=(signals,), daemon=True).start()
+        for sig in StopSignals.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
-    def _listen(self, signals: set[int]) -> None:
-        while True:
-            sent = signal.sigwaitinfo(signals)
-            if sent.si_signo == signal.SIGTERM and sent.si_pid == self.rank_pid:
-                # Status 0, as torch's own worker handler exits on its parent's SIGTERM: the
-                # rank's SIGCHLD check reports any other exit as a worker failure.
-                os._exit(0)
+
+def _kill_children() -> None:
+    """SIGKILL to the child processes still alive at exit (after an error: DataLoader workers
+    that ignore SIGTERM); none are left after a run that ends normally."""
+    for child in multiprocessing.active_children():
+        child.kill()
